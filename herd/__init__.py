@@ -1,0 +1,33 @@
+"""herd: the Llama 4 herd (Scout, Maverick, Llama Guard 4) in plain PyTorch."""
+
+from __future__ import annotations
+
+import torch
+
+from herd import config
+from herd.checkpoint import CheckpointError, load, save
+from herd.config import ConfigError, ModelConfig, TextConfig, VisionConfig
+from herd.model import Transformer
+
+__all__ = [
+    "CheckpointError", "ConfigError", "ModelConfig", "TextConfig", "Transformer", "VisionConfig",
+    "build", "config", "load", "save",
+]
+__version__ = "0.1.0"
+
+
+def build(
+    config: ModelConfig | TextConfig,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+    seed: int | None = None,
+) -> Transformer:
+    """A randomly initialised model (eval mode) built directly on `device` in `dtype`."""
+    text = config.text if isinstance(config, ModelConfig) else config
+    with torch.device("meta"):
+        model = Transformer(text)
+    model.to_empty(device=device)
+    generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+    model.init_weights(generator=generator)
+    return model.to(dtype).eval()

@@ -1,0 +1,59 @@
+"""Causal and chunked-causal attention over a contiguous run of positions, without S×S masks.
+
+- Global layers: plain causal `scaled_dot_product_attention` (flash kernels, no mask tensor).
+- Chunked layers: query i sees key j iff j <= i and floor(i/C) == floor(j/C), chunks aligned to
+  absolute position 0 (spec §1.7). The sequence is cut at absolute chunk boundaries and the
+  aligned part is folded into the batch as [B·n, H, C, K], so each chunk runs causal SDPA alone.
+- GQA goes through SDPA's `enable_gqa`, so K/V heads are never materialised H times.
+
+Shapes: B batch, H query heads, G kv heads, S sequence, K head dim, C chunk.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _sdpa_causal(q_BHSK: torch.Tensor, k_BGSK: torch.Tensor, v_BGSK: torch.Tensor) -> torch.Tensor:
+    gqa = q_BHSK.shape[1] != k_BGSK.shape[1]
+    return F.scaled_dot_product_attention(q_BHSK, k_BGSK, v_BGSK, is_causal=True, enable_gqa=gqa)
+
+
+def causal_attention(
+    q_BHSK: torch.Tensor,
+    k_BGSK: torch.Tensor,
+    v_BGSK: torch.Tensor,
+    *,
+    start_pos: int = 0,
+    chunk_size: int | None = None,
+) -> torch.Tensor:
+    """Self-attention of a run of S tokens at absolute positions start_pos … start_pos+S-1.
+
+    With `chunk_size`, attention stays inside absolute chunks; otherwise it is global causal.
+    Scale is 1/sqrt(K).
+    """
+    S = q_BHSK.shape[2]
+    if chunk_size is None:
+        return _sdpa_causal(q_BHSK, k_BGSK, v_BGSK)
+    # The first piece runs from start_pos to the next chunk boundary; the rest is chunk-aligned.
+    head = min(S, chunk_size - start_pos % chunk_size)
+    if head == S:
+        return _sdpa_causal(q_BHSK, k_BGSK, v_BGSK)
+    out_head = _sdpa_causal(q_BHSK[:, :, :head], k_BGSK[:, :, :head], v_BGSK[:, :, :head])
+    out_tail = _chunked_aligned(q_BHSK[:, :, head:], k_BGSK[:, :, head:], v_BGSK[:, :, head:], chunk_size)
+    return torch.cat((out_head, out_tail), dim=2)
+
+
+def _chunked_aligned(q_BHSK: torch.Tensor, k_BGSK: torch.Tensor, v_BGSK: torch.Tensor, C: int) -> torch.Tensor:
+    B, H, S, K = q_BHSK.shape
+    n = -(-S // C)
+    pad = n * C - S
+    if pad:  # right padding: padded keys come after every real query, so causality hides them
+        q_BHSK, k_BGSK, v_BGSK = (F.pad(t, (0, 0, 0, pad)) for t in (q_BHSK, k_BGSK, v_BGSK))
+
+    def fold(t: torch.Tensor) -> torch.Tensor:  # [B, X, n·C, K] -> [B·n, X, C, K]
+        return t.unflatten(2, (n, C)).transpose(1, 2).flatten(0, 1)
+
+    out = _sdpa_causal(fold(q_BHSK), fold(k_BGSK), fold(v_BGSK))
+    return out.unflatten(0, (B, n)).transpose(1, 2).flatten(2, 3)[:, :, :S]

@@ -1,0 +1,248 @@
+"""Loading and saving checkpoints: HF safetensors (single or sharded) and Meta consolidated .pth.
+
+- The model is built on the meta device and filled with `load_state_dict(assign=True)` from
+  tensors read one by one (memory-mapped safetensors, `torch.load(mmap=True, weights_only=True)`),
+  so peak memory stays near the size of the weights.
+- Loading is strict: a missing, unexpected or misshapen tensor is an error naming the key, the
+  file and both shapes. Vision weights are recognised and skipped (with a log line) while herd
+  builds only the text model.
+- Saving writes HF safetensors shards, the index and `config.json`, each file atomically.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from herd.config import ConfigError, ModelConfig, TextConfig
+from herd.formats import hf, meta
+from herd.model import Transformer
+
+log = logging.getLogger("herd")
+
+INDEX_NAME = "model.safetensors.index.json"
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be loaded as asked; the message names the file, key and shapes."""
+
+
+def detect_format(path: Path) -> str:
+    """"hf" for config.json + *.safetensors, "meta" for params.json + consolidated.*.pth."""
+    if not path.exists():
+        raise CheckpointError(f"checkpoint path does not exist: {path}")
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint path must be a directory, got a file: {path}")
+    if (path / "config.json").exists():
+        return "hf"
+    if (path / "params.json").exists():
+        return "meta"
+    raise CheckpointError(
+        f"{path} is not a checkpoint directory: expected config.json + *.safetensors (HF) "
+        "or params.json + consolidated.*.pth (Meta)"
+    )
+
+
+def read_config(path: str | os.PathLike) -> ModelConfig:
+    """The model config of an HF or Meta checkpoint directory, read strictly."""
+    path = Path(path)
+    fmt = detect_format(path)
+    name = "config.json" if fmt == "hf" else "params.json"
+    try:
+        raw = json.loads((path / name).read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path / name} is not valid JSON: {err}") from None
+    try:
+        return hf.model_config_from_hf(raw, str(path / name)) if fmt == "hf" else meta.model_config_from_params(
+            raw, str(path / name)
+        )
+    except (KeyError, TypeError, ValueError) as err:
+        if isinstance(err, ConfigError):
+            raise
+        raise ConfigError(f"{path / name}: invalid or missing value: {err!r}") from None
+
+
+def load(
+    path: str | os.PathLike,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str = "cpu",
+) -> Transformer:
+    """Load a checkpoint directory (HF or Meta format) into a herd model in eval mode.
+
+    `dtype=None` keeps the dtype the weights are stored in.
+    """
+    path = Path(path)
+    fmt = detect_format(path)
+    config = read_config(path)
+    with torch.device("meta"):
+        model = Transformer(config.text)
+    expected = {name: tuple(p.shape) for name, p in model.state_dict().items()}
+    tensors = _read_hf(path, config.text, expected) if fmt == "hf" else _read_meta(path, config.text, expected)
+    state = {}
+    for name, tensor in tensors:
+        state[name] = tensor.to(device=device, dtype=dtype if dtype is not None and tensor.is_floating_point()
+                                else tensor.dtype)
+    model.load_state_dict(state, strict=True, assign=True)
+    model.init_buffers()
+    return model.eval()
+
+
+def _check_shape(name: str, source: str, where: Path, found: tuple[int, ...], want: tuple[int, ...]) -> None:
+    if found != want:
+        raise CheckpointError(
+            f"{where}: tensor {source!r} (herd {name!r}) has shape {list(found)}, expected {list(want)}"
+        )
+
+
+def _hf_weight_map(path: Path) -> dict[str, Path]:
+    """HF tensor name -> file, from the shard index or from the single safetensors file."""
+    index = path / INDEX_NAME
+    if index.exists():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError) as err:
+            raise CheckpointError(f"{index}: not a valid safetensors index ({err!r})") from None
+        files = {name: path / file for name, file in weight_map.items()}
+        for file in sorted(set(files.values())):
+            if not file.exists():
+                raise CheckpointError(f"{index} lists shard {file.name}, which is missing from {path}")
+        return files
+    singles = sorted(path.glob("*.safetensors"))
+    if not singles:
+        raise CheckpointError(f"{path}: no *.safetensors weights and no {INDEX_NAME}")
+    if len(singles) > 1:
+        raise CheckpointError(f"{path}: several .safetensors files but no {INDEX_NAME} saying which holds what")
+    return {name: singles[0] for name in _open_safetensors(singles[0]).keys()}
+
+
+def _open_safetensors(file: Path) -> Any:
+    try:
+        return safe_open(str(file), framework="pt", device="cpu")
+    except Exception as err:  # safetensors raises its own error types for truncated or corrupt headers
+        raise CheckpointError(f"{file}: not a readable safetensors file (truncated or corrupt?): {err}") from None
+
+
+def _read_hf(path: Path, text: TextConfig, expected: dict[str, tuple[int, ...]]) -> Iterator[tuple[str, torch.Tensor]]:
+    files = _hf_weight_map(path)
+    multimodal = any(name.startswith(hf.MULTIMODAL_PREFIX) for name in files)
+    names = hf.text_weight_names(text, hf.MULTIMODAL_PREFIX if multimodal else hf.TEXT_ONLY_PREFIX)
+    vision = [n for n in files if n.startswith(hf.VISION_PREFIXES)]
+    _check_coverage(path, set(files) - set(vision), set(names.values()), "HF")
+    if vision:
+        log.warning("%s: skipping %d vision tensors; herd loads the text model only", path, len(vision))
+    handles: dict[Path, Any] = {}
+    for ours, theirs in names.items():
+        file = files[theirs]
+        if file not in handles:
+            handles[file] = _open_safetensors(file)
+        f = handles[file]
+        _check_shape(ours, theirs, file, tuple(f.get_slice(theirs).get_shape()), expected[ours])
+        try:
+            tensor = f.get_tensor(theirs)
+        except Exception as err:
+            raise CheckpointError(f"{file}: cannot read tensor {theirs!r}: {err}") from None
+        yield ours, tensor
+
+
+def _check_coverage(path: Path, present: set[str], wanted: set[str], fmt: str) -> None:
+    missing, unexpected = sorted(wanted - present), sorted(present - wanted)
+    if missing:
+        more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
+        raise CheckpointError(f"{path}: {fmt} checkpoint is missing tensor(s) {', '.join(missing[:5])}{more}")
+    if unexpected:
+        more = f" (and {len(unexpected) - 5} more)" if len(unexpected) > 5 else ""
+        raise CheckpointError(f"{path}: {fmt} checkpoint has unexpected tensor(s) {', '.join(unexpected[:5])}{more}")
+
+
+def _load_pth(file: Path) -> dict[str, torch.Tensor]:
+    try:
+        # Released files hold io.BytesIO `_extra_state` values; allow that one harmless type only.
+        with torch.serialization.safe_globals([io.BytesIO]):
+            state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:
+        raise CheckpointError(f"{file}: cannot be read as a PyTorch checkpoint (truncated or corrupt?): {err}") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{file}: expected a dict of tensors, found {type(state).__name__}")
+    return state
+
+
+def _read_meta(path: Path, text: TextConfig, expected: dict[str, tuple[int, ...]]) -> Iterator[tuple[str, torch.Tensor]]:
+    files = sorted(path.glob("consolidated.*.pth"))
+    if not files:
+        raise CheckpointError(f"{path}: params.json found but no consolidated.*.pth weight files")
+    numbers = [int(f.name.split(".")[1]) for f in files]
+    if numbers != list(range(len(files))):
+        raise CheckpointError(f"{path}: shard files are not numbered 00..{len(files) - 1:02d}: {[f.name for f in files]}")
+    shards = [_load_pth(f) for f in files]
+    keys = [{k for k in s if not meta.is_dropped(k)} for s in shards]
+    for file, k in zip(files[1:], keys[1:]):
+        if k != keys[0]:
+            diff = sorted(k ^ keys[0])[:5]
+            raise CheckpointError(f"{file}: holds different tensors than {files[0].name}, e.g. {diff}")
+    rules = meta.text_rules(text)
+    vision = {k for k in keys[0] if k.startswith(meta.VISION_PREFIXES)}
+    wanted = {source for rule in rules.values() for source in rule.sources}
+    _check_coverage(path, keys[0] - vision, wanted, "Meta")
+    if vision:
+        log.warning("%s: skipping %d vision tensors; herd loads the text model only", path, len(vision))
+    for ours, rule in rules.items():
+        parts = [shard[source] for source in rule.sources for shard in shards]
+        try:
+            tensor = rule.merge(parts)
+        except RuntimeError as err:
+            shapes = [list(p.shape) for p in parts]
+            raise CheckpointError(
+                f"{path}: cannot merge {', '.join(rule.sources)} (shard shapes {shapes}) into herd {ours!r} "
+                f"of shape {list(expected[ours])}: {err}"
+            ) from None
+        _check_shape(ours, " + ".join(rule.sources), path, tuple(tensor.shape), expected[ours])
+        yield ours, tensor.contiguous()
+
+
+def _atomic(file: Path) -> Path:
+    return file.with_name(f".{file.name}.tmp")
+
+
+def save(model: Transformer, path: str | os.PathLike, max_shard_bytes: int = 5 * 2**30) -> None:
+    """Write `model` as an HF checkpoint (sharded safetensors + index + config.json) that
+    transformers' `Llama4ForCausalLM.from_pretrained` loads."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    names = hf.text_weight_names(model.config, hf.TEXT_ONLY_PREFIX)
+    state = model.state_dict()
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for ours, theirs in names.items():
+        tensor = state[ours].detach().to("cpu").contiguous()
+        nbytes = tensor.numel() * tensor.element_size()
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][theirs] = tensor
+        size += nbytes
+    n = len(shards)
+    for stale in [*path.glob("model*.safetensors"), path / INDEX_NAME]:
+        stale.unlink(missing_ok=True)  # a previous save with another shard count must not linger
+    weight_map = {}
+    for i, shard in enumerate(shards):
+        file = path / ("model.safetensors" if n == 1 else f"model-{i + 1:05d}-of-{n:05d}.safetensors")
+        save_file(shard, str(_atomic(file)), metadata={"format": "pt"})
+        os.replace(_atomic(file), file)
+        weight_map.update({name: file.name for name in shard})
+    dtype = str(next(iter(state.values())).dtype).removeprefix("torch.")
+    files = {"config.json": hf.text_config_to_hf(model.config, dtype)}
+    if n > 1:
+        total = sum(t.numel() * t.element_size() for s in shards for t in s.values())
+        files[INDEX_NAME] = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    for name, content in files.items():
+        _atomic(path / name).write_text(json.dumps(content, indent=2) + "\n")
+        os.replace(_atomic(path / name), path / name)

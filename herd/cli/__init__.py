@@ -1,0 +1,1 @@
+"""The `herd` command: one module per subcommand, each with `register(subparsers)` and `run(args)`."""

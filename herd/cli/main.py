@@ -1,0 +1,31 @@
+"""Entry point of the `herd` command."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from herd.checkpoint import CheckpointError
+from herd.cli import generate, info
+from herd.config import ConfigError
+
+COMMANDS = {"info": info, "generate": generate}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="herd", description="The Llama 4 herd in plain PyTorch.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, module in COMMANDS.items():
+        module.register(sub.add_parser(name, help=module.HELP, description=module.HELP))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="herd: %(message)s")
+    try:
+        return COMMANDS[args.command].run(args) or 0
+    except (CheckpointError, ConfigError) as err:
+        print(f"herd {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per checkpoint format: its config file and its explicit weight-name map."""

@@ -1,0 +1,141 @@
+"""The Llama 4 text decoder, single-device plain PyTorch (spec §1–2).
+
+- Pre-norm blocks: h = x + Attn(RMSNorm(x)); out = h + FFN(RMSNorm(h)); FFN is MoE or dense SwiGLU.
+- GQA attention without biases; interleaved-pair RoPE with optional llama3 scaling.
+- iRoPE: every `nope_layer_interval`-th layer is global with no RoPE; the others attend within
+  absolute chunks of `attention_chunk_size` tokens.
+- Weightless QK-norm after RoPE on RoPE layers (`use_qk_norm`); attention temperature tuning of q
+  on NoPE layers: q·(1 + attn_scale·ln(floor((p+1)/floor_scale) + 1)).
+- Untied embedding and LM head, no embedding scaling.
+
+The model knows nothing of checkpoints, devices, compile or parallelism: build it on the meta
+device and call `init_weights()`, or fill it with `herd.checkpoint.load`.
+
+Shapes: B batch, S sequence, D model dim, H heads, G kv heads, K head dim, V vocab.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from herd.attention import causal_attention
+from herd.config import TextConfig
+from herd.ffn import FeedForward, RMSNorm, rms_normalize
+from herd.moe import MoE
+from herd.rope import angles, apply_rope, inv_freq
+
+
+class Attention(nn.Module):
+    def __init__(self, config: TextConfig, layer: int) -> None:
+        super().__init__()
+        c = config
+        self.n_heads, self.n_kv_heads, self.head_dim = c.n_heads, c.n_kv_heads, c.head_dim
+        self.use_rope = not c.is_nope_layer(layer)
+        self.use_qk_norm = c.use_qk_norm and self.use_rope
+        self.temperature_tuning = c.attn_temperature_tuning and not self.use_rope
+        self.chunk_size = c.chunk_size(layer)
+        self.norm_eps = c.norm_eps
+        self.wq = nn.Linear(c.dim, c.n_heads * c.head_dim, bias=False)
+        self.wk = nn.Linear(c.dim, c.n_kv_heads * c.head_dim, bias=False)
+        self.wv = nn.Linear(c.dim, c.n_kv_heads * c.head_dim, bias=False)
+        self.wo = nn.Linear(c.n_heads * c.head_dim, c.dim, bias=False)
+
+    def forward(self, x_BSD: torch.Tensor, pos: PositionTables) -> torch.Tensor:
+        B, S, _ = x_BSD.shape
+        q_BSHK = self.wq(x_BSD).view(B, S, self.n_heads, self.head_dim)
+        k_BSGK = self.wk(x_BSD).view(B, S, self.n_kv_heads, self.head_dim)
+        v_BSGK = self.wv(x_BSD).view(B, S, self.n_kv_heads, self.head_dim)
+        if self.use_rope:
+            q_BSHK = apply_rope(q_BSHK, pos.cos_SK2, pos.sin_SK2)
+            k_BSGK = apply_rope(k_BSGK, pos.cos_SK2, pos.sin_SK2)
+            if self.use_qk_norm:
+                q_BSHK = rms_normalize(q_BSHK, self.norm_eps)
+                k_BSGK = rms_normalize(k_BSGK, self.norm_eps)
+        elif self.temperature_tuning:
+            q_BSHK = (q_BSHK * pos.temperature_S[None, :, None, None]).to(q_BSHK.dtype)
+        out_BHSK = causal_attention(
+            q_BSHK.transpose(1, 2), k_BSGK.transpose(1, 2), v_BSGK.transpose(1, 2),
+            start_pos=pos.start, chunk_size=self.chunk_size,
+        )
+        return self.wo(out_BHSK.transpose(1, 2).reshape(B, S, -1))
+
+
+class Block(nn.Module):
+    def __init__(self, config: TextConfig, layer: int) -> None:
+        super().__init__()
+        c = config
+        self.attention_norm = RMSNorm(c.dim, c.norm_eps)
+        self.attention = Attention(c, layer)
+        self.ffn_norm = RMSNorm(c.dim, c.norm_eps)
+        self.is_moe = c.is_moe_layer(layer)
+        self.feed_forward: nn.Module = (
+            MoE(c.dim, c.expert_dim, c.n_experts, c.top_k) if self.is_moe else FeedForward(c.dim, c.ffn_dim)
+        )
+
+    def forward(self, x_BSD: torch.Tensor, pos: PositionTables) -> torch.Tensor:
+        h_BSD = x_BSD + self.attention(self.attention_norm(x_BSD), pos)
+        return h_BSD + self.feed_forward(self.ffn_norm(h_BSD))
+
+
+class PositionTables:
+    """Per-forward position data shared by all layers: RoPE angles and temperature scales."""
+
+    def __init__(self, config: TextConfig, freq_K2: torch.Tensor, start: int, S: int, device: torch.device) -> None:
+        self.start = start
+        positions_S = torch.arange(start, start + S, device=device)
+        self.cos_SK2, self.sin_SK2 = angles(positions_S, freq_K2)
+        floors_S = torch.floor((positions_S.float() + 1.0) / config.floor_scale)
+        self.temperature_S = torch.log1p(floors_S) * config.attn_scale + 1.0
+
+
+class Transformer(nn.Module):
+    """The Llama 4 text model: token ids [B, S] in, logits [B, S, V] out."""
+
+    def __init__(self, config: TextConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.tok_embeddings = nn.Embedding(config.vocab_size, config.dim)
+        self.layers = nn.ModuleList(Block(config, layer) for layer in range(config.n_layers))
+        self.norm = RMSNorm(config.dim, config.norm_eps)
+        self.output = nn.Linear(config.dim, config.vocab_size, bias=False)
+        self.register_buffer("freq_K2", torch.empty(config.head_dim // 2), persistent=False)
+
+    def set_moe_impl(self, impl: str) -> None:
+        """Switch every MoE layer between "sparse" dispatch and the "dense" reference path."""
+        if impl not in ("sparse", "dense"):
+            raise ValueError(f"unknown MoE implementation {impl!r}; use 'sparse' or 'dense'")
+        for module in self.modules():
+            if isinstance(module, MoE):
+                module.impl = impl
+
+    @torch.no_grad()
+    def init_buffers(self) -> None:
+        """Recompute non-persistent buffers, e.g. after loading weights into a meta-device model."""
+        c = self.config
+        device = self.output.weight.device
+        self.freq_K2 = inv_freq(c.head_dim, c.rope_theta, c.rope_scaling).to(device)
+
+    @torch.no_grad()
+    def init_weights(self, std: float = 0.02, generator: torch.Generator | None = None) -> None:
+        """Random initialisation: N(0, std) weights, output projections scaled by 1/sqrt(2L), unit norms."""
+        out_std = std / math.sqrt(2 * self.config.n_layers)
+        for name, param in self.named_parameters():
+            if name.endswith("norm.weight"):
+                param.fill_(1.0)
+            else:
+                is_out = name.endswith(("wo.weight", "w2.weight", "experts.w2"))
+                param.normal_(0.0, out_std if is_out else std, generator=generator)
+        self.init_buffers()
+
+    def forward(self, tokens_BS: torch.Tensor, *, start_pos: int = 0, last_only: bool = False) -> torch.Tensor:
+        """Logits for a run of tokens at absolute positions start_pos…; `last_only` keeps the last position."""
+        x_BSD = self.tok_embeddings(tokens_BS)
+        pos = PositionTables(self.config, self.freq_K2, start_pos, tokens_BS.shape[1], tokens_BS.device)
+        for block in self.layers:
+            x_BSD = block(x_BSD, pos)
+        if last_only:
+            x_BSD = x_BSD[:, -1:]
+        return self.output(self.norm(x_BSD))

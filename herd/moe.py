@@ -1,0 +1,80 @@
+"""Mixture of experts (spec §2): a top-k sigmoid router, routed SwiGLU experts, a shared expert.
+
+- Router: logits = x·Rᵀ, top-k on raw logits, score = sigmoid(logit) computed in fp32 and cast.
+- The score multiplies the expert *input*: out = Shared(x) + Σ_k Expert_k(score_k · x).
+- `sparse` (default) groups tokens by expert and runs each expert only on its own tokens;
+  `dense` runs every token through every expert with zero scores elsewhere, as both
+  references do. They are mathematically equal (SwiGLU(0) = 0) and tested equal.
+
+Shapes: T tokens, D model dim, E experts, F expert hidden, A token-expert assignments (T·k).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from herd.ffn import FeedForward
+
+
+class Experts(nn.Module):
+    """E SwiGLU experts stored input-major, as HF does: w13 [E, D, 2F] (gate | up), w2 [E, F, D]."""
+
+    def __init__(self, n_experts: int, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.w13 = nn.Parameter(torch.empty(n_experts, dim, 2 * hidden))
+        self.w2 = nn.Parameter(torch.empty(n_experts, hidden, dim))
+
+    def expert(self, e: int, x_TD: torch.Tensor) -> torch.Tensor:
+        gate_TF, up_TF = (x_TD @ self.w13[e]).chunk(2, dim=-1)
+        return (F.silu(gate_TF) * up_TF) @ self.w2[e]
+
+    def sparse(self, x_TD: torch.Tensor, experts_TK: torch.Tensor, scores_TK: torch.Tensor) -> torch.Tensor:
+        """Each expert computes only the tokens routed to it; outputs are summed per token."""
+        T, k = experts_TK.shape
+        order_A = torch.argsort(experts_TK.flatten(), stable=True)
+        token_A = order_A // k
+        counts = torch.bincount(experts_TK.flatten(), minlength=self.w13.shape[0]).tolist()
+        xs_AD = x_TD[token_A] * scores_TK.flatten()[order_A, None]
+        out_AD = torch.empty_like(xs_AD)
+        start = 0
+        for e, count in enumerate(counts):
+            if count:
+                out_AD[start : start + count] = self.expert(e, xs_AD[start : start + count])
+                start += count
+        if k == 1:  # every token has exactly one row: a permutation, no accumulation needed
+            return out_AD.new_empty(T, out_AD.shape[1]).index_copy_(0, token_A, out_AD)
+        return out_AD.new_zeros(T, out_AD.shape[1]).index_add_(0, token_A, out_AD)
+
+    def dense(self, x_TD: torch.Tensor, experts_TK: torch.Tensor, scores_TK: torch.Tensor) -> torch.Tensor:
+        """Reference path: every token through every expert, scaled by a zero score where not routed."""
+        E = self.w13.shape[0]
+        scores_TE = torch.zeros(x_TD.shape[0], E, dtype=x_TD.dtype, device=x_TD.device)
+        scores_TE.scatter_(1, experts_TK, scores_TK)
+        x_ETD = x_TD[None] * scores_TE.T[..., None]
+        gate_ETF, up_ETF = torch.bmm(x_ETD, self.w13).chunk(2, dim=-1)
+        return torch.bmm(F.silu(gate_ETF) * up_ETF, self.w2).sum(dim=0)
+
+
+class MoE(nn.Module):
+    def __init__(self, dim: int, hidden: int, n_experts: int, top_k: int = 1) -> None:
+        super().__init__()
+        self.top_k = top_k
+        self.router = nn.Linear(dim, n_experts, bias=False)
+        self.experts = Experts(n_experts, dim, hidden)
+        self.shared_expert = FeedForward(dim, hidden)
+        self.impl = "sparse"  # or "dense", the reference path
+
+    def route(self, x_TD: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The chosen experts [T, k] and their sigmoid scores [T, k] in the activation dtype."""
+        logits_TE = self.router(x_TD)
+        top_TK, experts_TK = torch.topk(logits_TE, self.top_k, dim=-1)
+        return experts_TK, torch.sigmoid(top_TK.float()).to(x_TD.dtype)
+
+    def forward(self, x_BSD: torch.Tensor) -> torch.Tensor:
+        x_TD = x_BSD.reshape(-1, x_BSD.shape[-1])
+        experts_TK, scores_TK = self.route(x_TD)
+        routed = self.experts.dense if self.impl == "dense" else self.experts.sparse
+        out_TD = self.shared_expert(x_TD) + routed(x_TD, experts_TK, scores_TK)
+        return out_TD.view_as(x_BSD)
