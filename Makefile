@@ -1,0 +1,31 @@
+# The README's two commands are `make demo` and `make test`; each sets up .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# torch is installed first and pinned: a bare `torch` requirement pulls several GB of CUDA wheels
+# on a machine without a local CPU wheel. Override with e.g. TORCH_SPEC="torch>=2.5".
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: setup demo test lint clean
+
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+setup: $(BIN)/.installed
+
+demo: setup
+	$(BIN)/herd info
+	$(BIN)/herd generate --preset debug --max-new-tokens 32
+
+test: setup
+	$(BIN)/ruff check herd tests
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check herd tests
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
