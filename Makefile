@@ -21,11 +21,11 @@ demo: setup
 	$(BIN)/herd generate --preset debug --max-new-tokens 32
 
 test: setup
-	$(BIN)/ruff check herd tests
+	$(BIN)/ruff check herd tests benchmarks
 	$(BIN)/python -m pytest -q
 
 lint: setup
-	$(BIN)/ruff check herd tests
+	$(BIN)/ruff check herd tests benchmarks
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

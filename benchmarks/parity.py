@@ -49,7 +49,7 @@ def main() -> None:
             delta = (got - meta_oracle.meta_logits(ref, tokens_BS)).abs().max().item()
             rows.append((name, f"Meta reference, {shards} shard(s)", delta))
     print(f"tokens: {tuple(tokens_BS.shape)}, chunk 8, temperature floor 4, float32")
-    print(f"| config | oracle | max abs delta logit |\n|---|---|---|")
+    print("| config | oracle | max abs delta logit |\n|---|---|---|")
     for name, oracle, delta in rows:
         print(f"| {name} | {oracle} | {delta:.2e} |")
 

@@ -46,7 +46,7 @@ def causal_attention(
 
 
 def _chunked_aligned(q_BHSK: torch.Tensor, k_BGSK: torch.Tensor, v_BGSK: torch.Tensor, C: int) -> torch.Tensor:
-    B, H, S, K = q_BHSK.shape
+    B, S = q_BHSK.shape[0], q_BHSK.shape[2]
     n = -(-S // C)
     pad = n * C - S
     if pad:  # right padding: padded keys come after every real query, so causality hides them

@@ -121,7 +121,7 @@ def _hf_weight_map(path: Path) -> dict[str, Path]:
         raise CheckpointError(f"{path}: no *.safetensors weights and no {INDEX_NAME}")
     if len(singles) > 1:
         raise CheckpointError(f"{path}: several .safetensors files but no {INDEX_NAME} saying which holds what")
-    return {name: singles[0] for name in _open_safetensors(singles[0]).keys()}
+    return {name: singles[0] for name in _open_safetensors(singles[0]).keys()}  # noqa: SIM118
 
 
 def _open_safetensors(file: Path) -> Any:
@@ -131,7 +131,9 @@ def _open_safetensors(file: Path) -> Any:
         raise CheckpointError(f"{file}: not a readable safetensors file (truncated or corrupt?): {err}") from None
 
 
-def _read_hf(path: Path, text: TextConfig, expected: dict[str, tuple[int, ...]]) -> Iterator[tuple[str, torch.Tensor]]:
+def _read_hf(
+    path: Path, text: TextConfig, expected: dict[str, tuple[int, ...]]
+) -> Iterator[tuple[str, torch.Tensor]]:
     files = _hf_weight_map(path)
     multimodal = any(name.startswith(hf.MULTIMODAL_PREFIX) for name in files)
     names = hf.text_weight_names(text, hf.MULTIMODAL_PREFIX if multimodal else hf.TEXT_ONLY_PREFIX)
@@ -169,22 +171,26 @@ def _load_pth(file: Path) -> dict[str, torch.Tensor]:
         with torch.serialization.safe_globals([io.BytesIO]):
             state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:
-        raise CheckpointError(f"{file}: cannot be read as a PyTorch checkpoint (truncated or corrupt?): {err}") from None
+        raise CheckpointError(f"{file}: cannot be read as a PyTorch checkpoint (truncated or corrupt?): {err}") \
+            from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{file}: expected a dict of tensors, found {type(state).__name__}")
     return state
 
 
-def _read_meta(path: Path, text: TextConfig, expected: dict[str, tuple[int, ...]]) -> Iterator[tuple[str, torch.Tensor]]:
+def _read_meta(
+    path: Path, text: TextConfig, expected: dict[str, tuple[int, ...]]
+) -> Iterator[tuple[str, torch.Tensor]]:
     files = sorted(path.glob("consolidated.*.pth"))
     if not files:
         raise CheckpointError(f"{path}: params.json found but no consolidated.*.pth weight files")
     numbers = [int(f.name.split(".")[1]) for f in files]
     if numbers != list(range(len(files))):
-        raise CheckpointError(f"{path}: shard files are not numbered 00..{len(files) - 1:02d}: {[f.name for f in files]}")
+        names = [f.name for f in files]
+        raise CheckpointError(f"{path}: shard files are not numbered 00..{len(files) - 1:02d}: {names}")
     shards = [_load_pth(f) for f in files]
     keys = [{k for k in s if not meta.is_dropped(k)} for s in shards]
-    for file, k in zip(files[1:], keys[1:]):
+    for file, k in zip(files[1:], keys[1:], strict=True):
         if k != keys[0]:
             diff = sorted(k ^ keys[0])[:5]
             raise CheckpointError(f"{file}: holds different tensors than {files[0].name}, e.g. {diff}")

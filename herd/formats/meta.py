@@ -128,7 +128,9 @@ def model_config_from_params(raw: dict[str, Any], where: str = "params.json") ->
             adapter_dim=int(v["output_dim"]), output_dim=int(v["output_dim"]),
         )
         if vision.mlp_dim != shuffled:
-            raise ConfigError(f"{where}: vision mlp size {vision.mlp_dim} must equal the pixel-shuffled width {shuffled}")
+            raise ConfigError(
+                f"{where}: vision mlp size {vision.mlp_dim} must equal the pixel-shuffled width {shuffled}"
+            )
     return ModelConfig(text=text, vision=vision)
 
 
