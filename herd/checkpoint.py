@@ -61,11 +61,13 @@ def read_config(path: str | os.PathLike) -> ModelConfig:
         raw = json.loads((path / name).read_text())
     except json.JSONDecodeError as err:
         raise CheckpointError(f"{path / name} is not valid JSON: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path / name}: expected a JSON object at the top level, found {type(raw).__name__}")
     try:
         return hf.model_config_from_hf(raw, str(path / name)) if fmt == "hf" else meta.model_config_from_params(
             raw, str(path / name)
         )
-    except (KeyError, TypeError, ValueError) as err:
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
         if isinstance(err, ConfigError):
             raise
         raise ConfigError(f"{path / name}: invalid or missing value: {err!r}") from None
@@ -89,8 +91,8 @@ def load(
     tensors = _read_hf(path, config.text, expected) if fmt == "hf" else _read_meta(path, config.text, expected)
     state = {}
     for name, tensor in tensors:
-        state[name] = tensor.to(device=device, dtype=dtype if dtype is not None and tensor.is_floating_point()
-                                else tensor.dtype)
+        dtype = dtype or tensor.dtype  # None: the stored dtype of the first tensor, for all of them
+        state[name] = tensor.to(device=device, dtype=dtype)
     model.load_state_dict(state, strict=True, assign=True)
     model.init_buffers()
     return model.eval()
@@ -101,6 +103,12 @@ def _check_shape(name: str, source: str, where: Path, found: tuple[int, ...], wa
         raise CheckpointError(
             f"{where}: tensor {source!r} (herd {name!r}) has shape {list(found)}, expected {list(want)}"
         )
+
+
+def _check_float(name: str, source: str, where: Path, tensor: torch.Tensor) -> None:
+    if not tensor.is_floating_point():
+        raise CheckpointError(f"{where}: tensor {source!r} (herd {name!r}) has dtype {tensor.dtype}, "
+                              "expected a floating-point type (quantized checkpoints are not supported yet)")
 
 
 def _hf_weight_map(path: Path) -> dict[str, Path]:
@@ -147,11 +155,13 @@ def _read_hf(
         if file not in handles:
             handles[file] = _open_safetensors(file)
         f = handles[file]
-        _check_shape(ours, theirs, file, tuple(f.get_slice(theirs).get_shape()), expected[ours])
         try:
+            shape = tuple(f.get_slice(theirs).get_shape())
             tensor = f.get_tensor(theirs)
         except Exception as err:
             raise CheckpointError(f"{file}: cannot read tensor {theirs!r}: {err}") from None
+        _check_shape(ours, theirs, file, shape, expected[ours])
+        _check_float(ours, theirs, file, tensor)
         yield ours, tensor
 
 
@@ -211,6 +221,7 @@ def _read_meta(
                 f"of shape {list(expected[ours])}: {err}"
             ) from None
         _check_shape(ours, " + ".join(rule.sources), path, tuple(tensor.shape), expected[ours])
+        _check_float(ours, " + ".join(rule.sources), path, tensor)
         yield ours, tensor.contiguous()
 
 

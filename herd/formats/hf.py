@@ -195,7 +195,8 @@ def vision_config_from_hf(raw: dict[str, Any], where: str = "config.json: vision
 def model_config_from_hf(raw: dict[str, Any], where: str = "config.json") -> ModelConfig:
     """Read `Llama4ForConditionalGeneration` (model_type llama4) or `Llama4ForCausalLM` (llama4_text)."""
     if "quantization_config" in raw:
-        method = raw["quantization_config"].get("quant_method", "?")
+        quant = raw["quantization_config"]
+        method = quant.get("quant_method", "?") if isinstance(quant, dict) else quant
         raise ConfigError(f"{where}: quantized checkpoints ({method}) are not supported yet")
     if raw.get("model_type") == "llama4_text" or "text_config" not in raw:
         return ModelConfig(text=text_config_from_hf(raw, where))
@@ -207,7 +208,7 @@ def model_config_from_hf(raw: dict[str, Any], where: str = "config.json") -> Mod
     keys.check("image_token_index", 200092)
     text = text_config_from_hf(keys.require("text_config"), f"{where}: text_config")
     vision_raw = keys.get("vision_config")
-    vision = vision_config_from_hf(vision_raw) if vision_raw else None
+    vision = vision_config_from_hf(vision_raw, f"{where}: vision_config") if vision_raw else None
     keys.finish()
     return ModelConfig(text=text, vision=vision)
 

@@ -150,6 +150,10 @@ def _cat(dim: int) -> Merge:
 
 
 def _replicated(parts: list[torch.Tensor]) -> torch.Tensor:
+    """A tensor every shard holds a copy of: the copies must agree."""
+    for i, part in enumerate(parts[1:], start=1):
+        if part.shape != parts[0].shape or not torch.equal(part, parts[0]):
+            raise RuntimeError(f"shard {i} holds a different copy of a replicated tensor than shard 0")
     return parts[0]
 
 
@@ -189,7 +193,9 @@ def text_rules(text: TextConfig) -> dict[str, Rule]:
         ffn = m + "feed_forward."
         if text.is_moe_layer(i):
             rules[h + "ffn_norm.weight"] = Rule((ffn + "norm.weight",), _replicated)
-            rules[h + "feed_forward.router.weight"] = Rule((ffn + "router_DE",), lambda p: p[0].T.contiguous())
+            rules[h + "feed_forward.router.weight"] = Rule(
+                (ffn + "router_DE",), lambda p: _replicated(p).T.contiguous()
+            )
             rules[h + "feed_forward.experts.w13"] = Rule(
                 (ffn + "experts.moe_w_in_eD_F", ffn + "experts.moe_w_swiglu_eD_F"), experts_in
             )
