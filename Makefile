@@ -18,7 +18,7 @@ setup: $(BIN)/.installed
 
 demo: setup
 	$(BIN)/herd info
-	$(BIN)/herd generate --preset debug --max-new-tokens 32
+	$(BIN)/herd generate --preset debug --max-new-tokens 32 --seed 0
 
 test: setup
 	$(BIN)/ruff check herd tests benchmarks

@@ -9,7 +9,8 @@
 - Untied embedding and LM head, no embedding scaling.
 
 The model knows nothing of checkpoints, devices, compile or parallelism: build it on the meta
-device and call `init_weights()`, or fill it with `herd.checkpoint.load`.
+device and call `init_weights()`, or fill it with `herd.checkpoint.load`. With a `KVCache` it
+either prefills one row from `start_pos` or decodes one token for every row at its own position.
 
 Shapes: B batch, S sequence, D model dim, H heads, G kv heads, K head dim, V vocab.
 """
@@ -24,6 +25,7 @@ from torch import nn
 from herd.attention import causal_attention
 from herd.config import TextConfig
 from herd.ffn import FeedForward, RMSNorm, rms_normalize
+from herd.kv_cache import KVCache
 from herd.moe import MoE
 from herd.rope import angles, apply_rope, inv_freq
 
@@ -37,29 +39,33 @@ class Attention(nn.Module):
         self.use_qk_norm = c.use_qk_norm and self.use_rope
         self.temperature_tuning = c.attn_temperature_tuning and not self.use_rope
         self.chunk_size = c.chunk_size(layer)
+        self.layer = layer
         self.norm_eps = c.norm_eps
         self.wq = nn.Linear(c.dim, c.n_heads * c.head_dim, bias=False)
         self.wk = nn.Linear(c.dim, c.n_kv_heads * c.head_dim, bias=False)
         self.wv = nn.Linear(c.dim, c.n_kv_heads * c.head_dim, bias=False)
         self.wo = nn.Linear(c.n_heads * c.head_dim, c.dim, bias=False)
 
-    def forward(self, x_BSD: torch.Tensor, pos: PositionTables) -> torch.Tensor:
+    def forward(self, x_BSD: torch.Tensor, pos: Positions) -> torch.Tensor:
         B, S, _ = x_BSD.shape
         q_BSHK = self.wq(x_BSD).view(B, S, self.n_heads, self.head_dim)
         k_BSGK = self.wk(x_BSD).view(B, S, self.n_kv_heads, self.head_dim)
         v_BSGK = self.wv(x_BSD).view(B, S, self.n_kv_heads, self.head_dim)
         if self.use_rope:
-            q_BSHK = apply_rope(q_BSHK, pos.cos_SK2, pos.sin_SK2)
-            k_BSGK = apply_rope(k_BSGK, pos.cos_SK2, pos.sin_SK2)
+            q_BSHK = apply_rope(q_BSHK, pos.cos_BSK2, pos.sin_BSK2)
+            k_BSGK = apply_rope(k_BSGK, pos.cos_BSK2, pos.sin_BSK2)
             if self.use_qk_norm:
                 q_BSHK = rms_normalize(q_BSHK, self.norm_eps)
                 k_BSGK = rms_normalize(k_BSGK, self.norm_eps)
         elif self.temperature_tuning:
-            q_BSHK = (q_BSHK * pos.temperature_S[None, :, None, None]).to(q_BSHK.dtype)
-        out_BHSK = causal_attention(
-            q_BSHK.transpose(1, 2), k_BSGK.transpose(1, 2), v_BSGK.transpose(1, 2),
-            start_pos=pos.start, chunk_size=self.chunk_size,
-        )
+            q_BSHK = (q_BSHK * pos.temperature_BS[:, :, None, None]).to(q_BSHK.dtype)
+        q_BHSK, k_BGSK, v_BGSK = q_BSHK.transpose(1, 2), k_BSGK.transpose(1, 2), v_BSGK.transpose(1, 2)
+        if pos.cache is None:
+            out_BHSK = causal_attention(q_BHSK, k_BGSK, v_BGSK, start_pos=pos.start, chunk_size=self.chunk_size)
+        elif pos.row is not None:
+            out_BHSK = pos.cache.layers[self.layer].prefill(pos.row, pos.start, q_BHSK, k_BGSK, v_BGSK)
+        else:
+            out_BHSK = pos.cache.layers[self.layer].decode(q_BHSK, k_BGSK, v_BGSK, pos.positions_BS[:, 0])
         return self.wo(out_BHSK.transpose(1, 2).reshape(B, S, -1))
 
 
@@ -75,20 +81,21 @@ class Block(nn.Module):
             MoE(c.dim, c.expert_dim, c.n_experts, c.top_k) if self.is_moe else FeedForward(c.dim, c.ffn_dim)
         )
 
-    def forward(self, x_BSD: torch.Tensor, pos: PositionTables) -> torch.Tensor:
+    def forward(self, x_BSD: torch.Tensor, pos: Positions) -> torch.Tensor:
         h_BSD = x_BSD + self.attention(self.attention_norm(x_BSD), pos)
         return h_BSD + self.feed_forward(self.ffn_norm(h_BSD))
 
 
-class PositionTables:
-    """Per-forward position data shared by all layers: RoPE angles and temperature scales."""
+class Positions:
+    """What one forward shares across layers: absolute positions, RoPE angles, temperature
+    scales, and how attention reaches its keys (no cache; cache prefill of `row`; cache decode)."""
 
-    def __init__(self, config: TextConfig, freq_K2: torch.Tensor, start: int, S: int, device: torch.device) -> None:
-        self.start = start
-        positions_S = torch.arange(start, start + S, device=device)
-        self.cos_SK2, self.sin_SK2 = angles(positions_S, freq_K2)
-        floors_S = torch.floor((positions_S.float() + 1.0) / config.floor_scale)
-        self.temperature_S = torch.log1p(floors_S) * config.attn_scale + 1.0
+    def __init__(self, config: TextConfig, freq_K2: torch.Tensor, positions_BS: torch.Tensor, start: int,
+                 cache: KVCache | None = None, row: int | None = None) -> None:
+        self.positions_BS, self.start, self.cache, self.row = positions_BS, start, cache, row
+        self.cos_BSK2, self.sin_BSK2 = angles(positions_BS, freq_K2)
+        floors_BS = torch.floor((positions_BS.float() + 1.0) / config.floor_scale)
+        self.temperature_BS = torch.log1p(floors_BS) * config.attn_scale + 1.0
 
 
 class Transformer(nn.Module):
@@ -130,10 +137,33 @@ class Transformer(nn.Module):
                 param.normal_(0.0, out_std if is_out else std, generator=generator)
         self.init_buffers()
 
-    def forward(self, tokens_BS: torch.Tensor, *, start_pos: int = 0, last_only: bool = False) -> torch.Tensor:
-        """Logits for a run of tokens at absolute positions start_pos…; `last_only` keeps the last position."""
+    def forward(
+        self,
+        tokens_BS: torch.Tensor,
+        *,
+        start_pos: int = 0,
+        last_only: bool = False,
+        cache: KVCache | None = None,
+        row: int | None = None,
+        positions_B: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits [B, S, V] for tokens at absolute positions start_pos…; `last_only` keeps the last one.
+
+        With `cache`: either `row` (prefill tokens [1, S] of that row from start_pos, writing its
+        cache) or `positions_B` (decode tokens [B, 1], row b at position positions_B[b]).
+        """
+        S = tokens_BS.shape[1]
+        device = tokens_BS.device
+        if cache is not None and (row is None) == (positions_B is None):
+            raise ValueError("with a cache, pass exactly one of row= (prefill) or positions_B= (decode)")
+        if positions_B is not None:
+            if S != 1:
+                raise ValueError(f"decode takes one token per row, got {S}")
+            positions_BS = positions_B.to(device)[:, None]
+        else:
+            positions_BS = torch.arange(start_pos, start_pos + S, device=device)[None, :]
+        pos = Positions(self.config, self.freq_K2, positions_BS, start_pos, cache, row)
         x_BSD = self.tok_embeddings(tokens_BS)
-        pos = PositionTables(self.config, self.freq_K2, start_pos, tokens_BS.shape[1], tokens_BS.device)
         for block in self.layers:
             x_BSD = block(x_BSD, pos)
         if last_only:

@@ -3,7 +3,7 @@
 - Head dims (2i, 2i+1) form one complex number rotated by p·θ_i; work in fp32, cast back.
 - θ_i = theta^(-2i/K), optionally rescaled by the llama3 rule; positions are absolute.
 
-Shapes: S sequence, K head dim, H heads; `x_BSHK`, angle tables `cos_SK2`/`sin_SK2` with K/2 pairs.
+Shapes: B batch, S sequence, K head dim, H heads; `x_BSHK`, angle tables `cos_BSK2`/`sin_BSK2` (K/2 pairs).
 """
 
 from __future__ import annotations
@@ -34,16 +34,16 @@ def inv_freq(head_dim: int, theta: float, scaling: RopeScaling | None = None) ->
     return torch.where(wavelen_K2 < high_wavelen, freq_K2, torch.where(wavelen_K2 > low_wavelen, scaled_K2, middle_K2))
 
 
-def angles(positions_S: torch.Tensor, freq_K2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of p·θ_i for each position, fp32, shaped [S, K/2]."""
-    angle_SK2 = positions_S.to(torch.float32)[:, None] * freq_K2.to(positions_S.device)[None, :]
-    return torch.cos(angle_SK2), torch.sin(angle_SK2)
+def angles(positions_BS: torch.Tensor, freq_K2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of p·θ_i for each position, fp32, shaped [B, S, K/2]."""
+    angle_BSK2 = positions_BS.to(torch.float32)[..., None] * freq_K2.to(positions_BS.device)
+    return torch.cos(angle_BSK2), torch.sin(angle_BSK2)
 
 
-def apply_rope(x_BSHK: torch.Tensor, cos_SK2: torch.Tensor, sin_SK2: torch.Tensor) -> torch.Tensor:
+def apply_rope(x_BSHK: torch.Tensor, cos_BSK2: torch.Tensor, sin_BSK2: torch.Tensor) -> torch.Tensor:
     """Rotate interleaved pairs of the last dim by the given angles; fp32 math, input dtype out."""
     x = x_BSHK.float().unflatten(-1, (-1, 2))
     even, odd = x[..., 0], x[..., 1]
-    cos, sin = cos_SK2[:, None, :], sin_SK2[:, None, :]
+    cos, sin = cos_BSK2[..., None, :], sin_BSK2[..., None, :]
     rotated = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1)
     return rotated.flatten(-2).to(x_BSHK.dtype)

@@ -29,7 +29,7 @@ def test_info_all_presets_and_a_checkpoint(tmp_path, capsys):
 
 
 def test_generate_from_preset_and_checkpoint(tmp_path, capsys):
-    assert main(["generate", "--preset", "debug", "--max-new-tokens", "5"]) == 0
+    assert main(["generate", "--preset", "debug", "--max-new-tokens", "5", "--temperature", "0"]) == 0
     captured = capsys.readouterr()
     assert len(captured.out.split()) == 5 and "tokens/s" in captured.err
     herd.save(herd.build(SCOUT_LIKE, seed=0), tmp_path)

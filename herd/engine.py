@@ -1,0 +1,139 @@
+"""The generation engine: token ids in, token ids out. It knows no tokenizer.
+
+- One `KVCache` per request batch, sized to the longest prompt plus `max_new_tokens`; chunked
+  layers keep a ring of `attention_chunk_size` slots, global layers the full context.
+- Each prompt is prefilled on its own, in pieces of `prefill_chunk` tokens, so a long prompt
+  never needs memory quadratic in its length; only the last position's logits are computed.
+- Then all unfinished rows decode together, each at its own position (prompts of different
+  lengths batch without padding tricks).
+- `stream()` yields a `TokenEvent` per generated token; closing the iterator stops generation
+  (that is how callers with a tokenizer implement stop strings). `generate()` collects them.
+
+Shapes: B batch, V vocab.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from herd.kv_cache import KVCache
+from herd.model import Transformer
+from herd.sampling import SamplingParams, apply_penalties, choose, logprobs_of
+
+
+@dataclass
+class TokenEvent:
+    row: int
+    token: int
+    logprob: float | None = None
+    top_logprobs: list[tuple[int, float]] | None = None
+    finish_reason: str | None = None  # "stop" (a stop token) or "length" on a row's last token
+
+
+@dataclass
+class Completion:
+    prompt_ids: list[int]
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)
+    finish_reason: str | None = None
+
+
+class Engine:
+    def __init__(self, model: Transformer, *, prefill_chunk: int = 512) -> None:
+        if prefill_chunk < 1:
+            raise ValueError("prefill_chunk must be >= 1")
+        self.model = model.eval()
+        self.prefill_chunk = prefill_chunk
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.output.weight.device
+
+    def _check(self, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> int:
+        config = self.model.config
+        if not prompts or any(len(p) == 0 for p in prompts):
+            raise ValueError("every prompt must hold at least one token id")
+        for p in prompts:
+            bad = [t for t in p if not 0 <= t < config.vocab_size]
+            if bad:
+                raise ValueError(f"prompt token id(s) {bad[:5]} outside the vocabulary [0, {config.vocab_size})")
+        length = max(len(p) for p in prompts) + max_new_tokens
+        longest = max(len(p) for p in prompts)
+        if longest >= config.max_seq_len:
+            raise ValueError(f"prompt of {longest} tokens does not fit the context of {config.max_seq_len}")
+        return min(length, config.max_seq_len)
+
+    @torch.no_grad()
+    def prefill(self, cache: KVCache, row: int, prompt: Sequence[int]) -> torch.Tensor:
+        """Fill `row` of the cache with a prompt, piece by piece; the last position's logits [V]."""
+        tokens_1S = torch.tensor([list(prompt)], device=self.device)
+        for start in range(0, tokens_1S.shape[1], self.prefill_chunk):
+            piece_1S = tokens_1S[:, start : start + self.prefill_chunk]
+            logits_11V = self.model(piece_1S, start_pos=start, cache=cache, row=row, last_only=True)
+        return logits_11V[0, -1]
+
+    @torch.no_grad()
+    def stream(self, prompts: Sequence[int] | Sequence[Sequence[int]],
+               params: SamplingParams | None = None) -> Iterator[TokenEvent]:
+        """Generate for one prompt (a list of ids) or several; events arrive step by step."""
+        params = params or SamplingParams()
+        rows = [list(prompts)] if prompts and isinstance(prompts[0], int) else [list(p) for p in prompts]
+        if params.max_new_tokens == 0:
+            return
+        length = self._check(rows, params.max_new_tokens)
+        stop = set(params.stop_ids if params.stop_ids is not None else self.model.config.eos_ids)
+        cache = KVCache(self.model.config, len(rows), length, self.model.output.weight.dtype, self.device)
+        generators = [None if params.seed is None else torch.Generator(self.device).manual_seed(params.seed)
+                      for _ in rows]
+        history = [torch.tensor(p, device=self.device) for p in rows]
+        outputs = [torch.empty(0, dtype=torch.long, device=self.device) for _ in rows]
+        logits_BV = torch.stack([self.prefill(cache, b, p) for b, p in enumerate(rows)])
+        positions_B = torch.tensor([len(p) for p in rows], device=self.device)
+        live = list(range(len(rows)))
+        while live:
+            next_tokens = []
+            for b in live:
+                token = self._sample(logits_BV[b], params, history[b], outputs[b], generators[b])
+                outputs[b] = torch.cat((outputs[b], outputs[b].new_tensor([token])))
+                history[b] = torch.cat((history[b], history[b].new_tensor([token])))
+                done = "stop" if token in stop else None
+                if done is None and (len(outputs[b]) >= params.max_new_tokens or int(positions_B[b]) + 1 >= length):
+                    done = "length"
+                event = TokenEvent(row=b, token=token, finish_reason=done)
+                if params.logprobs is not None:
+                    event.logprob, event.top_logprobs = logprobs_of(logits_BV[b], token, params.logprobs)
+                yield event
+                next_tokens.append(token)
+            live_next = [b for b, t in zip(live, next_tokens, strict=True)
+                         if t not in stop and len(outputs[b]) < params.max_new_tokens
+                         and int(positions_B[b]) + 1 < length]
+            if not live_next:
+                return
+            # Every row of the cache steps together; finished rows are carried along, their output ignored.
+            tokens_B1 = torch.tensor([[int(h[-1])] for h in history], device=self.device)
+            logits_BV = self.model(tokens_B1, cache=cache, positions_B=positions_B)[:, -1]
+            positions_B = positions_B + 1
+            live = live_next
+
+    def _sample(self, logits_V: torch.Tensor, params: SamplingParams, seen: torch.Tensor, output: torch.Tensor,
+                generator: torch.Generator | None) -> int:
+        logits_V = apply_penalties(logits_V.float(), params, seen, output)
+        return choose(logits_V, params, generator)
+
+    def generate(self, prompts: Sequence[int] | Sequence[Sequence[int]],
+                 params: SamplingParams | None = None) -> list[Completion]:
+        """Run `stream()` to the end and collect one `Completion` per prompt."""
+        rows = [list(prompts)] if prompts and isinstance(prompts[0], int) else [list(p) for p in prompts]
+        completions = [Completion(prompt_ids=p) for p in rows]
+        for event in self.stream(rows, params):
+            c = completions[event.row]
+            c.token_ids.append(event.token)
+            if event.logprob is not None:
+                c.logprobs.append(event.logprob)
+                c.top_logprobs.append(event.top_logprobs or [])
+            c.finish_reason = event.finish_reason or c.finish_reason
+        return completions

@@ -1,0 +1,92 @@
+"""Turning one row of logits into the next token: penalties, temperature, top-k, min-p, top-p.
+
+- Order: repetition penalty (prompt and output, HF's rule) → frequency/presence penalties
+  (output only, OpenAI's rule) → temperature → top-k → min-p → top-p → draw.
+- Top-p follows Meta's reference: drop a token when the mass *before* it already exceeds p,
+  so the token that crosses the threshold is kept (spec §8).
+- Temperature 0 is greedy (argmax after penalties). Each request draws from its own seeded
+  `torch.Generator`, so a seed reproduces its output whatever else is in the batch.
+- Log-probabilities are those of the model's own distribution (raw logits), as vLLM reports.
+
+Shapes: V vocab, N top alternatives.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 0.6  # Meta's defaults: temperature 0.6, top-p 0.9
+    top_p: float = 0.9
+    top_k: int = 0  # 0: off
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    max_new_tokens: int = 256
+    seed: int | None = None
+    stop_ids: tuple[int, ...] | None = None  # None: the model's eos ids
+    logprobs: int | None = None  # None: none; N: the chosen token's and the top-N alternatives'
+
+    def __post_init__(self) -> None:
+        checks = {
+            "temperature >= 0": self.temperature >= 0, "0 < top_p <= 1": 0 < self.top_p <= 1,
+            "top_k >= 0": self.top_k >= 0, "0 <= min_p <= 1": 0 <= self.min_p <= 1,
+            "repetition_penalty > 0": self.repetition_penalty > 0, "max_new_tokens >= 0": self.max_new_tokens >= 0,
+            "logprobs >= 0": self.logprobs is None or self.logprobs >= 0,
+        }
+        failed = [rule for rule, ok in checks.items() if not ok]
+        if failed:
+            raise ValueError(f"invalid sampling parameters: need {', '.join(failed)}")
+
+
+def apply_penalties(logits_V: torch.Tensor, p: SamplingParams, seen_ids: torch.Tensor,
+                    output_ids: torch.Tensor) -> torch.Tensor:
+    """Penalise tokens already present: `seen_ids` (prompt + output) and `output_ids` (output only)."""
+    if p.repetition_penalty != 1.0 and seen_ids.numel():
+        ids = seen_ids.unique()
+        picked = logits_V[ids]
+        logits_V = logits_V.clone()
+        logits_V[ids] = torch.where(picked > 0, picked / p.repetition_penalty, picked * p.repetition_penalty)
+    if (p.frequency_penalty or p.presence_penalty) and output_ids.numel():
+        counts_V = torch.bincount(output_ids, minlength=logits_V.shape[0]).to(logits_V.dtype)
+        logits_V = logits_V - p.frequency_penalty * counts_V - p.presence_penalty * (counts_V > 0).to(logits_V.dtype)
+    return logits_V
+
+
+def filter_logits(logits_V: torch.Tensor, p: SamplingParams) -> torch.Tensor:
+    """Temperature-scaled logits with the tokens outside top-k / min-p / top-p set to -inf."""
+    logits_V = logits_V / p.temperature
+    if 0 < p.top_k < logits_V.shape[0]:
+        kth = torch.topk(logits_V, p.top_k).values[-1]
+        logits_V = logits_V.masked_fill(logits_V < kth, float("-inf"))
+    probs_V = torch.softmax(logits_V, dim=-1)
+    if p.min_p > 0:
+        logits_V = logits_V.masked_fill(probs_V < p.min_p * probs_V.max(), float("-inf"))
+        probs_V = torch.softmax(logits_V, dim=-1)
+    if p.top_p < 1.0:
+        sorted_V, order_V = torch.sort(probs_V, descending=True)
+        drop_sorted_V = (torch.cumsum(sorted_V, dim=-1) - sorted_V) > p.top_p
+        drop_V = torch.zeros_like(drop_sorted_V).scatter_(0, order_V, drop_sorted_V)
+        logits_V = logits_V.masked_fill(drop_V, float("-inf"))
+    return logits_V
+
+
+def choose(logits_V: torch.Tensor, p: SamplingParams, generator: torch.Generator | None) -> int:
+    """The next token from already penalised logits."""
+    if p.temperature == 0:
+        return int(logits_V.argmax())
+    probs_V = torch.softmax(filter_logits(logits_V, p), dim=-1)
+    return int(torch.multinomial(probs_V, 1, generator=generator))
+
+
+def logprobs_of(logits_V: torch.Tensor, token: int, n: int) -> tuple[float, list[tuple[int, float]]]:
+    """The chosen token's log-probability and the top-n (token, log-probability) alternatives."""
+    logp_V = torch.log_softmax(logits_V.float(), dim=-1)
+    top = torch.topk(logp_V, n) if n else None
+    alternatives = list(zip(top.indices.tolist(), top.values.tolist(), strict=True)) if top is not None else []
+    return float(logp_V[token]), alternatives

@@ -1,0 +1,140 @@
+"""Engine invariants on tiny random models, float32: the cache path equals a full forward."""
+
+import pytest
+import torch
+from hf_oracle import DENSE_LIKE, MAVERICK_LIKE, SCOUT_LIKE, causal_lm, save_hf
+
+import herd
+from herd.engine import Engine
+from herd.kv_cache import KVCache
+from herd.sampling import SamplingParams
+
+SHAPES = {"scout": SCOUT_LIKE, "maverick": MAVERICK_LIKE, "dense": DENSE_LIKE}
+GREEDY = SamplingParams(temperature=0.0, max_new_tokens=8)
+
+
+def _prompt(n, seed=0):
+    return torch.randint(0, 256, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+@pytest.mark.parametrize("prefill_chunk", [5, 8, 64])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_incremental_decode_equals_full_forward(shape, prefill_chunk):
+    """Prefill in pieces, then decode step by step past several chunk boundaries (8) and the
+    temperature floor (4); every step's logits equal a full forward of the whole sequence."""
+    model = herd.build(SHAPES[shape], seed=0)
+    tokens = _prompt(45)
+    cache = KVCache(model.config, batch=1, length=len(tokens), dtype=torch.float32)
+    engine = Engine(model, prefill_chunk=prefill_chunk)
+    with torch.no_grad():
+        full_SV = model(torch.tensor([tokens]))[0]
+        step = engine.prefill(cache, 0, tokens[:13])
+        assert (step - full_SV[12]).abs().max().item() <= 1e-4
+        for p in range(13, len(tokens)):
+            step = model(torch.tensor([[tokens[p]]]), cache=cache, positions_B=torch.tensor([p]))[0, -1]
+            assert (step - full_SV[p]).abs().max().item() <= 1e-4, f"position {p}"
+
+
+def test_batched_equals_unbatched():
+    model = herd.build(SCOUT_LIKE, seed=0)
+    engine = Engine(model, prefill_chunk=7)
+    prompts = [_prompt(3, 1), _prompt(19, 2), _prompt(11, 3)]
+    params = SamplingParams(temperature=0.0, max_new_tokens=20, logprobs=2, stop_ids=())
+    batched = engine.generate(prompts, params)
+    for prompt, together in zip(prompts, batched, strict=True):
+        alone = engine.generate(prompt, params)[0]
+        assert alone.token_ids == together.token_ids
+        assert max(abs(a - b) for a, b in zip(alone.logprobs, together.logprobs, strict=True)) <= 1e-4
+    sampled = SamplingParams(temperature=1.0, top_p=0.95, top_k=50, max_new_tokens=20, seed=7, stop_ids=())
+    assert engine.generate(prompts, sampled)[1].token_ids == engine.generate(prompts[1], sampled)[0].token_ids
+
+
+def test_greedy_matches_transformers_generate(tmp_path):
+    """64 new tokens from a 20-token prompt cross several chunk boundaries and the floor."""
+    ref = causal_lm(SCOUT_LIKE, seed=4)
+    model = herd.load(save_hf(ref, tmp_path))
+    prompt = _prompt(20, 5)
+    with torch.no_grad():
+        want = ref.generate(torch.tensor([prompt]), max_new_tokens=64, do_sample=False, min_new_tokens=64,
+                            eos_token_id=None, pad_token_id=0)[0, 20:].tolist()
+    got = Engine(model).generate(prompt, SamplingParams(temperature=0.0, max_new_tokens=64, stop_ids=()))[0]
+    assert got.token_ids == want
+    assert got.finish_reason == "length"
+
+
+def test_seed_reproduces_and_differs():
+    engine = Engine(herd.build(SCOUT_LIKE, seed=0))
+    params = SamplingParams(temperature=1.0, top_p=1.0, max_new_tokens=24, seed=11, stop_ids=())
+    first = engine.generate(_prompt(6), params)[0].token_ids
+    assert engine.generate(_prompt(6), params)[0].token_ids == first
+    other = SamplingParams(temperature=1.0, top_p=1.0, max_new_tokens=24, seed=12, stop_ids=())
+    assert engine.generate(_prompt(6), other)[0].token_ids != first
+
+
+def test_stop_tokens_and_stream():
+    engine = Engine(herd.build(SCOUT_LIKE, seed=0))
+    free = engine.generate(_prompt(6), SamplingParams(temperature=0.0, max_new_tokens=10, stop_ids=()))[0]
+    stop_at = free.token_ids[3]
+    first_hit = free.token_ids.index(stop_at)
+    done = engine.generate(_prompt(6), SamplingParams(temperature=0.0, max_new_tokens=10, stop_ids=(stop_at,)))[0]
+    assert done.token_ids == free.token_ids[: first_hit + 1] and done.finish_reason == "stop"
+    events = list(engine.stream(_prompt(6), SamplingParams(temperature=0.0, max_new_tokens=5, stop_ids=())))
+    assert [e.token for e in events] == free.token_ids[:5]
+    assert [e.finish_reason for e in events] == [None] * 4 + ["length"]
+
+
+def test_chunked_cache_memory_is_bounded():
+    config = SCOUT_LIKE  # chunk 8; layer 3 global
+    short = KVCache(config, batch=2, length=16, dtype=torch.float32)
+    long = KVCache(config, batch=2, length=4096, dtype=torch.float32)
+    for layer in range(config.n_layers):
+        slots = long.layers[layer].k_BGLK.shape[2]
+        if config.chunk_size(layer):
+            assert slots == 8 and short.layers[layer].k_BGLK.shape[2] == 8
+        else:
+            assert slots == 4096
+    # Decoding far past the chunk keeps the ring at 8 slots and stays exact.
+    model = herd.build(config.replace(max_seq_len=4096), seed=0)
+    tokens = _prompt(40)
+    with torch.no_grad():
+        full_SV = model(torch.tensor([tokens]))[0]
+        cache = KVCache(model.config, batch=1, length=40, dtype=torch.float32)
+        Engine(model, prefill_chunk=3).prefill(cache, 0, tokens[:2])
+        for p in range(2, 40):
+            step = model(torch.tensor([[tokens[p]]]), cache=cache, positions_B=torch.tensor([p]))[0, -1]
+            assert (step - full_SV[p]).abs().max().item() <= 1e-4
+    assert all(c.k_BGLK.shape[2] == 8 for i, c in enumerate(cache.layers) if config.chunk_size(i))
+
+
+def test_sampling_filters():
+    from herd.sampling import filter_logits
+
+    logits = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05]))
+    kept = lambda p: torch.isfinite(filter_logits(logits, p)).nonzero().flatten().tolist()
+    assert kept(SamplingParams(temperature=1.0, top_p=0.6)) == [0, 1]  # 0.5 < 0.6, so the crossing token stays
+    assert kept(SamplingParams(temperature=1.0, top_p=0.4)) == [0]
+    assert kept(SamplingParams(temperature=1.0, top_p=1.0, top_k=3)) == [0, 1, 2]
+    assert kept(SamplingParams(temperature=1.0, top_p=1.0, min_p=0.5)) == [0, 1]
+    with pytest.raises(ValueError, match="top_p"):
+        SamplingParams(top_p=0.0)
+
+
+def test_penalties():
+    from herd.sampling import apply_penalties
+
+    logits = torch.tensor([2.0, -2.0, 1.0, 0.5])
+    seen, out = torch.tensor([0, 1]), torch.tensor([2, 2])
+    got = apply_penalties(logits, SamplingParams(repetition_penalty=2.0), seen, out)
+    assert got.tolist() == [1.0, -4.0, 1.0, 0.5]
+    got = apply_penalties(logits, SamplingParams(frequency_penalty=0.5, presence_penalty=0.25), seen, out)
+    assert got.tolist() == [2.0, -2.0, 1.0 - 1.0 - 0.25, 0.5]
+
+
+def test_prompt_errors():
+    engine = Engine(herd.build(SCOUT_LIKE.replace(max_seq_len=32), seed=0))
+    with pytest.raises(ValueError, match="does not fit the context"):
+        engine.generate(_prompt(40), GREEDY)
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        engine.generate([5, 999], GREEDY)
+    with pytest.raises(ValueError, match="at least one token"):
+        engine.generate([[]], GREEDY)
