@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import torch
 
-from herd import config
+from herd import chat, config
 from herd.checkpoint import CheckpointError, load, save
 from herd.config import ConfigError, ModelConfig, TextConfig, VisionConfig
+from herd.engine import Engine
 from herd.model import Transformer
+from herd.sampling import SamplingParams
+from herd.tokenizer import StreamDecoder, Tokenizer, TokenizerError, load_tokenizer
 
 __all__ = [
-    "CheckpointError", "ConfigError", "ModelConfig", "TextConfig", "Transformer", "VisionConfig",
-    "build", "config", "load", "save",
+    "CheckpointError", "ConfigError", "Engine", "ModelConfig", "SamplingParams", "StreamDecoder", "TextConfig",
+    "Tokenizer", "TokenizerError", "Transformer", "VisionConfig", "build", "chat", "config", "load",
+    "load_tokenizer", "save",
 ]
 __version__ = "0.1.0"
 

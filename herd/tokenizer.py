@@ -82,7 +82,7 @@ SPECIAL_TOKENS: dict[str, int] = {name: N_BASE_TOKENS + k for k, name in enumera
 def _split_for_bpe(text: str, max_chars: int = MAX_ENCODE_CHARS, max_run: int = MAX_RUN_CHARS) -> list[str]:
     """Cut `text` as Meta's encoder does: `max_chars` pieces, then cut every whitespace or non-whitespace
     run longer than `max_run` at multiples of `max_run` from the run's start (runs restart in each piece)."""
-    if len(text) <= max_run:
+    if len(text) <= min(max_run, max_chars):
         return [text]
     out = []
     for start in range(0, len(text), max_chars):
@@ -198,7 +198,8 @@ class HFTokenizer(Tokenizer):
         try:
             import tokenizers
         except ImportError as e:
-            raise TokenizerError("reading tokenizer.json needs the `tokenizers` package (pip install tokenizers)") from e
+            msg = "reading tokenizer.json needs the `tokenizers` package (pip install tokenizers)"
+            raise TokenizerError(msg) from e
         path = Path(json_path)
         spec = _read_hf_json(path)
         base = _hf_base_pieces(spec, path)
@@ -257,7 +258,8 @@ def _read_tiktoken_ranks(path: Path) -> dict[bytes, int]:
         ranks[token] = rank
     if len(ranks) != N_BASE_TOKENS or len(set(ranks.values())) != N_BASE_TOKENS:
         raise TokenizerError(
-            f"{path}: {len(ranks)} distinct ranks, a Llama 4 tokenizer.model has {N_BASE_TOKENS} (truncated or corrupt?)"
+            f"{path}: {len(ranks)} distinct ranks, a Llama 4 tokenizer.model has {N_BASE_TOKENS} "
+            "(truncated or corrupt?)"
         )
     missing = [b for b in range(256) if bytes([b]) not in ranks]
     if missing:
@@ -305,7 +307,9 @@ def _read_hf_json(path: Path) -> dict:
 def _hf_base_pieces(spec: dict, path: Path) -> list[bytes]:
     vocab = spec["model"]["vocab"]
     if sorted(vocab.values()) != list(range(N_BASE_TOKENS)):
-        raise TokenizerError(f"{path}: BPE vocabulary has {len(vocab)} entries, Llama 4 has ids 0 .. {N_BASE_TOKENS - 1}")
+        raise TokenizerError(
+            f"{path}: BPE vocabulary has {len(vocab)} entries, Llama 4 has ids 0 .. {N_BASE_TOKENS - 1}"
+        )
     alphabet = _byte_level_alphabet()
     base: list[bytes] = [b""] * N_BASE_TOKENS
     for token, i in vocab.items():

@@ -1,4 +1,4 @@
-"""`herd generate`: stream a completion from a checkpoint or a randomly built preset."""
+"""`herd generate`: stream a completion of a text prompt (or of token ids) from a checkpoint or a preset."""
 
 from __future__ import annotations
 
@@ -6,67 +6,84 @@ import argparse
 import sys
 import time
 
-import torch
-
 import herd
+from herd import chat
+from herd.cli.common import DTYPES, add_sampling_flags, sampling_params, tokenizer_for
 from herd.config import PRESETS, preset
 from herd.engine import Engine
-from herd.sampling import SamplingParams
+from herd.tokenizer import StreamDecoder
 
-HELP = "Generate from a checkpoint (--model) or a random preset (--preset), streaming the output."
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-
-
-def add_sampling_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--max-new-tokens", type=int, default=256)
-    parser.add_argument("--temperature", type=float, default=0.6, help="0 is greedy (default 0.6, as Meta's)")
-    parser.add_argument("--top-p", type=float, default=0.9)
-    parser.add_argument("--top-k", type=int, default=0, help="0 is off")
-    parser.add_argument("--min-p", type=float, default=0.0)
-    parser.add_argument("--repetition-penalty", type=float, default=1.0)
-    parser.add_argument("--frequency-penalty", type=float, default=0.0)
-    parser.add_argument("--presence-penalty", type=float, default=0.0)
-    parser.add_argument("--seed", type=int, default=None)
-
-
-def sampling_params(args: argparse.Namespace, **extra: object) -> SamplingParams:
-    return SamplingParams(
-        temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, min_p=args.min_p,
-        repetition_penalty=args.repetition_penalty, frequency_penalty=args.frequency_penalty,
-        presence_penalty=args.presence_penalty, max_new_tokens=args.max_new_tokens, seed=args.seed, **extra,
-    )
+HELP = "Stream a completion from a checkpoint (--model) or a random preset (--preset)."
 
 
 def register(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", help="checkpoint directory (HF or Meta format)")
     source.add_argument("--preset", choices=list(PRESETS), help="build this preset with random weights")
-    parser.add_argument("--prompt-ids", default="200000", help="comma-separated prompt token ids")
+    prompt = parser.add_mutually_exclusive_group()
+    prompt.add_argument("--prompt", help="prompt text")
+    prompt.add_argument("--prompt-ids", help="comma-separated prompt token ids (prints ids, needs no tokenizer)")
+    parser.add_argument("--chat", action="store_true", help="wrap --prompt as one user turn of the chat format")
+    parser.add_argument("--system", help="with --chat: a system message")
+    parser.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     parser.add_argument("--dtype", choices=list(DTYPES), default="float32")
     add_sampling_flags(parser)
 
 
+def _fail(message: str) -> int:
+    print(f"herd generate: error: {message}", file=sys.stderr)
+    return 2
+
+
 def run(args: argparse.Namespace) -> int:
-    dtype = DTYPES[args.dtype]
+    if args.chat and args.prompt is None:
+        return _fail("--chat needs --prompt TEXT")
     if args.model:
-        model = herd.load(args.model, dtype=dtype)
+        model = herd.load(args.model, dtype=DTYPES[args.dtype])
     else:
-        model = herd.build(preset(args.preset), dtype=dtype, seed=0)
+        model = herd.build(preset(args.preset), dtype=DTYPES[args.dtype], seed=0)
+    tokenizer = tokenizer_for(args.model, model.config.vocab_size) if args.prompt is not None else None
+    if args.prompt_ids is not None:
+        try:
+            prompt = [int(t) for t in args.prompt_ids.split(",") if t.strip()]
+        except ValueError:
+            return _fail(f"--prompt-ids must be comma-separated integers, got {args.prompt_ids!r}")
+        tokenizer = None
+    elif args.prompt is None:
+        prompt = [model.config.bos_id if model.config.bos_id < model.config.vocab_size else 0]
+        tokenizer = None
+    elif args.chat:
+        messages = ([{"role": "system", "content": args.system}] if args.system else [])
+        prompt = chat.render(tokenizer, [*messages, {"role": "user", "content": args.prompt}]).ids
+    else:
+        prompt = tokenizer.encode(args.prompt, bos=True)
     try:
-        prompt = [int(t) for t in args.prompt_ids.split(",") if t.strip()]
         params = sampling_params(args)
     except ValueError as err:
-        print(f"herd generate: error: --prompt-ids must be comma-separated integers ({err})", file=sys.stderr)
-        return 2
-    start = time.perf_counter()
-    count = 0
+        return _fail(str(err))
+    decoder = StreamDecoder(tokenizer) if tokenizer is not None else None
+    text, count, start, stopped = "", 0, time.perf_counter(), False
     try:
         for event in Engine(model).stream(prompt, params):
             count += 1
-            print(event.token, end=" ", flush=True)
+            if decoder is None:
+                print(event.token, end=" ", flush=True)
+                continue
+            if event.token in model.config.eos_ids:
+                break
+            piece = decoder.push(event.token)
+            text += piece
+            hit = min((text.find(s) for s in args.stop if s in text), default=-1)
+            if hit >= 0:  # print up to the stop string, then stop generating
+                print(piece[: max(0, len(piece) - (len(text) - hit))], end="", flush=True)
+                stopped = True
+                break
+            print(piece, end="", flush=True)
     except ValueError as err:
-        print(f"herd generate: error: {err}", file=sys.stderr)
-        return 2
+        return _fail(str(err))
+    if decoder is not None and not stopped:
+        print(decoder.flush(), end="")
     elapsed = time.perf_counter() - start
-    print(f"\n{count} tokens in {elapsed:.2f}s ({count / elapsed:.1f} tokens/s)", file=sys.stderr)
+    print(f"\n[{len(prompt)} prompt tokens, {count} new tokens in {elapsed:.2f}s: {count / elapsed:.1f} tokens/s]",
+          file=sys.stderr)
     return 0

@@ -7,10 +7,11 @@ import logging
 import sys
 
 from herd.checkpoint import CheckpointError
-from herd.cli import generate, info
+from herd.cli import chat, generate, info, tokenize
 from herd.config import ConfigError
+from herd.tokenizer import TokenizerError
 
-COMMANDS = {"info": info, "generate": generate}
+COMMANDS = {"info": info, "generate": generate, "chat": chat, "tokenize": tokenize}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="herd: %(message)s")
     try:
         return COMMANDS[args.command].run(args) or 0
-    except (CheckpointError, ConfigError) as err:
+    except (CheckpointError, ConfigError, TokenizerError) as err:
         print(f"herd {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,92 @@
+"""`herd chat`: an interactive terminal chat with streaming replies.
+
+- History is kept as OpenAI-style messages and rendered by `herd.chat` each turn.
+- Input: a line is a message; a line ending in a backslash continues on the next line, and a
+  line of three double quotes opens or closes a multi-line block.
+- Commands: /reset clears the history (keeping --system), /exit (or Ctrl-D) leaves.
+- Ctrl-C during a reply stops that reply (its text so far stays in the history); at the prompt
+  it clears the line. The session goes on either way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from herd import chat
+from herd.cli.common import DTYPES, add_sampling_flags, load_with_tokenizer, sampling_params
+from herd.engine import Engine
+from herd.tokenizer import StreamDecoder
+
+HELP = "Chat with a checkpoint in the terminal (streaming, history, /reset, /exit)."
+PROMPT, CONTINUE = ">>> ", "... "
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="checkpoint directory (HF or Meta format)")
+    parser.add_argument("--system", help="system message")
+    parser.add_argument("--dtype", choices=list(DTYPES), default="bfloat16")
+    add_sampling_flags(parser, max_new_tokens=1024)
+
+
+def read_message() -> str | None:
+    """One user message from stdin; None at end of input. Ctrl-C clears what was typed."""
+    lines: list[str] = []
+    block = False
+    while True:
+        try:
+            line = input(CONTINUE if lines else PROMPT)
+        except EOFError:
+            return None
+        except KeyboardInterrupt:
+            print()
+            lines, block = [], False
+            continue
+        if line.strip() == '"""':
+            block = not block
+            if not block:
+                return "\n".join(lines)
+            continue
+        if block:
+            lines.append(line)
+        elif line.endswith("\\"):
+            lines.append(line[:-1])
+        else:
+            return "\n".join([*lines, line])
+
+
+def run(args: argparse.Namespace) -> int:
+    model, tokenizer = load_with_tokenizer(args.model, args.dtype)
+    engine = Engine(model)
+    params = sampling_params(args)
+    system = [{"role": "system", "content": args.system}] if args.system else []
+    history: list[dict] = list(system)
+    print("herd chat: /reset clears the history, /exit leaves; Ctrl-C stops a reply.", file=sys.stderr)
+    while True:
+        text = read_message()
+        if text is None or text.strip() in ("/exit", "/quit"):
+            print()
+            return 0
+        if text.strip() == "/reset":
+            history = list(system)
+            print("(history cleared)")
+            continue
+        if not text.strip():
+            continue
+        history.append({"role": "user", "content": text})
+        prompt = chat.render(tokenizer, history).ids
+        decoder, ids = StreamDecoder(tokenizer), []
+        try:
+            for event in engine.stream(prompt, params):
+                ids.append(event.token)
+                if event.token in model.config.eos_ids:
+                    break
+                print(decoder.push(event.token), end="", flush=True)
+            print(decoder.flush())
+        except KeyboardInterrupt:
+            print("\n(stopped)")
+        except ValueError as err:  # e.g. the conversation outgrew the context
+            print(f"\nherd chat: error: {err}; use /reset", file=sys.stderr)
+            history.pop()
+            continue
+        history.append(chat.parse_assistant(tokenizer, ids).to_openai())

@@ -1,0 +1,54 @@
+"""What several commands share: loading a model with its tokenizer, and the sampling flags."""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+import herd
+from herd.checkpoint import CheckpointError
+from herd.model import Transformer
+from herd.sampling import SamplingParams
+from herd.tokenizer import Tokenizer, TokenizerError, load_tokenizer
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def add_sampling_flags(parser: argparse.ArgumentParser, max_new_tokens: int = 256) -> None:
+    parser.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    parser.add_argument("--temperature", type=float, default=0.6, help="0 is greedy (default 0.6, as Meta's)")
+    parser.add_argument("--top-p", type=float, default=0.9)
+    parser.add_argument("--top-k", type=int, default=0, help="0 is off")
+    parser.add_argument("--min-p", type=float, default=0.0)
+    parser.add_argument("--repetition-penalty", type=float, default=1.0)
+    parser.add_argument("--frequency-penalty", type=float, default=0.0)
+    parser.add_argument("--presence-penalty", type=float, default=0.0)
+    parser.add_argument("--seed", type=int, default=None)
+
+
+def sampling_params(args: argparse.Namespace, **extra: object) -> SamplingParams:
+    return SamplingParams(
+        temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, min_p=args.min_p,
+        repetition_penalty=args.repetition_penalty, frequency_penalty=args.frequency_penalty,
+        presence_penalty=args.presence_penalty, max_new_tokens=args.max_new_tokens, seed=args.seed, **extra,
+    )
+
+
+def tokenizer_for(path: str | None, vocab_size: int) -> Tokenizer:
+    """The checkpoint's tokenizer (or llama-models' Llama 4 one), checked against the model's vocabulary."""
+    try:
+        tokenizer = load_tokenizer(path)
+    except TokenizerError as err:
+        raise CheckpointError(f"{path or 'tokenizer'}: {err}") from None
+    if tokenizer.n_words > vocab_size:
+        raise CheckpointError(
+            f"{path or 'preset'}: no tokenizer of the checkpoint's own, and the one found ({tokenizer.n_words:,} "
+            f"ids) does not fit the model's vocabulary of {vocab_size:,}"
+        )
+    return tokenizer
+
+
+def load_with_tokenizer(path: str, dtype: str) -> tuple[Transformer, Tokenizer]:
+    model = herd.load(path, dtype=DTYPES[dtype])
+    return model, tokenizer_for(path, model.config.vocab_size)
