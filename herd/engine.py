@@ -6,15 +6,17 @@
   never needs memory quadratic in its length; only the last position's logits are computed.
 - Then all unfinished rows decode together, each at its own position (prompts of different
   lengths batch without padding tricks).
-- `stream()` yields a `TokenEvent` per generated token; closing the iterator stops generation
-  (that is how callers with a tokenizer implement stop strings). `generate()` collects them.
+- `stream()` yields a `TokenEvent` per generated token; closing the iterator stops generation.
+  Stop strings need text, so the caller passes `stop_fn(row, token) -> bool` (e.g. backed by
+  `herd.tokenizer.TextStream`), which ends that row with finish_reason "stop".
+  `generate()` collects the events.
 
 Shapes: B batch, V vocab.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -77,8 +79,8 @@ class Engine:
         return logits_11V[0, -1]
 
     @torch.no_grad()
-    def stream(self, prompts: Sequence[int] | Sequence[Sequence[int]],
-               params: SamplingParams | None = None) -> Iterator[TokenEvent]:
+    def stream(self, prompts: Sequence[int] | Sequence[Sequence[int]], params: SamplingParams | None = None,
+               stop_fn: Callable[[int, int], bool] | None = None) -> Iterator[TokenEvent]:
         """Generate for one prompt (a list of ids) or several; events arrive step by step."""
         params = params or SamplingParams()
         rows = [list(prompts)] if prompts and isinstance(prompts[0], int) else [list(p) for p in prompts]
@@ -94,23 +96,21 @@ class Engine:
         logits_BV = torch.stack([self.prefill(cache, b, p) for b, p in enumerate(rows)])
         positions_B = torch.tensor([len(p) for p in rows], device=self.device)
         live = list(range(len(rows)))
+        finished = [False] * len(rows)
         while live:
-            next_tokens = []
             for b in live:
                 token = self._sample(logits_BV[b], params, history[b], outputs[b], generators[b])
                 outputs[b] = torch.cat((outputs[b], outputs[b].new_tensor([token])))
                 history[b] = torch.cat((history[b], history[b].new_tensor([token])))
-                done = "stop" if token in stop else None
+                done = "stop" if token in stop or (stop_fn is not None and stop_fn(b, token)) else None
                 if done is None and (len(outputs[b]) >= params.max_new_tokens or int(positions_B[b]) + 1 >= length):
                     done = "length"
+                finished[b] = done is not None
                 event = TokenEvent(row=b, token=token, finish_reason=done)
                 if params.logprobs is not None:
                     event.logprob, event.top_logprobs = logprobs_of(logits_BV[b], token, params.logprobs)
                 yield event
-                next_tokens.append(token)
-            live_next = [b for b, t in zip(live, next_tokens, strict=True)
-                         if t not in stop and len(outputs[b]) < params.max_new_tokens
-                         and int(positions_B[b]) + 1 < length]
+            live_next = [b for b in live if not finished[b]]
             if not live_next:
                 return
             # Every row of the cache steps together; finished rows are carried along, their output ignored.
@@ -124,12 +124,12 @@ class Engine:
         logits_V = apply_penalties(logits_V.float(), params, seen, output)
         return choose(logits_V, params, generator)
 
-    def generate(self, prompts: Sequence[int] | Sequence[Sequence[int]],
-                 params: SamplingParams | None = None) -> list[Completion]:
+    def generate(self, prompts: Sequence[int] | Sequence[Sequence[int]], params: SamplingParams | None = None,
+                 stop_fn: Callable[[int, int], bool] | None = None) -> list[Completion]:
         """Run `stream()` to the end and collect one `Completion` per prompt."""
         rows = [list(prompts)] if prompts and isinstance(prompts[0], int) else [list(p) for p in prompts]
         completions = [Completion(prompt_ids=p) for p in rows]
-        for event in self.stream(rows, params):
+        for event in self.stream(rows, params, stop_fn):
             c = completions[event.row]
             c.token_ids.append(event.token)
             if event.logprob is not None:

@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "N_BASE_TOKENS", "N_SPECIAL_TOKENS", "O200K_PATTERN", "SPECIAL_TOKENS", "HFTokenizer", "StreamDecoder",
-    "Tokenizer", "TokenizerError", "load_tokenizer",
+    "TextStream", "Tokenizer", "TokenizerError", "load_tokenizer",
 ]
 
 N_BASE_TOKENS = 200_000
@@ -232,6 +232,43 @@ class StreamDecoder:
         text = self._utf8.decode(b"", final=True)
         self._utf8.reset()
         return text
+
+
+class TextStream:
+    """The text of one generated sequence, streamed, with stop strings cut out.
+
+    `push` returns the text that is safe to show: a tail that could still grow into a stop
+    string is held back, and once a stop string appears `stopped` is set and nothing after it
+    (nor the stop string itself) is ever returned, as OpenAI-style servers behave.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, stop_strings: Iterable[str] = ()) -> None:
+        self._decoder = StreamDecoder(tokenizer)
+        self._stops = [s for s in stop_strings if s]
+        self.text = ""  # everything decoded so far
+        self._shown = 0
+        self.stopped = False
+
+    def _release(self, upto: int) -> str:
+        out, self._shown = self.text[self._shown : upto], max(self._shown, upto)
+        return out
+
+    def push(self, token_id: int) -> str:
+        if self.stopped:
+            return ""
+        self.text += self._decoder.push(token_id)
+        hits = [i for i in (self.text.find(s, max(0, self._shown - len(s))) for s in self._stops) if i >= 0]
+        if hits:
+            self.stopped = True
+            return self._release(min(hits))
+        hold = max((k for s in self._stops for k in range(1, len(s)) if self.text.endswith(s[:k])), default=0)
+        return self._release(len(self.text) - hold)
+
+    def flush(self) -> str:
+        if self.stopped:
+            return ""
+        self.text += self._decoder.flush()
+        return self._release(len(self.text))
 
 
 def _read_tiktoken_ranks(path: Path) -> dict[bytes, int]:

@@ -138,3 +138,24 @@ def test_prompt_errors():
         engine.generate([5, 999], GREEDY)
     with pytest.raises(ValueError, match="at least one token"):
         engine.generate([[]], GREEDY)
+
+
+def test_stop_fn_ends_one_row():
+    engine = Engine(herd.build(SCOUT_LIKE, seed=0))
+    params = SamplingParams(temperature=0.0, max_new_tokens=12, stop_ids=())
+    free = engine.generate([_prompt(5, 1), _prompt(7, 2)], params)
+    cut = engine.generate([_prompt(5, 1), _prompt(7, 2)], params, stop_fn=lambda row, token: row == 0)
+    assert cut[0].token_ids == free[0].token_ids[:1] and cut[0].finish_reason == "stop"
+    assert cut[1].token_ids == free[1].token_ids
+
+
+def test_text_stream_holds_back_and_cuts_stop_strings():
+    from herd.tokenizer import TextStream, load_tokenizer
+
+    tokenizer = load_tokenizer()
+    ids = tokenizer.encode("Hello wor" + "ld, stop here END and more")
+    stream = TextStream(tokenizer, ["END", "nothing"])
+    shown = "".join(stream.push(t) for t in ids) + stream.flush()
+    assert shown == "Hello world, stop here " and stream.stopped
+    plain = TextStream(tokenizer, ["zzz"])
+    assert "".join(plain.push(t) for t in ids) + plain.flush() == "Hello world, stop here END and more"

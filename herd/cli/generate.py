@@ -11,7 +11,7 @@ from herd import chat
 from herd.cli.common import DTYPES, add_sampling_flags, sampling_params, tokenizer_for
 from herd.config import PRESETS, preset
 from herd.engine import Engine
-from herd.tokenizer import StreamDecoder
+from herd.tokenizer import TextStream
 
 HELP = "Stream a completion from a checkpoint (--model) or a random preset (--preset)."
 
@@ -61,28 +61,21 @@ def run(args: argparse.Namespace) -> int:
         params = sampling_params(args)
     except ValueError as err:
         return _fail(str(err))
-    decoder = StreamDecoder(tokenizer) if tokenizer is not None else None
-    text, count, start, stopped = "", 0, time.perf_counter(), False
+    text = TextStream(tokenizer, args.stop) if tokenizer is not None else None
+    count, start = 0, time.perf_counter()
     try:
         for event in Engine(model).stream(prompt, params):
             count += 1
-            if decoder is None:
+            if text is None:
                 print(event.token, end=" ", flush=True)
-                continue
-            if event.token in model.config.eos_ids:
-                break
-            piece = decoder.push(event.token)
-            text += piece
-            hit = min((text.find(s) for s in args.stop if s in text), default=-1)
-            if hit >= 0:  # print up to the stop string, then stop generating
-                print(piece[: max(0, len(piece) - (len(text) - hit))], end="", flush=True)
-                stopped = True
-                break
-            print(piece, end="", flush=True)
+            elif event.token not in model.config.eos_ids:
+                print(text.push(event.token), end="", flush=True)
+                if text.stopped:
+                    break
     except ValueError as err:
         return _fail(str(err))
-    if decoder is not None and not stopped:
-        print(decoder.flush(), end="")
+    if text is not None:
+        print(text.flush(), end="")
     elapsed = time.perf_counter() - start
     print(f"\n[{len(prompt)} prompt tokens, {count} new tokens in {elapsed:.2f}s: {count / elapsed:.1f} tokens/s]",
           file=sys.stderr)
