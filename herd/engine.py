@@ -113,10 +113,11 @@ class Engine:
             live_next = [b for b in live if not finished[b]]
             if not live_next:
                 return
-            # Every row of the cache steps together; finished rows are carried along, their output ignored.
+            # Every row of the cache steps together. Finished rows are carried along with their output
+            # ignored, and stay at their last position so they never write past the cache.
             tokens_B1 = torch.tensor([[int(h[-1])] for h in history], device=self.device)
             logits_BV = self.model(tokens_B1, cache=cache, positions_B=positions_B)[:, -1]
-            positions_B = positions_B + 1
+            positions_B = positions_B + torch.tensor([not done for done in finished], device=self.device)
             live = live_next
 
     def _sample(self, logits_V: torch.Tensor, params: SamplingParams, seen: torch.Tensor, output: torch.Tensor,

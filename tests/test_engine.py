@@ -159,3 +159,13 @@ def test_text_stream_holds_back_and_cuts_stop_strings():
     assert shown == "Hello world, stop here " and stream.stopped
     plain = TextStream(tokenizer, ["zzz"])
     assert "".join(plain.push(t) for t in ids) + plain.flush() == "Hello world, stop here END and more"
+
+
+def test_rows_finishing_at_the_context_limit():
+    """The longest row reaches max_seq_len first; the others go on without writing past the cache."""
+    engine = Engine(herd.build(SCOUT_LIKE.replace(max_seq_len=40), seed=0))
+    params = SamplingParams(temperature=0.0, max_new_tokens=50, stop_ids=())
+    long, short = engine.generate([_prompt(30, 1), _prompt(5, 2)], params)
+    assert len(long.token_ids) == 10 and long.finish_reason == "length"
+    assert len(short.token_ids) == 35 and short.finish_reason == "length"
+    assert engine.generate(_prompt(5, 2), params)[0].token_ids == short.token_ids
