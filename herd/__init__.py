@@ -27,10 +27,12 @@ def build(
     device: torch.device | str = "cpu",
     seed: int | None = None,
 ) -> Transformer:
-    """A randomly initialised model (eval mode) built directly on `device` in `dtype`."""
+    """A randomly initialised model (eval mode) built directly on `device` in `dtype`; a
+    `ModelConfig` with a vision part builds the multimodal model."""
     text = config.text if isinstance(config, ModelConfig) else config
+    vision = config.vision if isinstance(config, ModelConfig) else None
     with torch.device("meta"):
-        model = Transformer(text)
+        model = Transformer(text, vision)
     model.to_empty(device=device)
     generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
     model.init_weights(generator=generator)

@@ -4,9 +4,10 @@
   tensors read one by one (memory-mapped safetensors, `torch.load(mmap=True, weights_only=True)`),
   so peak memory stays near the size of the weights.
 - Loading is strict: a missing, unexpected or misshapen tensor is an error naming the key, the
-  file and both shapes. Vision weights are recognised and skipped (with a log line) while herd
-  builds only the text model.
-- Saving writes HF safetensors shards, the index and `config.json`, each file atomically.
+  file and both shapes. A checkpoint with vision weights loads the multimodal model, unless
+  `text_only=True` asks for the text model alone (the vision tensors are then skipped, with a log line).
+- Saving writes HF safetensors shards, the index and `config.json` (`Llama4ForCausalLM`, or
+  `Llama4ForConditionalGeneration` with a vision tower), each file atomically.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from herd.config import ConfigError, ModelConfig, TextConfig
+from herd.config import ConfigError, ModelConfig
 from herd.formats import hf, meta
 from herd.model import Transformer
 
@@ -77,18 +78,41 @@ def load(
     path: str | os.PathLike,
     dtype: torch.dtype | None = None,
     device: torch.device | str = "cpu",
+    text_only: bool = False,
 ) -> Transformer:
     """Load a checkpoint directory (HF or Meta format) into a herd model in eval mode.
 
-    `dtype=None` keeps the dtype the weights are stored in.
+    `dtype=None` keeps the dtype the weights are stored in. With vision weights present the model
+    has its vision tower (`model.vision`), unless `text_only=True`.
     """
     path = Path(path)
     fmt = detect_format(path)
     config = read_config(path)
+    if fmt == "hf":
+        files = _hf_weight_map(path)
+        vision_keys = [n for n in files if n.startswith(hf.VISION_PREFIXES)]
+    else:
+        files, shards, keys = _meta_shards(path)
+        vision_keys = [k for k in keys if k.startswith(meta.VISION_PREFIXES)]
+    if vision_keys and config.vision is None:
+        raise CheckpointError(f"{path}: {len(vision_keys)} vision tensors (e.g. {vision_keys[0]!r}) but the config "
+                              "describes no vision model")
+    vision = config.vision if vision_keys and not text_only else None
+    if vision_keys and vision is None:
+        log.warning("%s: skipping %d vision tensors (text_only=True)", path, len(vision_keys))
     with torch.device("meta"):
-        model = Transformer(config.text)
+        model = Transformer(config.text, vision)
     expected = {name: tuple(p.shape) for name, p in model.state_dict().items()}
-    tensors = _read_hf(path, config.text, expected) if fmt == "hf" else _read_meta(path, config.text, expected)
+    if fmt == "hf":
+        prefix = hf.MULTIMODAL_PREFIX if any(n.startswith(hf.MULTIMODAL_PREFIX) for n in files) else ""
+        names = hf.text_weight_names(config.text, prefix) | (hf.vision_weight_names(vision) if vision else {})
+        _check_coverage(path, set(files) - (set(vision_keys) if vision is None else set()), set(names.values()), "HF")
+        tensors = _read_hf(names, files, expected)
+    else:
+        rules = meta.text_rules(config.text) | (meta.vision_rules(vision) if vision else {})
+        wanted = {source for rule in rules.values() for source in rule.sources}
+        _check_coverage(path, keys - (set(vision_keys) if vision is None else set()), wanted, "Meta")
+        tensors = _read_meta(path, shards, rules, expected)
     state = {}
     for name, tensor in tensors:
         dtype = dtype or tensor.dtype  # None: the stored dtype of the first tensor, for all of them
@@ -140,15 +164,8 @@ def _open_safetensors(file: Path) -> Any:
 
 
 def _read_hf(
-    path: Path, text: TextConfig, expected: dict[str, tuple[int, ...]]
+    names: dict[str, str], files: dict[str, Path], expected: dict[str, tuple[int, ...]]
 ) -> Iterator[tuple[str, torch.Tensor]]:
-    files = _hf_weight_map(path)
-    multimodal = any(name.startswith(hf.MULTIMODAL_PREFIX) for name in files)
-    names = hf.text_weight_names(text, hf.MULTIMODAL_PREFIX if multimodal else hf.TEXT_ONLY_PREFIX)
-    vision = [n for n in files if n.startswith(hf.VISION_PREFIXES)]
-    _check_coverage(path, set(files) - set(vision), set(names.values()), "HF")
-    if vision:
-        log.warning("%s: skipping %d vision tensors; herd loads the text model only", path, len(vision))
     handles: dict[Path, Any] = {}
     for ours, theirs in names.items():
         file = files[theirs]
@@ -188,9 +205,8 @@ def _load_pth(file: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def _read_meta(
-    path: Path, text: TextConfig, expected: dict[str, tuple[int, ...]]
-) -> Iterator[tuple[str, torch.Tensor]]:
+def _meta_shards(path: Path) -> tuple[list[Path], list[dict[str, torch.Tensor]], set[str]]:
+    """The shard files, their (memory-mapped) contents, and the tensor names every shard holds."""
     files = sorted(path.glob("consolidated.*.pth"))
     if not files:
         raise CheckpointError(f"{path}: params.json found but no consolidated.*.pth weight files")
@@ -204,12 +220,13 @@ def _read_meta(
         if k != keys[0]:
             diff = sorted(k ^ keys[0])[:5]
             raise CheckpointError(f"{file}: holds different tensors than {files[0].name}, e.g. {diff}")
-    rules = meta.text_rules(text)
-    vision = {k for k in keys[0] if k.startswith(meta.VISION_PREFIXES)}
-    wanted = {source for rule in rules.values() for source in rule.sources}
-    _check_coverage(path, keys[0] - vision, wanted, "Meta")
-    if vision:
-        log.warning("%s: skipping %d vision tensors; herd loads the text model only", path, len(vision))
+    return files, shards, keys[0]
+
+
+def _read_meta(
+    path: Path, shards: list[dict[str, torch.Tensor]], rules: dict[str, meta.Rule],
+    expected: dict[str, tuple[int, ...]],
+) -> Iterator[tuple[str, torch.Tensor]]:
     for ours, rule in rules.items():
         parts = [shard[source] for source in rule.sources for shard in shards]
         try:
@@ -231,10 +248,12 @@ def _atomic(file: Path) -> Path:
 
 def save(model: Transformer, path: str | os.PathLike, max_shard_bytes: int = 5 * 2**30) -> None:
     """Write `model` as an HF checkpoint (sharded safetensors + index + config.json) that
-    transformers' `Llama4ForCausalLM.from_pretrained` loads."""
+    transformers loads: `Llama4ForCausalLM`, or `Llama4ForConditionalGeneration` with vision."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    names = hf.text_weight_names(model.config, hf.TEXT_ONLY_PREFIX)
+    vision = model.vision.config if model.vision is not None else None
+    names = hf.text_weight_names(model.config, hf.MULTIMODAL_PREFIX if vision else hf.TEXT_ONLY_PREFIX)
+    names |= hf.vision_weight_names(vision) if vision else {}
     state = model.state_dict()
     shards: list[dict[str, torch.Tensor]] = [{}]
     size = 0
@@ -256,7 +275,7 @@ def save(model: Transformer, path: str | os.PathLike, max_shard_bytes: int = 5 *
         os.replace(_atomic(file), file)
         weight_map.update({name: file.name for name in shard})
     dtype = str(next(iter(state.values())).dtype).removeprefix("torch.")
-    files = {"config.json": hf.text_config_to_hf(model.config, dtype)}
+    files = {"config.json": hf.model_config_to_hf(ModelConfig(model.config, vision), dtype)}
     if n > 1:
         total = sum(t.numel() * t.element_size() for s in shards for t in s.values())
         files[INDEX_NAME] = {"metadata": {"total_size": total}, "weight_map": weight_map}

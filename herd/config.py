@@ -96,6 +96,15 @@ class VisionConfig:
     adapter_dim: int = 4096  # HF projector_input_dim: the adapter's first linear output
     output_dim: int = 4096  # HF projector_output_dim / vision_output_dim: the adapter output
     max_tiles: int = 16
+    patch_token_id: int = 200092  # <|patch|>: the prompt positions image features replace
+
+    def __post_init__(self) -> None:
+        shuffled = self.dim / self.pixel_shuffle_ratio**2
+        if shuffled != self.mlp_dim:
+            raise ConfigError(f"vision mlp_dim ({self.mlp_dim}) must equal the pixel-shuffled width dim/ratio² "
+                              f"({shuffled:g}): the adapter's input and the encoder MLP share that size")
+        if self.dim % self.n_heads or (self.dim // self.n_heads) % 4:
+            raise ConfigError(f"vision head dim {self.dim}/{self.n_heads} must be a multiple of 4 for 2D RoPE")
 
     def replace(self, **changes: object) -> VisionConfig:
         return dataclasses.replace(self, **changes)

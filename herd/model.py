@@ -7,6 +7,8 @@
 - Weightless QK-norm after RoPE on RoPE layers (`use_qk_norm`); attention temperature tuning of q
   on NoPE layers: q·(1 + attn_scale·ln(floor((p+1)/floor_scale) + 1)).
 - Untied embedding and LM head, no embedding scaling.
+- Early fusion (multimodal checkpoints): projected image features from `herd.vision` replace the
+  token embeddings at `<|patch|>` positions, in order; the decoder then treats them as tokens.
 
 The model knows nothing of checkpoints, devices, compile or parallelism: build it on the meta
 device and call `init_weights()`, or fill it with `herd.checkpoint.load`. With a `KVCache` it
@@ -23,11 +25,12 @@ import torch
 from torch import nn
 
 from herd.attention import causal_attention
-from herd.config import TextConfig
+from herd.config import TextConfig, VisionConfig
 from herd.ffn import FeedForward, RMSNorm, rms_normalize
 from herd.kv_cache import KVCache
 from herd.moe import MoE
 from herd.rope import angles, apply_rope, inv_freq
+from herd.vision import VisionModel
 
 
 class Attention(nn.Module):
@@ -99,11 +102,16 @@ class Positions:
 
 
 class Transformer(nn.Module):
-    """The Llama 4 text model: token ids [B, S] in, logits [B, S, V] out."""
+    """The Llama 4 model: token ids [B, S] (and image features) in, logits [B, S, V] out.
 
-    def __init__(self, config: TextConfig) -> None:
+    `vision` is built only for multimodal configs; `encode_images` turns pixel tiles into the
+    features that `forward` places at the `<|patch|>` positions.
+    """
+
+    def __init__(self, config: TextConfig, vision: VisionConfig | None = None) -> None:
         super().__init__()
         self.config = config
+        self.vision = VisionModel(vision, config.dim) if vision is not None else None
         self.tok_embeddings = nn.Embedding(config.vocab_size, config.dim)
         self.layers = nn.ModuleList(Block(config, layer) for layer in range(config.n_layers))
         self.norm = RMSNorm(config.dim, config.norm_eps)
@@ -124,18 +132,45 @@ class Transformer(nn.Module):
         c = self.config
         device = self.output.weight.device
         self.freq_K2 = inv_freq(c.head_dim, c.rope_theta, c.rope_scaling).to(device)
+        if self.vision is not None:
+            self.vision.init_buffers()
 
     @torch.no_grad()
     def init_weights(self, std: float = 0.02, generator: torch.Generator | None = None) -> None:
         """Random initialisation: N(0, std) weights, output projections scaled by 1/sqrt(2L), unit norms."""
         out_std = std / math.sqrt(2 * self.config.n_layers)
         for name, param in self.named_parameters():
+            if name.startswith("vision."):
+                continue
             if name.endswith("norm.weight"):
                 param.fill_(1.0)
             else:
                 is_out = name.endswith(("wo.weight", "w2.weight", "experts.w2"))
                 param.normal_(0.0, out_std if is_out else std, generator=generator)
+        if self.vision is not None:
+            self.vision.init_weights(std, generator)
         self.init_buffers()
+
+    def encode_images(self, pixels: list[torch.Tensor]) -> torch.Tensor:
+        """Projected features [F, D] for the tiles of several images, in prompt order (tiles
+        row-major, thumbnail last, as `herd.image` lays them out)."""
+        if self.vision is None:
+            raise ValueError("this model has no vision tower (a text-only checkpoint, or loaded with text_only=True)")
+        features_TND = self.vision(torch.cat(list(pixels), dim=0).to(self.output.weight.device))
+        return features_TND.reshape(-1, features_TND.shape[-1])
+
+    def embed(self, tokens_BS: torch.Tensor, image_features_FD: torch.Tensor | None = None) -> torch.Tensor:
+        """Token embeddings, with image features at the `<|patch|>` positions when given."""
+        x_BSD = self.tok_embeddings(tokens_BS)
+        if image_features_FD is None:
+            return x_BSD
+        patch_id = self.vision.config.patch_token_id if self.vision is not None else -1
+        is_patch_BS = tokens_BS == patch_id
+        n = int(is_patch_BS.sum())
+        if n != image_features_FD.shape[0]:
+            raise ValueError(f"the prompt has {n} <|patch|> tokens but the images give {image_features_FD.shape[0]} "
+                             "features; each tile needs its exact token layout")
+        return x_BSD.masked_scatter(is_patch_BS[..., None], image_features_FD.to(x_BSD.dtype))
 
     def forward(
         self,
@@ -146,11 +181,13 @@ class Transformer(nn.Module):
         cache: KVCache | None = None,
         row: int | None = None,
         positions_B: torch.Tensor | None = None,
+        image_features_FD: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits [B, S, V] for tokens at absolute positions start_pos…; `last_only` keeps the last one.
 
         With `cache`: either `row` (prefill tokens [1, S] of that row from start_pos, writing its
         cache) or `positions_B` (decode tokens [B, 1], row b at position positions_B[b]).
+        `image_features_FD` (from `encode_images`) fills the `<|patch|>` positions of `tokens_BS`.
         """
         S = tokens_BS.shape[1]
         device = tokens_BS.device
@@ -163,7 +200,7 @@ class Transformer(nn.Module):
         else:
             positions_BS = torch.arange(start_pos, start_pos + S, device=device)[None, :]
         pos = Positions(self.config, self.freq_K2, positions_BS, start_pos, cache, row)
-        x_BSD = self.tok_embeddings(tokens_BS)
+        x_BSD = self.embed(tokens_BS, image_features_FD)
         for block in self.layers:
             x_BSD = block(x_BSD, pos)
         if last_only:

@@ -26,6 +26,13 @@ DENSE_LIKE = TextConfig(**_TINY | {"attention_chunk_size": None}, rope_scaling=R
                         use_qk_norm=True, n_experts=0, nope_layer_interval=None)
 
 
+# A 56-pixel tile of 14-pixel patches: 16 patches, 4 tokens per tile after the pixel shuffle.
+TINY_VISION = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
+                   image_size=56, patch_size=14, projector_input_dim=48, projector_output_dim=48,
+                   vision_output_dim=48, pixel_shuffle_ratio=0.5, norm_eps=1e-5)
+PATCH_ID, BOI_ID, EOI_ID = 250, 251, 252  # inside the tiny vocabulary
+
+
 def hf_text_config(c: TextConfig) -> Llama4TextConfig:
     rope = {"rope_type": "default", "rope_theta": c.rope_theta}
     if c.rope_scaling is not None:
@@ -67,10 +74,8 @@ def causal_lm(c: TextConfig, seed: int = 0) -> Llama4ForCausalLM:
 
 def conditional_generation(c: TextConfig, seed: int = 0) -> Llama4ForConditionalGeneration:
     """The multimodal model with a tiny vision tower, to test the `language_model.` layout."""
-    vision = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=128,
-                  image_size=28, patch_size=14, projector_input_dim=64, projector_output_dim=64,
-                  vision_output_dim=64, pixel_shuffle_ratio=0.5)
-    config = Llama4Config(text_config=hf_text_config(c).to_dict(), vision_config=vision)
+    config = Llama4Config(text_config=hf_text_config(c).to_dict(), vision_config=TINY_VISION,
+                          image_token_index=PATCH_ID, boi_token_index=BOI_ID, eoi_token_index=EOI_ID)
     model = Llama4ForConditionalGeneration(config).eval()
     randomize_(model, seed)
     return model
@@ -82,6 +87,19 @@ def hf_logits(model: torch.nn.Module, tokens_BS: torch.Tensor) -> torch.Tensor:
     model = getattr(model, "language_model", model)
     with torch.no_grad():
         return model(input_ids=tokens_BS).logits.float()
+
+
+def hf_multimodal_logits(model: torch.nn.Module, tokens_BS: torch.Tensor, pixels_TCHW: torch.Tensor) -> torch.Tensor:
+    """HF's own fusion, step by step: `Llama4ForConditionalGeneration.forward` in transformers 5.24
+    fails while building its output (`image_outputs`), so its body is followed here with HF's modules:
+    vision model -> projector -> masked_scatter into the embeddings at image_token_index -> text model."""
+    with torch.no_grad():
+        features = model.vision_model(pixels_TCHW).last_hidden_state
+        projected = model.multi_modal_projector(features.reshape(-1, features.shape[-1]))
+        embeds = model.language_model.get_input_embeddings()(tokens_BS)
+        mask = (tokens_BS == model.config.image_token_index)[..., None].expand_as(embeds)
+        embeds = embeds.masked_scatter(mask, projected.to(embeds.dtype))
+        return model.language_model(inputs_embeds=embeds).logits.float()
 
 
 def save_hf(model: torch.nn.Module, directory: Path, max_shard_size: str | None = None) -> Path:

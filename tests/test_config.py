@@ -283,6 +283,12 @@ def test_hub_config_with_empty_no_rope_layers():
     assert architecture(hf.model_config_from_hf(raw).text) == architecture(preset(SCOUT).text)
 
 
+def test_hub_config_image_token_index_is_the_patch_token():
+    raw = hub_config("scout")
+    raw["image_token_index"] = 5
+    assert hf.model_config_from_hf(raw).vision.patch_token_id == 5
+
+
 def test_hub_config_without_vision():
     raw = hub_config("scout")
     del raw["vision_config"]
@@ -296,7 +302,6 @@ def test_hub_config_without_vision():
         ("text_config", "no_rope_layers", [1, 0] * 24, None),  # NoPE every 2nd layer: regular, accepted
         ("vision_config", "vision_output_dim", 7680, "vision_output_dim"),
         ("vision_config", "hidden_act", "silu", "hidden_act"),
-        (None, "image_token_index", 5, "image_token_index"),
         (None, "tie_word_embeddings", True, "tie_word_embeddings"),
     ],
 )

@@ -30,12 +30,14 @@ def test_sharded_checkpoint(tmp_path, tokens_BS):
     assert (got - hf_logits(ref, tokens_BS)).abs().max().item() <= TOL
 
 
+@pytest.mark.parametrize("text_only", [False, True])
 @pytest.mark.parametrize("shape", ["scout", "maverick"])
-def test_conditional_generation_text_path(shape, tmp_path, tokens_BS, caplog):
+def test_conditional_generation_text_path(shape, text_only, tmp_path, tokens_BS, caplog):
     ref = conditional_generation(SHAPES[shape])
     with caplog.at_level("WARNING", logger="herd"):
-        model = herd.load(save_hf(ref, tmp_path))
-    assert "vision tensors" in caplog.text  # skipped loudly, not silently
+        model = herd.load(save_hf(ref, tmp_path), text_only=text_only)
+    assert (model.vision is None) == text_only
+    assert ("skipping" in caplog.text) == text_only  # vision skipped loudly, never silently
     with torch.no_grad():
         got = model(tokens_BS)
     assert (got - hf_logits(ref, tokens_BS)).abs().max().item() <= TOL

@@ -185,6 +185,9 @@ def vision_config_from_hf(raw: dict[str, Any], where: str = "config.json: vision
         adapter_dim=int(keys.require("projector_input_dim")),
         output_dim=int(keys.require("projector_output_dim")),
     )
+    if vision.adapter_dim != vision.output_dim:  # HF's adapter feeds fc1's output into an output_dim-wide fc2
+        raise ConfigError(f"{where}: projector_input_dim={vision.adapter_dim} must equal "
+                          f"projector_output_dim={vision.output_dim}")
     out_dim = keys.get("vision_output_dim")
     if out_dim is not None and int(out_dim) != vision.output_dim:
         raise ConfigError(f"{where}: vision_output_dim={out_dim} differs from projector_output_dim={vision.output_dim}")
@@ -203,12 +206,13 @@ def model_config_from_hf(raw: dict[str, Any], where: str = "config.json") -> Mod
     keys = _Keys(raw, where)
     keys.check("model_type", "llama4")
     keys.check("tie_word_embeddings", False)
-    keys.check("boi_token_index", 200080)
-    keys.check("eoi_token_index", 200081)
-    keys.check("image_token_index", 200092)
+    keys.get("boi_token_index")  # used by HF's processor only; the model never reads them
+    keys.get("eoi_token_index")
+    patch_id = int(keys.get("image_token_index", 200092))
     text = text_config_from_hf(keys.require("text_config"), f"{where}: text_config")
     vision_raw = keys.get("vision_config")
     vision = vision_config_from_hf(vision_raw, f"{where}: vision_config") if vision_raw else None
+    vision = vision.replace(patch_token_id=patch_id) if vision else None
     keys.finish()
     return ModelConfig(text=text, vision=vision)
 
@@ -287,3 +291,49 @@ def text_weight_names(text: TextConfig, prefix: str) -> dict[str, str]:
         for w, proj in (("w1", "gate_proj"), ("w3", "up_proj"), ("w2", "down_proj")):
             names[f"{ffn}{w}.weight"] = f"{hf_ffn}{proj}.weight"
     return names
+
+
+def vision_weight_names(vision: VisionConfig) -> dict[str, str]:
+    """herd parameter name -> HF tensor name, for the vision tower and the projector."""
+    names = {
+        "vision.patch_embedding.weight": "vision_model.patch_embedding.linear.weight",
+        "vision.class_embedding": "vision_model.class_embedding",
+        "vision.positional_embedding": "vision_model.positional_embedding_vlm",
+        "vision.adapter_fc.weight": "vision_model.vision_adapter.mlp.fc1.weight",
+        "vision.adapter_proj.weight": "vision_model.vision_adapter.mlp.fc2.weight",
+        "vision.projection.weight": "multi_modal_projector.linear_1.weight",
+    }
+    for p in ("weight", "bias"):
+        names[f"vision.ln_pre.{p}"] = f"vision_model.layernorm_pre.{p}"
+        names[f"vision.ln_post.{p}"] = f"vision_model.layernorm_post.{p}"
+        for j in range(vision.n_layers):
+            ours, theirs = f"vision.layers.{j}.", f"vision_model.model.layers.{j}."
+            for w, proj in (("wq", "q_proj"), ("wk", "k_proj"), ("wv", "v_proj"), ("wo", "o_proj")):
+                names[f"{ours}attn.{w}.{p}"] = f"{theirs}self_attn.{proj}.{p}"
+            names[f"{ours}mlp.c_fc.{p}"] = f"{theirs}mlp.fc1.{p}"
+            names[f"{ours}mlp.c_proj.{p}"] = f"{theirs}mlp.fc2.{p}"
+            names[f"{ours}ln_1.{p}"] = f"{theirs}input_layernorm.{p}"
+            names[f"{ours}ln_2.{p}"] = f"{theirs}post_attention_layernorm.{p}"
+    return names
+
+
+def model_config_to_hf(config: ModelConfig, dtype: str) -> dict[str, Any]:
+    """config.json for `Llama4ForCausalLM` (text only) or `Llama4ForConditionalGeneration`."""
+    text = text_config_to_hf(config.text, dtype)
+    if config.vision is None:
+        return text
+    v = config.vision
+    vision = {
+        "model_type": "llama4_vision_model", "hidden_size": v.dim, "num_hidden_layers": v.n_layers,
+        "num_attention_heads": v.n_heads, "intermediate_size": v.mlp_dim, "image_size": v.image_size,
+        "patch_size": v.patch_size, "norm_eps": v.norm_eps, "pixel_shuffle_ratio": v.pixel_shuffle_ratio,
+        "projector_input_dim": v.adapter_dim, "projector_output_dim": v.output_dim, "vision_output_dim": v.output_dim,
+        "rope_parameters": {"rope_type": "default", "rope_theta": v.rope_theta}, "hidden_act": "gelu",
+        "multi_modal_projector_bias": False, "num_channels": 3,
+    }
+    text.pop("architectures")
+    return {
+        "architectures": ["Llama4ForConditionalGeneration"], "model_type": "llama4", "dtype": dtype,
+        "text_config": text, "vision_config": vision, "boi_token_index": 200080, "eoi_token_index": 200081,
+        "image_token_index": v.patch_token_id, "tie_word_embeddings": False,
+    }

@@ -215,5 +215,33 @@ def text_rules(text: TextConfig) -> dict[str, Rule]:
     return rules
 
 
+def vision_rules(vision: VisionConfig) -> dict[str, Rule]:
+    """herd vision parameter name -> Meta tensor and merge (column-parallel on dim 0, row-parallel on 1)."""
+    enc, adapter = "vision_embeddings.vision_encoder.", "vision_embeddings.vision_adapter.mlp."
+    rules = {
+        "vision.patch_embedding.weight": Rule((enc + "conv1._linear.weight",), _cat(0)),
+        "vision.class_embedding": Rule((enc + "class_embedding",), _replicated),
+        "vision.positional_embedding": Rule((enc + "positional_embedding_vlm",), _replicated),
+        "vision.adapter_fc.weight": Rule((adapter + "c_fc.weight",), _cat(0)),
+        "vision.adapter_proj.weight": Rule((adapter + "c_proj.weight",), _cat(1)),
+        "vision.projection.weight": Rule(("vision_projection.weight",), _cat(0)),
+    }
+    for p in ("weight", "bias"):
+        # Row-parallel layers (wo, c_proj) split weights on the input dim and replicate biases.
+        row_merge = _cat(1) if p == "weight" else _replicated
+        rules[f"vision.ln_pre.{p}"] = Rule((f"{enc}ln_pre.{p}",), _replicated)
+        rules[f"vision.ln_post.{p}"] = Rule((f"{enc}ln_post.{p}",), _replicated)
+        for j in range(vision.n_layers):
+            ours, theirs = f"vision.layers.{j}.", f"{enc}transformer.resblocks.{j}."
+            for w in ("wq", "wk", "wv"):
+                rules[f"{ours}attn.{w}.{p}"] = Rule((f"{theirs}attn.{w}.{p}",), _cat(0))
+            rules[f"{ours}attn.wo.{p}"] = Rule((f"{theirs}attn.wo.{p}",), row_merge)
+            rules[f"{ours}mlp.c_fc.{p}"] = Rule((f"{theirs}mlp.c_fc.{p}",), _cat(0))
+            rules[f"{ours}mlp.c_proj.{p}"] = Rule((f"{theirs}mlp.c_proj.{p}",), row_merge)
+            rules[f"{ours}ln_1.{p}"] = Rule((f"{theirs}ln_1.{p}",), _replicated)
+            rules[f"{ours}ln_2.{p}"] = Rule((f"{theirs}ln_2.{p}",), _replicated)
+    return rules
+
+
 def is_dropped(key: str) -> bool:
     return key.endswith(DROPPED_SUFFIXES)
