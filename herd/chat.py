@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from herd.image import ImageError, preprocess
 from herd.tokenizer import Tokenizer
 
 __all__ = [
@@ -531,3 +532,41 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, dict) and all(isinstance(k, str) for k in value):
         return {k: _jsonable(v) for k, v in value.items()}
     raise _NotACall
+
+
+def image_layout(rows: int, cols: int, tokens_per_tile: int = 144) -> list[int]:
+    """The ids of one image in the prompt (spec §3.8): a single tile is
+    `<|image_start|><|image|>` + patches + `<|image_end|>`; R×C tiles put `<|tile_x_separator|>`
+    between the tiles of a row and `<|tile_y_separator|>` after each row, then `<|image|>` and
+    the thumbnail's patches."""
+    start, end, x_sep, y_sep, image, patch = 200080, 200081, 200084, 200085, 200090, 200092
+    patches = [patch] * tokens_per_tile
+    if rows * cols == 1:
+        return [start, image, *patches, end]
+    ids = [start]
+    for _ in range(rows):
+        for c in range(cols):
+            ids += patches + ([x_sep] if c < cols - 1 else [])
+        ids.append(y_sep)
+    return [*ids, image, *patches, end]
+
+
+class ImageCollector:
+    """An `image_tokens` hook for `render`: preprocesses each image part (OpenAI-style
+    `{"type": "image_url", "image_url": {"url": ...}}` with a data URL or a local path, or
+    `{"type": "image", "image": path | bytes | PIL image}`), keeps its pixel tiles in prompt
+    order for the model, and returns its token layout."""
+
+    def __init__(self, max_tiles: int = 16, tokens_per_tile: int = 144, tile: int = 336) -> None:
+        self.max_tiles, self.tokens_per_tile, self.tile = max_tiles, tokens_per_tile, tile
+        self.pixels: list[Any] = []  # one [tiles, 3, tile, tile] tensor per image
+
+    def __call__(self, part: dict[str, Any]) -> list[int]:
+        source = part.get("image_url", part.get("image"))
+        if isinstance(source, dict):
+            source = source.get("url")
+        if source is None:
+            raise ImageError(f"image part without an image: {sorted(part)}")
+        processed = preprocess(source, max_tiles=self.max_tiles, tile=self.tile)
+        self.pixels.append(processed.pixels_TCHW)
+        return image_layout(processed.rows, processed.cols, self.tokens_per_tile)

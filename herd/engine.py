@@ -4,6 +4,8 @@
   layers keep a ring of `attention_chunk_size` slots, global layers the full context.
 - Each prompt is prefilled on its own, in pieces of `prefill_chunk` tokens, so a long prompt
   never needs memory quadratic in its length; only the last position's logits are computed.
+- Images (pixel tiles from `herd.image` / `herd.chat.ImageCollector`) are encoded once per
+  prompt at prefill; each piece takes the features of the `<|patch|>` tokens it holds.
 - Then all unfinished rows decode together, each at its own position (prompts of different
   lengths batch without padding tricks).
 - `stream()` yields a `TokenEvent` per generated token; closing the iterator stops generation.
@@ -70,18 +72,34 @@ class Engine:
         return min(length, config.max_seq_len)
 
     @torch.no_grad()
-    def prefill(self, cache: KVCache, row: int, prompt: Sequence[int]) -> torch.Tensor:
+    def prefill(self, cache: KVCache, row: int, prompt: Sequence[int],
+                images: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
         """Fill `row` of the cache with a prompt, piece by piece; the last position's logits [V]."""
         tokens_1S = torch.tensor([list(prompt)], device=self.device)
+        features_FD = self.model.encode_images(list(images)) if images else None
+        is_patch_S = tokens_1S[0] == (self.model.vision.config.patch_token_id if self.model.vision else -1)
+        if features_FD is not None and int(is_patch_S.sum()) != features_FD.shape[0]:
+            raise ValueError(f"the prompt has {int(is_patch_S.sum())} <|patch|> tokens but its images give "
+                             f"{features_FD.shape[0]} features")
+        used = 0
         for start in range(0, tokens_1S.shape[1], self.prefill_chunk):
             piece_1S = tokens_1S[:, start : start + self.prefill_chunk]
-            logits_11V = self.model(piece_1S, start_pos=start, cache=cache, row=row, last_only=True)
+            piece_features = None
+            if features_FD is not None:
+                n = int(is_patch_S[start : start + self.prefill_chunk].sum())
+                piece_features, used = features_FD[used : used + n], used + n
+            logits_11V = self.model(piece_1S, start_pos=start, cache=cache, row=row, last_only=True,
+                                    image_features_FD=piece_features)
         return logits_11V[0, -1]
 
     @torch.no_grad()
     def stream(self, prompts: Sequence[int] | Sequence[Sequence[int]], params: SamplingParams | None = None,
-               stop_fn: Callable[[int, int], bool] | None = None) -> Iterator[TokenEvent]:
-        """Generate for one prompt (a list of ids) or several; events arrive step by step."""
+               stop_fn: Callable[[int, int], bool] | None = None,
+               images: Sequence[Sequence[torch.Tensor] | None] | None = None) -> Iterator[TokenEvent]:
+        """Generate for one prompt (a list of ids) or several; events arrive step by step.
+
+        `images[b]` holds the pixel tiles of prompt b's images, in prompt order (None: no images).
+        """
         params = params or SamplingParams()
         rows = [list(prompts)] if prompts and isinstance(prompts[0], int) else [list(p) for p in prompts]
         if params.max_new_tokens == 0:
@@ -93,7 +111,10 @@ class Engine:
                       for _ in rows]
         history = [torch.tensor(p, device=self.device) for p in rows]
         outputs = [torch.empty(0, dtype=torch.long, device=self.device) for _ in rows]
-        logits_BV = torch.stack([self.prefill(cache, b, p) for b, p in enumerate(rows)])
+        images = list(images) if images is not None else [None] * len(rows)
+        if len(images) != len(rows):
+            raise ValueError(f"{len(rows)} prompts but images for {len(images)}")
+        logits_BV = torch.stack([self.prefill(cache, b, p, images[b]) for b, p in enumerate(rows)])
         positions_B = torch.tensor([len(p) for p in rows], device=self.device)
         live = list(range(len(rows)))
         finished = [False] * len(rows)
@@ -126,11 +147,12 @@ class Engine:
         return choose(logits_V, params, generator)
 
     def generate(self, prompts: Sequence[int] | Sequence[Sequence[int]], params: SamplingParams | None = None,
-                 stop_fn: Callable[[int, int], bool] | None = None) -> list[Completion]:
+                 stop_fn: Callable[[int, int], bool] | None = None,
+                 images: Sequence[Sequence[torch.Tensor] | None] | None = None) -> list[Completion]:
         """Run `stream()` to the end and collect one `Completion` per prompt."""
         rows = [list(prompts)] if prompts and isinstance(prompts[0], int) else [list(p) for p in prompts]
         completions = [Completion(prompt_ids=p) for p in rows]
-        for event in self.stream(rows, params, stop_fn):
+        for event in self.stream(rows, params, stop_fn, images):
             c = completions[event.row]
             c.token_ids.append(event.token)
             if event.logprob is not None:

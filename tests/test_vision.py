@@ -131,3 +131,39 @@ def test_meta_vision_weights_load(hf_pair, tmp_path, n_shards):
     assert want.keys() == got.keys()
     assert all(torch.equal(want[k], got[k]) for k in want)
     assert herd.load(tmp_path, text_only=True).vision is None
+
+
+def test_engine_prefill_pieces_with_images(hf_pair):
+    """Images are encoded once; prefill pieces that split an image's patch run still place every
+    feature right: logits equal the one-shot fused forward."""
+    from herd.engine import Engine
+    from herd.kv_cache import KVCache
+    from herd.sampling import SamplingParams
+
+    _, model = hf_pair
+    tokens_BS, images = _prompt_and_pixels()
+    with torch.no_grad():
+        want = model(tokens_BS, image_features_FD=model.encode_images(images))[0, -1]
+    for piece in (3, 7, 64):
+        cache = KVCache(model.config, 1, tokens_BS.shape[1], torch.float32)
+        got = Engine(model, prefill_chunk=piece).prefill(cache, 0, tokens_BS[0].tolist(), images)
+        assert (got - want).abs().max().item() <= TOL
+    params = SamplingParams(temperature=0.0, max_new_tokens=5, stop_ids=())
+    out = Engine(model).generate([tokens_BS[0].tolist(), [1, 2, 3]], params, images=[images, None])
+    assert [len(c.token_ids) for c in out] == [5, 5]
+    with pytest.raises(ValueError, match="24 <|patch|> tokens but its images give 4".replace("|", r"\|")):
+        Engine(model).generate(tokens_BS[0].tolist(), params, images=[images[:1]])
+
+
+def test_image_layouts_id_by_id():
+    from herd.chat import image_layout
+
+    start, end, x, y, image, patch = 200080, 200081, 200084, 200085, 200090, 200092
+    p = [patch] * 144
+    one = image_layout(1, 1)
+    assert one == [start, image, *p, end] and len(one) == 147
+    two = image_layout(2, 2)
+    assert two == [start, *p, x, *p, y, *p, x, *p, y, image, *p, end] and len(two) == 727
+    row = image_layout(1, 3)
+    assert row == [start, *p, x, *p, x, *p, y, image, *p, end]
+    assert len(row) == 3 + 144 * 4 + 1 * 2 + 1
