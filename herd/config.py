@@ -158,13 +158,16 @@ PRESETS: dict[str, ModelConfig] = {
         ),
         vision=VisionConfig(),
     ),
-    # Tiny but complete: MoE + shared expert, NoPE at layer 3, chunks of 32, temperature floor 16.
+    # Tiny but complete: MoE + shared expert, NoPE at layer 3, chunks of 32, temperature floor 16,
+    # and a vision tower on 56-pixel tiles (4 tokens per tile).
     "debug": ModelConfig(
         text=TextConfig(
             dim=64, n_layers=4, n_heads=4, n_kv_heads=2, head_dim=16, rope_scaling=RopeScaling(),
             attention_chunk_size=32, floor_scale=16.0, ffn_dim=128, n_experts=4, expert_dim=64,
             moe_layer_step=1, max_seq_len=4096,
-        )
+        ),
+        vision=VisionConfig(image_size=56, patch_size=14, dim=32, n_layers=2, n_heads=2, mlp_dim=128,
+                            adapter_dim=48, output_dim=48, max_tiles=4),
     ),
     **{name: _ladder(*shape) for name, shape in _LADDER.items()},
 }

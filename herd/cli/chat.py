@@ -3,7 +3,8 @@
 - History is kept as OpenAI-style messages and rendered by `herd.chat` each turn.
 - Input: a line is a message; a line ending in a backslash continues on the next line, and a
   line of three double quotes opens or closes a multi-line block.
-- Commands: /reset clears the history (keeping --system), /exit (or Ctrl-D) leaves.
+- Commands: /image PATH attaches an image to the next message, /reset clears the history
+  (keeping --system), /exit (or Ctrl-D) leaves.
 - Ctrl-C during a reply stops that reply (its text so far stays in the history); at the prompt
   it clears the line. The session goes on either way.
 """
@@ -16,6 +17,7 @@ import sys
 from herd import chat
 from herd.cli.common import DTYPES, add_sampling_flags, load_with_tokenizer, sampling_params
 from herd.engine import Engine
+from herd.image import ImageError, preprocess
 from herd.tokenizer import StreamDecoder
 
 HELP = "Chat with a checkpoint in the terminal (streaming, history, /reset, /exit)."
@@ -26,6 +28,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="checkpoint directory (HF or Meta format)")
     parser.add_argument("--system", help="system message")
     parser.add_argument("--dtype", choices=list(DTYPES), default="bfloat16")
+    parser.add_argument("--max-tiles", type=int, default=16, help="tiles of 336 pixels per image (default 16)")
     add_sampling_flags(parser, max_new_tokens=1024)
 
 
@@ -61,23 +64,43 @@ def run(args: argparse.Namespace) -> int:
     params = sampling_params(args)
     system = [{"role": "system", "content": args.system}] if args.system else []
     history: list[dict] = list(system)
-    print("herd chat: /reset clears the history, /exit leaves; Ctrl-C stops a reply.", file=sys.stderr)
+    pending: list[dict] = []  # image parts for the next user message
+    print("herd chat: /image PATH attaches an image, /reset clears the history, /exit leaves; Ctrl-C stops a reply.",
+          file=sys.stderr)
     while True:
         text = read_message()
         if text is None or text.strip() in ("/exit", "/quit"):
             print()
             return 0
         if text.strip() == "/reset":
-            history = list(system)
+            history, pending = list(system), []
             print("(history cleared)")
+            continue
+        if text.strip().startswith("/image"):
+            path = text.strip().removeprefix("/image").strip()
+            if model.vision is None:
+                print("herd chat: this model has no vision tower", file=sys.stderr)
+            elif not path:
+                print("herd chat: usage: /image PATH", file=sys.stderr)
+            else:
+                try:
+                    preprocess(path, max_tiles=args.max_tiles)  # fail now, not at the next message
+                    pending.append({"type": "image", "image": path})
+                    print(f"(image attached: {path})")
+                except ImageError as err:
+                    print(f"herd chat: {err}", file=sys.stderr)
             continue
         if not text.strip():
             continue
-        history.append({"role": "user", "content": text})
-        prompt = chat.render(tokenizer, history).ids
+        history.append({"role": "user", "content": [*pending, {"type": "text", "text": text}] if pending else text})
+        pending = []
+        images = chat.ImageCollector(args.max_tiles, model.vision.tokens_per_tile,
+                                     model.vision.config.image_size) if model.vision is not None else None
+        prompt = chat.render(tokenizer, history, image_tokens=images).ids
+        pixels = [images.pixels] if images is not None and images.pixels else None
         decoder, ids = StreamDecoder(tokenizer), []
         try:
-            for event in engine.stream(prompt, params):
+            for event in engine.stream(prompt, params, images=pixels):
                 ids.append(event.token)
                 if event.token in model.config.eos_ids:
                     break

@@ -11,7 +11,9 @@ from herd import chat
 from herd.cli.common import DTYPES, add_sampling_flags, sampling_params, tokenizer_for
 from herd.config import PRESETS, preset
 from herd.engine import Engine
-from herd.tokenizer import TextStream
+from herd.image import ImageError
+from herd.model import Transformer
+from herd.tokenizer import TextStream, Tokenizer
 
 HELP = "Stream a completion from a checkpoint (--model) or a random preset (--preset)."
 
@@ -23,6 +25,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     prompt = parser.add_mutually_exclusive_group()
     prompt.add_argument("--prompt", help="prompt text")
     prompt.add_argument("--prompt-ids", help="comma-separated prompt token ids (prints ids, needs no tokenizer)")
+    parser.add_argument("--image", action="append", default=[], metavar="PATH",
+                        help="an image before the prompt text (repeatable; needs a multimodal checkpoint)")
+    parser.add_argument("--max-tiles", type=int, default=16, help="tiles of 336 pixels per image (default 16)")
     parser.add_argument("--chat", action="store_true", help="wrap --prompt as one user turn of the chat format")
     parser.add_argument("--system", help="with --chat: a system message")
     parser.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
@@ -35,28 +40,43 @@ def _fail(message: str) -> int:
     return 2
 
 
+def _prompt(args: argparse.Namespace, model: Transformer, tokenizer: Tokenizer | None,
+            images: chat.ImageCollector | None) -> list[int]:
+    """Prompt ids: given ids, the text (images first) raw or as one chat turn, or a lone BOS."""
+    if args.prompt_ids is not None:
+        try:
+            return [int(t) for t in args.prompt_ids.split(",") if t.strip()]
+        except ValueError:
+            raise ValueError(f"--prompt-ids must be comma-separated integers, got {args.prompt_ids!r}") from None
+    if args.prompt is None:
+        return [model.config.bos_id if model.config.bos_id < model.config.vocab_size else 0]
+    image_parts = [{"type": "image", "image": path} for path in args.image]
+    if args.chat:
+        messages = [{"role": "system", "content": args.system}] if args.system else []
+        user = {"role": "user", "content": [*image_parts, {"type": "text", "text": args.prompt}]}
+        return chat.render(tokenizer, [*messages, user], image_tokens=images).ids
+    layouts = [i for part in image_parts for i in images(part)]
+    return [tokenizer.bos_id, *layouts, *tokenizer.encode(args.prompt)]
+
+
 def run(args: argparse.Namespace) -> int:
     if args.chat and args.prompt is None:
         return _fail("--chat needs --prompt TEXT")
+    if args.image and args.prompt is None:
+        return _fail("--image needs --prompt TEXT")
     if args.model:
         model = herd.load(args.model, dtype=DTYPES[args.dtype])
     else:
         model = herd.build(preset(args.preset), dtype=DTYPES[args.dtype], seed=0)
+    if args.image and model.vision is None:
+        return _fail("--image needs a multimodal checkpoint (this model has no vision tower)")
     tokenizer = tokenizer_for(args.model, model.config.vocab_size) if args.prompt is not None else None
-    if args.prompt_ids is not None:
-        try:
-            prompt = [int(t) for t in args.prompt_ids.split(",") if t.strip()]
-        except ValueError:
-            return _fail(f"--prompt-ids must be comma-separated integers, got {args.prompt_ids!r}")
-        tokenizer = None
-    elif args.prompt is None:
-        prompt = [model.config.bos_id if model.config.bos_id < model.config.vocab_size else 0]
-        tokenizer = None
-    elif args.chat:
-        messages = ([{"role": "system", "content": args.system}] if args.system else [])
-        prompt = chat.render(tokenizer, [*messages, {"role": "user", "content": args.prompt}]).ids
-    else:
-        prompt = tokenizer.encode(args.prompt, bos=True)
+    images = chat.ImageCollector(max_tiles=args.max_tiles, tokens_per_tile=model.vision.tokens_per_tile,
+                                 tile=model.vision.config.image_size) if model.vision is not None else None
+    try:
+        prompt = _prompt(args, model, tokenizer, images)
+    except (ImageError, ValueError) as err:
+        return _fail(str(err))
     try:
         params = sampling_params(args)
     except ValueError as err:
@@ -64,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
     text = TextStream(tokenizer, args.stop) if tokenizer is not None else None
     count, start = 0, time.perf_counter()
     try:
-        for event in Engine(model).stream(prompt, params):
+        pixels = [images.pixels] if images is not None and images.pixels else None
+        for event in Engine(model).stream(prompt, params, images=pixels):
             count += 1
             if text is None:
                 print(event.token, end=" ", flush=True)

@@ -22,6 +22,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bos", action="store_true", help="with --text: prepend <|begin_of_text|>")
     parser.add_argument("--pieces", action="store_true", help="one token per line with its text piece")
     parser.add_argument("--no-generation-prompt", action="store_true", help="with --chat: no assistant header")
+    parser.add_argument("--max-tiles", type=int, default=16, help="with --chat: tiles per image (default 16)")
 
 
 def _fail(message: str) -> int:
@@ -44,9 +45,9 @@ def run(args: argparse.Namespace) -> int:
         if not isinstance(messages, list):
             return _fail(f"{args.chat}: expected a list of messages or an object with 'messages'")
         try:
-            rendered = chat.render(tokenizer, messages, tools=tools,
+            rendered = chat.render(tokenizer, messages, tools=tools, image_tokens=chat.ImageCollector(args.max_tiles),
                                    add_generation_prompt=not args.no_generation_prompt)
-        except (ValueError, KeyError, TypeError) as err:
+        except (ValueError, KeyError, TypeError) as err:  # ImageError is a ValueError
             return _fail(f"{args.chat}: {err}")
         ids, mask = rendered.ids, rendered.loss_mask
     else:
