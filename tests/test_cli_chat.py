@@ -1,5 +1,6 @@
 """`herd chat` driven end to end through a pseudo-terminal, as a user would."""
 
+import json
 import os
 import pty
 import select
@@ -130,3 +131,60 @@ def test_tokenize_and_small_vocab_needs_own_tokenizer(tmp_path, capsys):
     long_prompt = "word " * 5000
     assert main(["generate", "--preset", "debug", "--prompt", long_prompt, "--max-new-tokens", "2"]) == 2
     assert "does not fit the context" in capsys.readouterr().err
+
+
+IMAGES = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "images"
+
+
+def _photo(name: str = "dog.jpg") -> str:
+    path = IMAGES / name
+    assert path.exists(), f"the shared test photo is missing: {path} (CI keeps ../shared beside the repo)"
+    return str(path)
+
+
+def test_generate_with_images(chat_model):
+    run = lambda *a: subprocess.run([sys.executable, "-m", "herd.cli.main", *a], capture_output=True, text=True)
+    base = ["generate", "--model", str(chat_model), "--max-new-tokens", "3", "--temperature", "0"]
+    out = run(*base, "--image", _photo(), "--prompt", "Describe the image.")
+    assert out.returncode == 0, out.stderr
+    # The debug vision tower has 56-pixel tiles of 4 tokens: a 512² photo at 16 tiles is 4×4 + thumbnail.
+    from herd.chat import image_layout
+    from herd.tokenizer import load_tokenizer
+
+    expected = 1 + len(image_layout(4, 4, 4)) + len(load_tokenizer().encode("Describe the image."))
+    assert f"[{expected} prompt tokens" in out.stderr
+    out = run(*base, "--image", _photo(), "--image", _photo("pasta.jpeg"), "--max-tiles", "2", "--chat",
+              "--prompt", "Compare them.")
+    assert out.returncode == 0, out.stderr
+    out = run(*base, "--image", "/nonexistent.png", "--prompt", "x")
+    assert out.returncode == 2 and "nonexistent" in out.stderr
+
+
+def test_chat_attaches_an_image(chat_model):
+    term = Terminal([sys.executable, "-m", "herd.cli.main", "chat", "--model", str(chat_model), "--dtype",
+                     "float32", "--temperature", "0", "--max-new-tokens", "4"])
+    term.expect(">>> ")
+    term.send(f"/image {_photo()}\n")
+    term.expect("(image attached")
+    term.expect(">>> ")
+    term.send("What is this?\n")
+    term.expect(">>> ")
+    term.send("/image /nonexistent.png\n")
+    term.expect("nonexistent")
+    term.expect(">>> ")
+    term.send("/exit\n")
+    assert term.close() == 0
+
+
+def test_tokenize_shows_image_layouts(tmp_path, capsys):
+    from herd.cli.main import main
+
+    chat_file = tmp_path / "chat.json"
+    chat_file.write_text(json.dumps([{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": _photo()}}, {"type": "text", "text": "Hi"}]}]))
+    assert main(["tokenize", "--chat", str(chat_file)]) == 0
+    ids = [int(t) for t in capsys.readouterr().out.split()]
+    assert ids.count(200092) == 144 * 5 and ids.count(200084) == 2 and ids.count(200085) == 2  # 2×2 + thumbnail
+    assert main(["tokenize", "--chat", str(chat_file), "--max-tiles", "1"]) == 0
+    ids = [int(t) for t in capsys.readouterr().out.split()]
+    assert ids.count(200092) == 144 and 200084 not in ids  # one tile, no thumbnail
