@@ -38,6 +38,17 @@ def main() -> None:
             with tempfile.TemporaryDirectory() as d, torch.no_grad():
                 got = herd.load(hf_oracle.save_hf(ref, Path(d)))(tokens_BS)
             rows.append((name, f"HF {kind}", (got - hf_oracle.hf_logits(ref, tokens_BS)).abs().max().item()))
+    g = torch.Generator().manual_seed(0)
+    pixels = torch.rand(6, 3, 56, 56, generator=g) * 2 - 1  # a 1-tile and a 2×2 (+ thumbnail) image
+    patches = [hf_oracle.PATCH_ID] * 4
+    fused_BS = torch.tensor([[1, 2, *patches, 3, *(patches * 5), 4, 5, 6]])
+    for name, cfg in (("scout-like", hf_oracle.SCOUT_LIKE), ("maverick-like", hf_oracle.MAVERICK_LIKE)):
+        ref = hf_oracle.conditional_generation(cfg, seed=2)
+        with tempfile.TemporaryDirectory() as d, torch.no_grad():
+            model = herd.load(hf_oracle.save_hf(ref, Path(d)))
+            got = model(fused_BS, image_features_FD=model.encode_images([pixels[:1], pixels[1:]]))
+        delta = (got - hf_oracle.hf_multimodal_logits(ref, fused_BS, pixels)).abs().max().item()
+        rows.append((name, "HF ForConditionalGeneration, text + 2 images", delta))
     for name, preset in (("scout-like", meta_oracle.SCOUT_LIKE), ("maverick-like", meta_oracle.MAVERICK_LIKE),
                          ("dense", meta_oracle.DENSE_LIKE)):
         params = meta_oracle.meta_params(**preset)
