@@ -167,3 +167,13 @@ def test_image_layouts_id_by_id():
     row = image_layout(1, 3)
     assert row == [start, *p, x, *p, x, *p, y, image, *p, end]
     assert len(row) == 3 + 144 * 4 + 1 * 2 + 1
+
+
+def test_vision_parameter_count_matches_the_built_tower():
+    from herd.config import preset
+    from herd.info import counts
+
+    config = preset("debug")
+    with torch.device("meta"):
+        model = herd.Transformer(config.text, config.vision)
+    assert counts(config).total == sum(p.numel() for p in model.parameters())
