@@ -5,6 +5,9 @@
   absolute position 0 (spec §1.7). The sequence is cut at absolute chunk boundaries and the
   aligned part is folded into the batch as [B·n, H, C, K], so each chunk runs causal SDPA alone.
 - GQA goes through SDPA's `enable_gqa`, so K/V heads are never materialised H times.
+- A run that continues a cached past (`attention_with_past`) attends to the past without a mask
+  and to itself causally, as two flash-attention passes merged by their log-sum-exp, so memory
+  stays linear in the context however long it is.
 
 Shapes: B batch, H query heads, G kv heads, S sequence, K head dim, C chunk.
 """
@@ -57,3 +60,35 @@ def _chunked_aligned(q_BHSK: torch.Tensor, k_BGSK: torch.Tensor, v_BGSK: torch.T
 
     out = _sdpa_causal(fold(q_BHSK), fold(k_BGSK), fold(v_BGSK))
     return out.unflatten(0, (B, n)).transpose(1, 2).flatten(2, 3)[:, :, :S]
+
+
+_flash_with_lse = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+
+
+def attention_with_past(
+    q_BHSK: torch.Tensor,
+    k_past_BGLK: torch.Tensor,
+    v_past_BGLK: torch.Tensor,
+    k_BGSK: torch.Tensor,
+    v_BGSK: torch.Tensor,
+) -> torch.Tensor:
+    """S new queries attend to all L cached keys and causally to their own S keys (scale 1/sqrt(K))."""
+    B, H, S, K = q_BHSK.shape
+    G, L = k_past_BGLK.shape[1], k_past_BGLK.shape[2]
+    if L == 0:
+        return _sdpa_causal(q_BHSK, k_BGSK, v_BGSK)
+    if _flash_with_lse is None or q_BHSK.device.type != "cpu":  # elsewhere: one masked pass
+        keys, values = torch.cat((k_past_BGLK, k_BGSK), dim=2), torch.cat((v_past_BGLK, v_BGSK), dim=2)
+        allowed = torch.ones(S, L + S, dtype=torch.bool, device=q_BHSK.device).tril(diagonal=L)
+        return F.scaled_dot_product_attention(q_BHSK, keys, values, attn_mask=allowed, enable_gqa=H != G)
+    r = H // G
+    # The past needs no mask, so the r query heads sharing a kv head can ride as extra query rows.
+    out_past, lse_past = _flash_with_lse(q_BHSK.reshape(B, G, r * S, K), k_past_BGLK, v_past_BGLK, 0.0, False)
+    k_BHSK, v_BHSK = (t.repeat_interleave(r, dim=1) if r > 1 else t for t in (k_BGSK, v_BGSK))
+    out_self, lse_self = _flash_with_lse(q_BHSK.contiguous(), k_BHSK, v_BHSK, 0.0, True)
+    lse_past = lse_past.reshape(B, H, S, 1)
+    lse_self = lse_self.reshape(B, H, S, 1)
+    top = torch.maximum(lse_past, lse_self)
+    w_past, w_self = torch.exp(lse_past - top), torch.exp(lse_self - top)
+    out = out_past.reshape(B, H, S, K).float() * w_past + out_self.float() * w_self
+    return (out / (w_past + w_self)).to(q_BHSK.dtype)

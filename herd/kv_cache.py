@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from herd.attention import causal_attention
+from herd.attention import attention_with_past, causal_attention
 from herd.config import TextConfig
 
 
@@ -38,26 +38,25 @@ class LayerCache:
                 v_1GSK: torch.Tensor) -> torch.Tensor:
         """Attend S new tokens of one row at positions start… to its cached past and themselves."""
         S, device = q_1HSK.shape[2], q_1HSK.device
-        pos_q = torch.arange(start, start + S, device=device)
         if self.chunk is None:
+            past_k, past_v = self.k_BGLK[row : row + 1, :, :start], self.v_BGLK[row : row + 1, :, :start]
+            out = attention_with_past(q_1HSK, past_k, past_v, k_1GSK, v_1GSK)
             self.k_BGLK[row, :, start : start + S] = k_1GSK[0]
             self.v_BGLK[row, :, start : start + S] = v_1GSK[0]
-            if start == 0:
-                return causal_attention(q_1HSK, k_1GSK, v_1GSK)
-            pos_k = torch.arange(start + S, device=device)
-            keys, values = self.k_BGLK[row : row + 1, :, : start + S], self.v_BGLK[row : row + 1, :, : start + S]
-            return _sdpa(q_1HSK, keys, values, pos_k[None, :] <= pos_q[:, None])
+            return out
 
         C = self.chunk
         past = start % C  # positions of the current chunk already cached, in slots 0 … past-1
         if past == 0:
             out = causal_attention(q_1HSK, k_1GSK, v_1GSK, start_pos=start, chunk_size=C)
-        else:
-            keys = torch.cat((self.k_BGLK[row : row + 1, :, :past], k_1GSK), dim=2)
-            values = torch.cat((self.v_BGLK[row : row + 1, :, :past], v_1GSK), dim=2)
-            pos_k = torch.arange(start - past, start + S, device=device)
-            allowed = (pos_k[None, :] <= pos_q[:, None]) & (pos_k[None, :] // C == pos_q[:, None] // C)
-            out = _sdpa(q_1HSK, keys, values, allowed)
+        else:  # the queries up to the next chunk boundary also see the cached start of their chunk
+            head = min(S, C - past)
+            past_k, past_v = self.k_BGLK[row : row + 1, :, :past], self.v_BGLK[row : row + 1, :, :past]
+            out = attention_with_past(q_1HSK[:, :, :head], past_k, past_v, k_1GSK[:, :, :head], v_1GSK[:, :, :head])
+            if head < S:
+                tail = causal_attention(q_1HSK[:, :, head:], k_1GSK[:, :, head:], v_1GSK[:, :, head:],
+                                        start_pos=start + head, chunk_size=C)
+                out = torch.cat((out, tail), dim=2)
         n = min(S, C)  # only the newest C positions can still be seen
         slots = torch.arange(start + S - n, start + S, device=device) % C
         self.k_BGLK[row][:, slots] = k_1GSK[0, :, S - n :]

@@ -93,3 +93,20 @@ def test_build_is_seeded_and_eval():
     a, b = herd.build(SCOUT_LIKE, seed=5), herd.build(SCOUT_LIKE, seed=5)
     assert not a.training
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+def test_attention_with_past_matches_mask(dtype, tol):
+    from herd.attention import attention_with_past
+
+    g = torch.Generator().manual_seed(3)
+    L, S = 23, 9
+    q = torch.randn(2, 4, S, 16, generator=g).to(dtype)
+    k, v = (torch.randn(2, 2, L + S, 16, generator=g).to(dtype) for _ in range(2))
+    got = attention_with_past(q, k[:, :, :L], v[:, :, :L], k[:, :, L:], v[:, :, L:])
+    pos = torch.arange(L, L + S)  # the queries sit after the L cached positions
+    allowed = torch.arange(L + S)[None, :] <= pos[:, None]
+    kr, vr = k.float().repeat_interleave(2, dim=1), v.float().repeat_interleave(2, dim=1)
+    scores = (q.float() @ kr.transpose(-1, -2)) / 4.0
+    want = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1) @ vr
+    assert (got.float() - want).abs().max().item() <= tol
