@@ -259,6 +259,8 @@ def save(model: Transformer, path: str | os.PathLike, max_shard_bytes: int = 5 *
     size = 0
     for ours, theirs in names.items():
         tensor = state[ours].detach().to("cpu").contiguous()
+        if tensor.untyped_storage().nbytes() != tensor.numel() * tensor.element_size():
+            tensor = tensor.clone()  # a view into a larger (e.g. fused) weight: safetensors wants its own
         nbytes = tensor.numel() * tensor.element_size()
         if shards[-1] and size + nbytes > max_shard_bytes:
             shards.append({})

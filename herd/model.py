@@ -49,11 +49,19 @@ class Attention(nn.Module):
         self.wv = nn.Linear(c.dim, c.n_kv_heads * c.head_dim, bias=False)
         self.wo = nn.Linear(c.n_heads * c.head_dim, c.dim, bias=False)
 
+    def project(self, x_BSD: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        fused = getattr(self, "wqkv", None)  # set by herd.fast.fuse_projections: one matmul for q | k | v
+        if fused is None:
+            return self.wq(x_BSD), self.wk(x_BSD), self.wv(x_BSD)
+        kv = self.n_kv_heads * self.head_dim
+        return fused(x_BSD).split([self.n_heads * self.head_dim, kv, kv], dim=-1)
+
     def forward(self, x_BSD: torch.Tensor, pos: Positions) -> torch.Tensor:
         B, S, _ = x_BSD.shape
-        q_BSHK = self.wq(x_BSD).view(B, S, self.n_heads, self.head_dim)
-        k_BSGK = self.wk(x_BSD).view(B, S, self.n_kv_heads, self.head_dim)
-        v_BSGK = self.wv(x_BSD).view(B, S, self.n_kv_heads, self.head_dim)
+        q, k, v = self.project(x_BSD)
+        q_BSHK = q.reshape(B, S, self.n_heads, self.head_dim)
+        k_BSGK = k.reshape(B, S, self.n_kv_heads, self.head_dim)
+        v_BSGK = v.reshape(B, S, self.n_kv_heads, self.head_dim)
         if self.use_rope:
             q_BSHK = apply_rope(q_BSHK, pos.cos_BSK2, pos.sin_BSK2)
             k_BSGK = apply_rope(k_BSGK, pos.cos_BSK2, pos.sin_BSK2)

@@ -33,6 +33,8 @@ class Experts(nn.Module):
     def sparse(self, x_TD: torch.Tensor, experts_TK: torch.Tensor, scores_TK: torch.Tensor) -> torch.Tensor:
         """Each expert computes only the tokens routed to it; outputs are summed per token."""
         T, k = experts_TK.shape
+        if T * k == 1:  # one token, one expert (decode at batch 1): nothing to group
+            return self.expert(int(experts_TK), x_TD * scores_TK)
         order_A = torch.argsort(experts_TK.flatten(), stable=True)
         token_A = order_A // k
         counts = torch.bincount(experts_TK.flatten(), minlength=self.w13.shape[0]).tolist()

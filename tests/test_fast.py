@@ -38,6 +38,17 @@ def test_optimized_model_matches_plain():
     assert all(type(m) is torch.nn.Linear for m in model.modules() if isinstance(m, torch.nn.Linear))
 
 
+def test_fused_projections_share_memory_and_save(tmp_path):
+    model = optimize(herd.build(SCOUT_LIKE, seed=0))
+    attention = model.layers[0].attention
+    assert attention.wq.weight.untyped_storage().data_ptr() == attention.wqkv.weight.untyped_storage().data_ptr()
+    herd.save(model, tmp_path)
+    again = herd.load(tmp_path)
+    tokens = torch.randint(0, 256, (1, 12), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        assert (again(tokens) - model(tokens)).abs().max().item() <= 1e-4
+
+
 def test_optimized_maverick_shape():
     model = optimize(herd.build(MAVERICK_LIKE, seed=0))
     tokens = torch.randint(0, 256, (1, 20), generator=torch.Generator().manual_seed(2))
