@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench.py                      # float32 and bfloat16, herd and HF
     .venv/bin/python benchmarks/bench.py --engines herd --dtypes bfloat16 --prefill 512 2048 8192
+    .venv/bin/python benchmarks/bench.py --dtypes bfloat16 --prefill 8192 16384 --prefill-only   # memory vs length
 
 The benchmark model (issue #5): vocab 202,048, hidden 512, 8 layers, 8 heads / 2 KV heads, head dim
 64, 16 experts (top-1) + a shared expert of width 1024, MoE in every layer, QK-norm, NoPE every 4th
@@ -108,7 +109,7 @@ def worker_herd(dtype: torch.dtype, prefills: list[int], decode_tokens: int, com
         run()
         results[f"prefill_{S}"] = S / _median_time(run, 3 if S <= 2048 else 1)
     greedy = SamplingParams(temperature=0.0, max_new_tokens=decode_tokens, stop_ids=())
-    for batch in (1, 8):
+    for batch in (1, 8) if decode_tokens else ():
         prompts = _prompts(batch, 64)
         rates, ttfts = [], []
         for _ in range(4):  # the first run warms up (and compiles)
@@ -158,7 +159,7 @@ def worker_hf(dtype: torch.dtype, prefills: list[int], decode_tokens: int) -> di
                 continue
             run()
             results[f"prefill_{S}"] = S / _median_time(run, 3)
-        for batch in (1, 8):
+        for batch in (1, 8) if decode_tokens else ():
             ids = torch.tensor(_prompts(batch, 64))
             rates, ttfts = [], []
             for _ in range(3 if batch == 1 else 2):
@@ -197,9 +198,12 @@ def main() -> None:
     parser.add_argument("--prefill", nargs="+", type=int, default=[512, 2048])
     parser.add_argument("--decode-tokens", type=int, default=32)
     parser.add_argument("--no-compile", action="store_true", help="herd without its compiled decode path")
+    parser.add_argument("--prefill-only", action="store_true", help="skip decode (e.g. for long-context memory)")
     parser.add_argument("--worker", choices=["herd", "hf"], help=argparse.SUPPRESS)
     parser.add_argument("--dtype", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.prefill_only:
+        args.decode_tokens = 0
     if args.worker:
         return run_worker(args)
     ensure_model()
@@ -219,7 +223,8 @@ def main() -> None:
 
     config = bench_config()
     active = counts(__import__("herd").config.ModelConfig(text=config)).active - config.vocab_size * config.dim
-    metrics = [f"prefill_{s}" for s in args.prefill] + ["ttft_64_ms", "decode_b1", "decode_b8", "peak_rss_GB"]
+    decode = [] if args.prefill_only else ["ttft_64_ms", "decode_b1", "decode_b8"]
+    metrics = [f"prefill_{s}" for s in args.prefill] + decode + ["peak_rss_GB"]
     print("\n| workload | dtype | " + " | ".join(args.engines) + (" | herd / HF |" if len(args.engines) == 2 else " |"))
     print("|---" * (3 + (len(args.engines) == 2) + len(args.engines) - 1) + "|")
     for dtype in args.dtypes:
@@ -232,7 +237,7 @@ def main() -> None:
                 r = values[0] / values[1] if unit == "tok/s" else values[1] / values[0]
                 ratio = f" {r:.2f}× |"
             print(f"| {metric} | {dtype} | " + " | ".join(cells) + (" |" + ratio if ratio else " |"))
-        if "herd" in args.engines:
+        if "herd" in args.engines and not args.prefill_only:
             bytes_per_token = active * (4 if dtype == "float32" else 2)
             ceiling = m["bandwidth_GBps"] * 1e9 / bytes_per_token
             got = rows[("herd", dtype)]["decode_b1"]
