@@ -15,7 +15,7 @@ import argparse
 import sys
 
 from herd import chat
-from herd.cli.common import DTYPES, add_sampling_flags, load_with_tokenizer, sampling_params
+from herd.cli.common import DTYPES, add_fast_flag, add_sampling_flags, load_with_tokenizer, prepare, sampling_params
 from herd.engine import Engine
 from herd.image import ImageError, preprocess
 from herd.tokenizer import StreamDecoder
@@ -29,6 +29,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--system", help="system message")
     parser.add_argument("--dtype", choices=list(DTYPES), default="bfloat16")
     parser.add_argument("--max-tiles", type=int, default=16, help="tiles of 336 pixels per image (default 16)")
+    add_fast_flag(parser)
     add_sampling_flags(parser, max_new_tokens=1024)
 
 
@@ -60,7 +61,7 @@ def read_message() -> str | None:
 
 def run(args: argparse.Namespace) -> int:
     model, tokenizer = load_with_tokenizer(args.model, args.dtype)
-    engine = Engine(model)
+    engine = Engine(prepare(model, args))
     params = sampling_params(args)
     system = [{"role": "system", "content": args.system}] if args.system else []
     history: list[dict] = list(system)

@@ -27,6 +27,20 @@ def add_sampling_flags(parser: argparse.ArgumentParser, max_new_tokens: int = 25
     parser.add_argument("--seed", type=int, default=None)
 
 
+def add_fast_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--fast", action=argparse.BooleanOptionalAction, default=True,
+                        help="fused projections and compiled matrix-vector products for decode (default on)")
+
+
+def prepare(model: Transformer, args: argparse.Namespace) -> Transformer:
+    """The model as the command runs it: with herd.fast's inference paths unless --no-fast."""
+    if args.fast:
+        from herd.fast import optimize
+
+        optimize(model)
+    return model
+
+
 def sampling_params(args: argparse.Namespace, **extra: object) -> SamplingParams:
     return SamplingParams(
         temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, min_p=args.min_p,

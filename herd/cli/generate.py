@@ -8,7 +8,7 @@ import time
 
 import herd
 from herd import chat
-from herd.cli.common import DTYPES, add_sampling_flags, sampling_params, tokenizer_for
+from herd.cli.common import DTYPES, add_fast_flag, add_sampling_flags, prepare, sampling_params, tokenizer_for
 from herd.config import PRESETS, preset
 from herd.engine import Engine
 from herd.image import ImageError
@@ -32,6 +32,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--system", help="with --chat: a system message")
     parser.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     parser.add_argument("--dtype", choices=list(DTYPES), default="float32")
+    add_fast_flag(parser)
     add_sampling_flags(parser)
 
 
@@ -81,11 +82,12 @@ def run(args: argparse.Namespace) -> int:
         params = sampling_params(args)
     except ValueError as err:
         return _fail(str(err))
+    engine = Engine(prepare(model, args))
     text = TextStream(tokenizer, args.stop) if tokenizer is not None else None
     count, start = 0, time.perf_counter()
     try:
         pixels = [images.pixels] if images is not None and images.pixels else None
-        for event in Engine(model).stream(prompt, params, images=pixels):
+        for event in engine.stream(prompt, params, images=pixels):
             count += 1
             if text is None:
                 print(event.token, end=" ", flush=True)
