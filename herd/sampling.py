@@ -7,6 +7,10 @@
 - Temperature 0 is greedy (argmax after penalties). Each request draws from its own seeded
   `torch.Generator`, so a seed reproduces its output whatever else is in the batch.
 - Log-probabilities are those of the model's own distribution (raw logits), as vLLM reports.
+- `filter_logits` is the plain full-vocabulary reference. `choose` gets the same result from the
+  top candidates: top-k, min-p and top-p only ever keep a prefix of the sorted vocabulary, so a
+  `topk` of 1024 (or k) suffices whenever that prefix ends inside it, and it falls back to the full
+  sort otherwise. Pure temperature sampling draws over the whole vocabulary with an exponential race.
 
 Shapes: V vocab, N top alternatives.
 """
@@ -76,12 +80,42 @@ def filter_logits(logits_V: torch.Tensor, p: SamplingParams) -> torch.Tensor:
     return logits_V
 
 
+CANDIDATES = 1024
+
+
+def _sample_reference(logits_V: torch.Tensor, p: SamplingParams, generator: torch.Generator | None) -> int:
+    probs_V = torch.softmax(filter_logits(logits_V, p), dim=-1)
+    return int(torch.multinomial(probs_V, 1, generator=generator))
+
+
 def choose(logits_V: torch.Tensor, p: SamplingParams, generator: torch.Generator | None) -> int:
     """The next token from already penalised logits."""
     if p.temperature == 0:
         return int(logits_V.argmax())
-    probs_V = torch.softmax(filter_logits(logits_V, p), dim=-1)
-    return int(torch.multinomial(probs_V, 1, generator=generator))
+    logits_V = logits_V.float()
+    V = logits_V.shape[0]
+    k = p.top_k if 0 < p.top_k < V else V
+    if k == V and p.top_p >= 1.0 and p.min_p == 0:  # the whole vocabulary: an exponential race
+        noise_V = torch.empty_like(logits_V).exponential_(1.0, generator=generator)
+        return int((torch.softmax(logits_V / p.temperature, dim=-1) / noise_V).argmax())
+    if CANDIDATES < k < V:
+        return _sample_reference(logits_V, p, generator)
+    scaled_V = logits_V / p.temperature
+    values_N, ids_N = torch.topk(scaled_V, min(k, CANDIDATES))
+    complete = k <= CANDIDATES  # the candidates are the whole top-k set
+    probs_N = torch.exp(values_N - torch.logsumexp(values_N if complete else scaled_V, dim=-1))
+    n = len(probs_N)
+    if p.min_p > 0:
+        n = int((probs_N >= p.min_p * probs_N[0]).sum())
+        if n == len(probs_N) and not complete:
+            return _sample_reference(logits_V, p, generator)
+        probs_N = probs_N[:n] / probs_N[:n].sum()
+    if p.top_p < 1.0:
+        cumulative_N = torch.cumsum(probs_N, dim=-1)
+        if float(cumulative_N[-1]) <= p.top_p and not complete and p.min_p == 0:
+            return _sample_reference(logits_V, p, generator)  # the crossing token lies further down
+        n = int(((cumulative_N - probs_N) <= p.top_p).sum())
+    return int(ids_N[torch.multinomial(probs_N[:n], 1, generator=generator)])
 
 
 def logprobs_of(logits_V: torch.Tensor, token: int, n: int) -> tuple[float, list[tuple[int, float]]]:

@@ -169,3 +169,24 @@ def test_rows_finishing_at_the_context_limit():
     assert len(long.token_ids) == 10 and long.finish_reason == "length"
     assert len(short.token_ids) == 35 and short.finish_reason == "length"
     assert engine.generate(_prompt(5, 2), params)[0].token_ids == short.token_ids
+
+
+@pytest.mark.parametrize("params", [
+    SamplingParams(temperature=0.8, top_p=0.9), SamplingParams(temperature=1.0, top_p=1.0, top_k=5),
+    SamplingParams(temperature=0.7, top_p=0.5, min_p=0.05), SamplingParams(temperature=1.3, top_p=1.0),
+    SamplingParams(temperature=1.0, top_p=0.999), SamplingParams(temperature=1.0, top_p=1.0, min_p=0.2),
+    SamplingParams(temperature=2.0, top_p=0.95, top_k=2000),
+])
+def test_fast_sampling_matches_the_reference_distribution(params):
+    """`choose` draws from the same kept set, with the same frequencies, as the full-vocabulary
+    `filter_logits` reference (χ²-style check over many draws)."""
+    from herd.sampling import choose, filter_logits
+
+    logits = torch.randn(5000, generator=torch.Generator().manual_seed(0)) * 2
+    want = torch.softmax(filter_logits(logits, params), dim=-1)
+    g = torch.Generator().manual_seed(1)
+    draws = torch.tensor([choose(logits, params, g) for _ in range(3000)])
+    assert set(draws.tolist()) <= set(want.nonzero().flatten().tolist())
+    freq = torch.bincount(draws, minlength=5000).float() / len(draws)
+    top = want.topk(5).indices
+    assert (freq[top] - want[top]).abs().max().item() < 0.04
