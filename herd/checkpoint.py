@@ -82,8 +82,9 @@ def load(
 ) -> Transformer:
     """Load a checkpoint directory (HF or Meta format) into a herd model in eval mode.
 
-    `dtype=None` keeps the dtype the weights are stored in. With vision weights present the model
-    has its vision tower (`model.vision`), unless `text_only=True`.
+    `dtype=None` keeps the stored dtype (that of the first tensor, for all of them, should a
+    checkpoint mix dtypes). With vision weights present the model has its vision tower
+    (`model.vision`), unless `text_only=True`.
     """
     path = Path(path)
     fmt = detect_format(path)

@@ -18,6 +18,7 @@ Shapes: B batch, V vocab.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -44,6 +45,15 @@ class Completion:
     logprobs: list[float] = field(default_factory=list)
     top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)
     finish_reason: str | None = None
+
+
+def _rows(prompts: Sequence[int] | Sequence[Sequence[int]] | torch.Tensor) -> list[list[int]]:
+    """One prompt (ids) or several, as lists of Python ints; tensors and numpy arrays welcome."""
+    if hasattr(prompts, "tolist"):
+        prompts = prompts.tolist()
+    if len(prompts) and isinstance(prompts[0], numbers.Integral):
+        return [[int(t) for t in prompts]]
+    return [[int(t) for t in (p.tolist() if hasattr(p, "tolist") else p)] for p in prompts]
 
 
 class Engine:
@@ -101,7 +111,7 @@ class Engine:
         `images[b]` holds the pixel tiles of prompt b's images, in prompt order (None: no images).
         """
         params = params or SamplingParams()
-        rows = [list(prompts)] if prompts and isinstance(prompts[0], int) else [list(p) for p in prompts]
+        rows = _rows(prompts)
         if params.max_new_tokens == 0:
             return
         length = self._check(rows, params.max_new_tokens)
@@ -150,7 +160,7 @@ class Engine:
                  stop_fn: Callable[[int, int], bool] | None = None,
                  images: Sequence[Sequence[torch.Tensor] | None] | None = None) -> list[Completion]:
         """Run `stream()` to the end and collect one `Completion` per prompt."""
-        rows = [list(prompts)] if prompts and isinstance(prompts[0], int) else [list(p) for p in prompts]
+        rows = _rows(prompts)
         completions = [Completion(prompt_ids=p) for p in rows]
         for event in self.stream(rows, params, stop_fn, images):
             c = completions[event.row]

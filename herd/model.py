@@ -134,6 +134,12 @@ class Transformer(nn.Module):
             if isinstance(module, MoE):
                 module.impl = impl
 
+    def _apply(self, fn, recurse=True):
+        # .to(dtype) would cast the RoPE table too; it is recomputed in fp32 on the new device.
+        super()._apply(fn, recurse)
+        self.init_buffers()
+        return self
+
     @torch.no_grad()
     def init_buffers(self) -> None:
         """Recompute non-persistent buffers, e.g. after loading weights into a meta-device model."""

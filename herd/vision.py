@@ -115,10 +115,16 @@ class VisionModel(nn.Module):
         c = self.config
         return int((c.image_size // c.patch_size) ** 2 * c.pixel_shuffle_ratio**2)
 
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)  # keep the 2D RoPE tables fp32 whatever the cast
+        self.init_buffers()
+        return self
+
     @torch.no_grad()
     def init_buffers(self) -> None:
         cos, sin = rope_2d(self.config)
-        self.rope_cos_NK2, self.rope_sin_NK2 = cos.to(self.ln_pre.weight.device), sin.to(self.ln_pre.weight.device)
+        device = self.ln_pre.weight.device
+        self.rope_cos_NK2, self.rope_sin_NK2 = cos.to(device), sin.to(device)
 
     @torch.no_grad()
     def init_weights(self, std: float = 0.02, generator: torch.Generator | None = None) -> None:

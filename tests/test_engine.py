@@ -190,3 +190,11 @@ def test_fast_sampling_matches_the_reference_distribution(params):
     freq = torch.bincount(draws, minlength=5000).float() / len(draws)
     top = want.topk(5).indices
     assert (freq[top] - want[top]).abs().max().item() < 0.04
+
+
+def test_prompts_as_tensors():
+    engine = Engine(herd.build(SCOUT_LIKE, seed=0))
+    ids = _prompt(6)
+    want = engine.generate(ids, GREEDY)[0].token_ids
+    assert engine.generate(torch.tensor(ids), GREEDY)[0].token_ids == want
+    assert engine.generate(torch.tensor([ids, ids]), GREEDY)[1].token_ids == want

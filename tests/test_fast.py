@@ -4,6 +4,7 @@ import torch
 from hf_oracle import MAVERICK_LIKE, SCOUT_LIKE
 
 import herd
+import herd.rope
 from herd.engine import Engine
 from herd.fast import matvec, optimize, restore
 from herd.sampling import SamplingParams
@@ -55,3 +56,43 @@ def test_optimized_maverick_shape():
     plain = restore(herd.build(MAVERICK_LIKE, seed=0))
     with torch.no_grad():
         assert (model(tokens, last_only=True) - plain(tokens, last_only=True)).abs().max().item() <= 1e-4
+
+
+def test_fused_views_survive_to(tmp_path):
+    """After .to(dtype), the parts are views of the fused weight again: no extra memory, one truth."""
+    model = optimize(herd.build(SCOUT_LIKE, seed=0)).to(torch.bfloat16)
+    attention = model.layers[0].attention
+    assert attention.wq.weight.dtype == torch.bfloat16
+    assert attention.wq.weight.untyped_storage().data_ptr() == attention.wqkv.weight.untyped_storage().data_ptr()
+    plain = herd.build(SCOUT_LIKE, seed=0).to(torch.bfloat16)
+    tokens = torch.randint(0, 256, (1, 12), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        assert (model(tokens) - plain(tokens)).abs().max() < 0.05  # bf16: matvec and F.linear round apart
+    restore(model)
+    assert getattr(attention, "wqkv", None) is None and type(attention).__name__ == "Attention"
+    with torch.no_grad():
+        assert (model(tokens) - plain(tokens)).abs().max() < 0.05
+
+
+def test_rope_tables_stay_fp32_under_casts():
+    from herd.config import preset
+
+    model = herd.build(preset("debug"), dtype=torch.bfloat16)
+    assert model.freq_K2.dtype == torch.float32 and model.vision.rope_cos_NK2.dtype == torch.float32
+    model = model.to(torch.float32).to(torch.bfloat16)
+    assert model.freq_K2.dtype == torch.float32 and model.vision.rope_sin_NK2.dtype == torch.float32
+    want = herd.rope.inv_freq(16, 500000.0, model.config.rope_scaling)
+    assert torch.equal(model.freq_K2, want)
+
+
+def test_matvec_falls_back_to_linear_past_the_recompile_limit(monkeypatch, caplog):
+    import herd.fast as fast
+
+    monkeypatch.setattr(torch._dynamo.config, "cache_size_limit", 1)
+    monkeypatch.setattr(fast, "_compiled", None)
+    torch._dynamo.reset()
+    g = torch.Generator().manual_seed(0)
+    for rows, width in ((1, 32), (2, 48), (3, 64)):  # new shapes past a limit of one compile
+        x, w = torch.randn(rows, width, generator=g), torch.randn(40, width, generator=g)
+        assert (fast.matvec(x, w) - x @ w.T).abs().max().item() <= 1e-4
+    torch._dynamo.reset()

@@ -97,7 +97,12 @@ def run(args: argparse.Namespace) -> int:
         pending = []
         images = chat.ImageCollector(args.max_tiles, model.vision.tokens_per_tile,
                                      model.vision.config.image_size) if model.vision is not None else None
-        prompt = chat.render(tokenizer, history, image_tokens=images).ids
+        try:
+            prompt = chat.render(tokenizer, history, image_tokens=images).ids
+        except ImageError as err:  # e.g. an attached file that has since gone
+            print(f"herd chat: {err}", file=sys.stderr)
+            history.pop()
+            continue
         pixels = [images.pixels] if images is not None and images.pixels else None
         decoder, ids = StreamDecoder(tokenizer), []
         try:
