@@ -124,13 +124,18 @@ def test_config_json_not_valid_json(hf_dir, tmp_path):
         herd.load(path)
 
 
-def _hf_config_error(hf_dir, tmp_path, edit, *parts):
-    path = clone(hf_dir, tmp_path / "ckpt")
-    edit_json(path / "config.json", edit)
-    with pytest.raises(ConfigError, match=message(path / "config.json", *parts)):
+def _config_error(source_dir, tmp_path, name, edit, *parts):
+    """Edit the checkpoint's config file (config.json or params.json): loading names file and parts."""
+    path = clone(source_dir, tmp_path / "ckpt")
+    edit_json(path / name, edit)
+    with pytest.raises(ConfigError, match=message(path / name, *parts)):
         herd.load(path)
-    with pytest.raises(ConfigError, match=message(path / "config.json", *parts)):
+    with pytest.raises(ConfigError, match=message(path / name, *parts)):
         herd.checkpoint.read_config(path)
+
+
+def _hf_config_error(hf_dir, tmp_path, edit, *parts):
+    _config_error(hf_dir, tmp_path, "config.json", edit, *parts)
 
 
 def test_config_unknown_key(hf_dir, tmp_path):
@@ -234,10 +239,7 @@ def test_config_file_not_an_object(hf_dir, meta_dirs, tmp_path, name, text):
 
 
 def _params_error(meta_dir, tmp_path, edit, *parts):
-    path = clone(meta_dir, tmp_path / "ckpt")
-    edit_json(path / "params.json", edit)
-    with pytest.raises(ConfigError, match=message(path / "params.json", *parts)):
-        herd.load(path)
+    _config_error(meta_dir, tmp_path, "params.json", edit, *parts)
 
 
 def test_params_not_valid_json(meta_dirs, tmp_path):
