@@ -75,11 +75,10 @@ class Engine:
             bad = [t for t in p if not 0 <= t < config.vocab_size]
             if bad:
                 raise ValueError(f"prompt token id(s) {bad[:5]} outside the vocabulary [0, {config.vocab_size})")
-        length = max(len(p) for p in prompts) + max_new_tokens
         longest = max(len(p) for p in prompts)
         if longest >= config.max_seq_len:
             raise ValueError(f"prompt of {longest} tokens does not fit the context of {config.max_seq_len}")
-        return min(length, config.max_seq_len)
+        return min(longest + max_new_tokens, config.max_seq_len)
 
     @torch.no_grad()
     def prefill(self, cache: KVCache, row: int, prompt: Sequence[int],
@@ -119,8 +118,7 @@ class Engine:
         cache = KVCache(self.model.config, len(rows), length, self.model.output.weight.dtype, self.device)
         generators = [None if params.seed is None else torch.Generator(self.device).manual_seed(params.seed)
                       for _ in rows]
-        history = [torch.tensor(p, device=self.device) for p in rows]
-        outputs = [torch.empty(0, dtype=torch.long, device=self.device) for _ in rows]
+        history = [torch.tensor(p, device=self.device) for p in rows]  # prompt + output ids
         images = list(images) if images is not None else [None] * len(rows)
         if len(images) != len(rows):
             raise ValueError(f"{len(rows)} prompts but images for {len(images)}")
@@ -130,11 +128,11 @@ class Engine:
         finished = [False] * len(rows)
         while live:
             for b in live:
-                token = self._sample(logits_BV[b], params, history[b], outputs[b], generators[b])
-                outputs[b] = torch.cat((outputs[b], outputs[b].new_tensor([token])))
+                token = self._sample(logits_BV[b], params, history[b], history[b][len(rows[b]) :], generators[b])
                 history[b] = torch.cat((history[b], history[b].new_tensor([token])))
+                n_out = len(history[b]) - len(rows[b])
                 done = "stop" if token in stop or (stop_fn is not None and stop_fn(b, token)) else None
-                if done is None and (len(outputs[b]) >= params.max_new_tokens or int(positions_B[b]) + 1 >= length):
+                if done is None and (n_out >= params.max_new_tokens or int(positions_B[b]) + 1 >= length):
                     done = "length"
                 finished[b] = done is not None
                 event = TokenEvent(row=b, token=token, finish_reason=done)

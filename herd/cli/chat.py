@@ -15,7 +15,15 @@ import argparse
 import sys
 
 from herd import chat
-from herd.cli.common import DTYPES, add_fast_flag, add_sampling_flags, load_with_tokenizer, prepare, sampling_params
+from herd.cli.common import (
+    DTYPES,
+    add_fast_flag,
+    add_sampling_flags,
+    image_collector,
+    load_with_tokenizer,
+    prepare,
+    sampling_params,
+)
 from herd.engine import Engine
 from herd.image import ImageError, preprocess
 from herd.tokenizer import StreamDecoder
@@ -95,8 +103,7 @@ def run(args: argparse.Namespace) -> int:
             continue
         history.append({"role": "user", "content": [*pending, {"type": "text", "text": text}] if pending else text})
         pending = []
-        images = chat.ImageCollector(args.max_tiles, model.vision.tokens_per_tile,
-                                     model.vision.config.image_size) if model.vision is not None else None
+        images = image_collector(model, args.max_tiles)
         try:
             prompt = chat.render(tokenizer, history, image_tokens=images).ids
         except ImageError as err:  # e.g. an attached file that has since gone

@@ -9,6 +9,7 @@ import time
 import torch
 
 import herd
+from herd import chat
 from herd.checkpoint import CheckpointError
 from herd.model import Transformer
 from herd.sampling import SamplingParams
@@ -48,6 +49,13 @@ def prepare(model: Transformer, args: argparse.Namespace) -> Transformer:
         Engine(model).generate([0], SamplingParams(temperature=0.0, max_new_tokens=2, stop_ids=()))
         log.info("compiled in %.1fs", time.perf_counter() - start)
     return model
+
+
+def image_collector(model: Transformer, max_tiles: int) -> chat.ImageCollector | None:
+    """The chat format's image hook sized to the model's vision tower; None for a text-only model."""
+    if model.vision is None:
+        return None
+    return chat.ImageCollector(max_tiles, model.vision.tokens_per_tile, model.vision.config.image_size)
 
 
 def sampling_params(args: argparse.Namespace, **extra: object) -> SamplingParams:

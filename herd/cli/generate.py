@@ -8,7 +8,15 @@ import time
 
 import herd
 from herd import chat
-from herd.cli.common import DTYPES, add_fast_flag, add_sampling_flags, prepare, sampling_params, tokenizer_for
+from herd.cli.common import (
+    DTYPES,
+    add_fast_flag,
+    add_sampling_flags,
+    image_collector,
+    prepare,
+    sampling_params,
+    tokenizer_for,
+)
 from herd.config import PRESETS, preset
 from herd.engine import Engine
 from herd.image import ImageError
@@ -72,8 +80,7 @@ def run(args: argparse.Namespace) -> int:
     if args.image and model.vision is None:
         return _fail("--image needs a multimodal checkpoint (this model has no vision tower)")
     tokenizer = tokenizer_for(args.model, model.config.vocab_size) if args.prompt is not None else None
-    images = chat.ImageCollector(max_tiles=args.max_tiles, tokens_per_tile=model.vision.tokens_per_tile,
-                                 tile=model.vision.config.image_size) if model.vision is not None else None
+    images = image_collector(model, args.max_tiles)
     try:
         prompt = _prompt(args, model, tokenizer, images)
     except (ImageError, ValueError) as err:
