@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # torch is installed first and pinned: a bare `torch` requirement pulls several GB of CUDA wheels
-# on a machine without a local CPU wheel. Override with e.g. TORCH_SPEC="torch>=2.5".
+# on a machine without a local CPU wheel. Override with e.g. TORCH_SPEC="torch>=2.6".
 TORCH_SPEC ?= torch==2.13.0
 
 .PHONY: setup demo test lint clean
@@ -17,8 +17,7 @@ $(BIN)/.installed: pyproject.toml
 setup: $(BIN)/.installed
 
 demo: setup
-	$(BIN)/herd info
-	$(BIN)/herd generate --preset debug --max-new-tokens 32 --seed 0
+	$(BIN)/herd demo
 
 test: setup
 	$(BIN)/ruff check herd tests benchmarks

@@ -13,6 +13,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from herd.tokenizer import compact_special_ids
+
 
 class ConfigError(ValueError):
     """A configuration file or value that herd cannot honour; the message names the key."""
@@ -52,6 +54,9 @@ class TextConfig:
     top_k: int = 1
     moe_layer_step: int = 1
     expert_dim: int = 8192  # hidden size of each routed expert and of the shared expert
+    # A per-expert bias added to the router logits for expert *selection* only (auxiliary-loss-free
+    # load balancing, learned in training); the released checkpoints have none.
+    router_bias: bool = False
     max_seq_len: int = 10485760
     bos_id: int = 200000
     eos_ids: tuple[int, ...] = (200001, 200007, 200008)
@@ -134,10 +139,13 @@ _LADDER = {
 
 
 def _ladder(dim: int, layers: int, heads: int, kv: int, experts: int, hidden: int) -> ModelConfig:
+    # Special ids of a compact tokenizer (`herd tokenizer train`): Llama 4's names after the BPE ids.
+    ids = compact_special_ids(8192)
     text = TextConfig(
         vocab_size=8192, dim=dim, n_layers=layers, n_heads=heads, n_kv_heads=kv, head_dim=dim // heads,
         rope_scaling=None, use_qk_norm=True, n_experts=experts, moe_layer_step=1, expert_dim=hidden,
-        ffn_dim=2 * hidden, attention_chunk_size=8192, max_seq_len=131072, bos_id=200000,
+        ffn_dim=2 * hidden, attention_chunk_size=8192, max_seq_len=131072, bos_id=ids["<|begin_of_text|>"],
+        eos_ids=(ids["<|end_of_text|>"], ids["<|eom|>"], ids["<|eot|>"]), pad_id=ids["<|finetune_right_pad|>"],
     )
     return ModelConfig(text=text)
 

@@ -89,7 +89,8 @@ class Block(nn.Module):
         self.ffn_norm = RMSNorm(c.dim, c.norm_eps)
         self.is_moe = c.is_moe_layer(layer)
         self.feed_forward: nn.Module = (
-            MoE(c.dim, c.expert_dim, c.n_experts, c.top_k) if self.is_moe else FeedForward(c.dim, c.ffn_dim)
+            MoE(c.dim, c.expert_dim, c.n_experts, c.top_k, c.router_bias) if self.is_moe
+            else FeedForward(c.dim, c.ffn_dim)
         )
 
     def forward(self, x_BSD: torch.Tensor, pos: Positions) -> torch.Tensor:
@@ -161,6 +162,9 @@ class Transformer(nn.Module):
             else:
                 is_out = name.endswith(("wo.weight", "w2.weight", "experts.w2"))
                 param.normal_(0.0, out_std if is_out else std, generator=generator)
+        for module in self.modules():
+            if isinstance(module, MoE) and module.router_bias is not None:
+                module.router_bias.zero_()
         if self.vision is not None:
             self.vision.init_weights(std, generator)
         self.init_buffers()

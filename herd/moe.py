@@ -2,6 +2,8 @@
 
 - Router: logits = x·Rᵀ, top-k on raw logits, score = sigmoid(logit) computed in fp32 and cast.
 - The score multiplies the expert *input*: out = Shared(x) + Σ_k Expert_k(score_k · x).
+- Optional selection bias (`router_bias`, aux-loss-free balancing): top-k on logits + bias, while the
+  score stays sigmoid(logit), so the bias steers load without entering the output.
 - `sparse` (default) groups tokens by expert and runs each expert only on its own tokens;
   `dense` runs every token through every expert with zero scores elsewhere, as both
   references do. They are mathematically equal (SwiGLU(0) = 0) and tested equal.
@@ -10,6 +12,8 @@ Shapes: T tokens, D model dim, E experts, F expert hidden, A token-expert assign
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -60,18 +64,28 @@ class Experts(nn.Module):
 
 
 class MoE(nn.Module):
-    def __init__(self, dim: int, hidden: int, n_experts: int, top_k: int = 1) -> None:
+    def __init__(self, dim: int, hidden: int, n_experts: int, top_k: int = 1, router_bias: bool = False) -> None:
         super().__init__()
         self.top_k = top_k
         self.router = nn.Linear(dim, n_experts, bias=False)
+        self.register_buffer("router_bias", torch.zeros(n_experts) if router_bias else None)
         self.experts = Experts(n_experts, dim, hidden)
         self.shared_expert = FeedForward(dim, hidden)
         self.impl = "sparse"  # or "dense", the reference path
+        # Called as observer(moe, logits_TE, experts_TK) on every forward; training uses it for load
+        # statistics and balance losses, so the model itself knows nothing of them.
+        self.observer: Callable[[MoE, torch.Tensor, torch.Tensor], None] | None = None
 
     def route(self, x_TD: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The chosen experts [T, k] and their sigmoid scores [T, k] in the activation dtype."""
         logits_TE = self.router(x_TD)
-        top_TK, experts_TK = torch.topk(logits_TE, self.top_k, dim=-1)
+        if self.router_bias is None:
+            top_TK, experts_TK = torch.topk(logits_TE, self.top_k, dim=-1)
+        else:
+            experts_TK = torch.topk(logits_TE + self.router_bias.to(logits_TE.dtype), self.top_k, dim=-1).indices
+            top_TK = logits_TE.gather(-1, experts_TK)
+        if self.observer is not None:
+            self.observer(self, logits_TE, experts_TK)
         return experts_TK, torch.sigmoid(top_TK.float()).to(x_TD.dtype)
 
     def forward(self, x_BSD: torch.Tensor) -> torch.Tensor:

@@ -1,9 +1,13 @@
-"""The Llama 4 tokenizer: 200,000 byte-level BPE ranks plus 2,048 special tokens (spec §4.1–4.2).
+"""The Llama 4 tokenizer: 200,000 byte-level BPE ranks plus 2,048 special tokens (spec §4.1–4.2),
+and compact tokenizers (a small trained BPE vocabulary plus 32 of Llama 4's special tokens) for small models.
 
 - BPE runs on tiktoken over Meta's `tokenizer.model` rank file with the o200k-style split pattern;
   `HFTokenizer` runs the same BPE from an HF `tokenizer.json` (via `tokenizers`) behind the same interface.
 - Special tokens have fixed ids 200000 + k (n_words = 202048). The table is built here from the
   Llama 4 naming scheme, not read from the file, so both back ends agree on every id.
+- A compact tokenizer (`tokenizer.json` only, see `herd.tokenizer_train`) has n_base BPE tokens and then
+  `COMPACT_SPECIAL_NAMES` at n_base + k: Llama 4's names, so the chat format works unchanged, and ids
+  that follow from the vocabulary size alone (`compact_special_ids`), so configs need no tokenizer file.
 - `encode` never produces a special token: text such as "<|eot|>" is ordinary text. Control tokens
   are added by ids (`special_id`, `bos_id`, ...), which is what the chat format does.
 - Long inputs are cut as Meta's reference does (400,000-char pieces, and runs of more than 25,000
@@ -31,8 +35,8 @@ import tiktoken
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "N_BASE_TOKENS", "N_SPECIAL_TOKENS", "O200K_PATTERN", "SPECIAL_TOKENS", "HFTokenizer", "StreamDecoder",
-    "TextStream", "Tokenizer", "TokenizerError", "load_tokenizer",
+    "COMPACT_SPECIAL_NAMES", "N_BASE_TOKENS", "N_SPECIAL_TOKENS", "O200K_PATTERN", "SPECIAL_TOKENS", "HFTokenizer",
+    "StreamDecoder", "TextStream", "Tokenizer", "TokenizerError", "compact_special_ids", "load_tokenizer",
 ]
 
 N_BASE_TOKENS = 200_000
@@ -78,6 +82,28 @@ def _special_token_names() -> list[str]:
 
 SPECIAL_TOKENS: dict[str, int] = {name: N_BASE_TOKENS + k for k, name in enumerate(_special_token_names())}
 
+# The specials of a compact tokenizer, in id order: every named Llama 4 special (so chat, fill-in-the-middle,
+# tool and image markup keep their names) and 11 reserved ones for later use, 32 in all.
+COMPACT_SPECIAL_NAMES: list[str] = [
+    "<|begin_of_text|>", "<|end_of_text|>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>",
+    "<|header_start|>", "<|header_end|>", "<|eom|>", "<|eot|>", "<|step|>", "<|python_start|>", "<|python_end|>",
+    "<|finetune_right_pad|>", "<|image_start|>", "<|image_end|>", "<|tile_x_separator|>", "<|tile_y_separator|>",
+    "<|image|>", "<|patch|>", "<|reasoning_thinking_start|>", "<|reasoning_thinking_end|>",
+    *[f"<|reserved_special_token_{i}|>" for i in range(11)],
+]
+assert len(COMPACT_SPECIAL_NAMES) == 32 and all(name in SPECIAL_TOKENS for name in COMPACT_SPECIAL_NAMES)
+
+
+def compact_special_ids(vocab_size: int) -> dict[str, int]:
+    """Name -> id of the special tokens of a compact tokenizer with `vocab_size` tokens in all:
+    the BPE vocabulary is ids 0 .. n_base-1 and special k is n_base + k, n_base = vocab_size - 32.
+    E.g. vocab_size 8192: <|begin_of_text|> 8160, <|end_of_text|> 8161, <|eom|> 8167, <|eot|> 8168."""
+    n_base = vocab_size - len(COMPACT_SPECIAL_NAMES)
+    if n_base < 1:
+        raise ValueError(f"vocab_size {vocab_size} leaves no room for BPE tokens next to the "
+                         f"{len(COMPACT_SPECIAL_NAMES)} special tokens")
+    return {name: n_base + k for k, name in enumerate(COMPACT_SPECIAL_NAMES)}
+
 
 def _split_for_bpe(text: str, max_chars: int = MAX_ENCODE_CHARS, max_run: int = MAX_RUN_CHARS) -> list[str]:
     """Cut `text` as Meta's encoder does: `max_chars` pieces, then cut every whitespace or non-whitespace
@@ -110,8 +136,9 @@ def _without_surrogates(text: str) -> str:
 class Tokenizer:
     """Llama 4 tokenizer over a tiktoken rank file (`tokenizer.model`).
 
-    Attributes: `n_words` (202048), `bos_id`, `eos_id`, `pad_id`, `eot_id`, `eom_id`, `stop_ids`
-    (end_of_text, eom, eot) and `special` (name -> id for all 2048 special tokens).
+    Attributes: `n_words` (202048; for every tokenizer n_base + number of specials), `n_base` (200000:
+    ids below are BPE tokens, ids from it on special tokens), `bos_id`, `eos_id`, `pad_id`, `eot_id`,
+    `eom_id`, `stop_ids` (end_of_text, eom, eot) and `special` (name -> id for all special tokens).
     """
 
     def __init__(self, model_path: str | os.PathLike) -> None:
@@ -122,12 +149,14 @@ class Tokenizer:
         base: list[bytes] = [b""] * N_BASE_TOKENS
         for token, rank in ranks.items():
             base[rank] = token
-        self._init_vocab(base, source=path)
+        self._init_vocab(base, _LLAMA4_SPECIAL_NAMES, source=path)
 
-    def _init_vocab(self, base: list[bytes], source: Path) -> None:
+    def _init_vocab(self, base: list[bytes], special_names: list[str], source: Path) -> None:
+        """Ids 0 .. len(base)-1 are `base`, then special token k is len(base) + k."""
         self.source = source
-        self.special: dict[str, int] = dict(SPECIAL_TOKENS)
-        self._pieces: list[bytes] = base + [name.encode() for name in self.special]
+        self.n_base: int = len(base)
+        self.special: dict[str, int] = {name: self.n_base + k for k, name in enumerate(special_names)}
+        self._pieces: list[bytes] = base + [name.encode() for name in special_names]
         self.n_words: int = len(self._pieces)
         self.bos_id: int = self.special["<|begin_of_text|>"]
         self.eos_id: int = self.special["<|end_of_text|>"]
@@ -158,10 +187,12 @@ class Tokenizer:
             return self.special[name]
         except KeyError:
             hint = "" if name.startswith("<|") else " (names include the brackets, e.g. '<|eot|>')"
-            raise KeyError(f"{name!r} is not a Llama 4 special token{hint}") from None
+            if name in SPECIAL_TOKENS:
+                hint = " (a Llama 4 special token that this compact tokenizer leaves out)"
+            raise KeyError(f"{name!r} is not a special token of this tokenizer{hint}") from None
 
     def is_special(self, token_id: int) -> bool:
-        return token_id >= N_BASE_TOKENS
+        return token_id >= self.n_base
 
     def _check_ids(self, ids: Iterable[int]) -> list[int]:
         ids = list(map(operator.index, ids))
@@ -191,7 +222,10 @@ class HFTokenizer(Tokenizer):
 
     Only the file's pre-tokenizer and BPE model are used: its added tokens and post-processor are
     dropped, so text never turns into special tokens and no BOS is added behind the caller's back.
-    Special ids are the canonical Llama 4 table; the file's added tokens are checked against it.
+    The BPE vocabulary (the entries that are not special-token names) must be ids 0 .. n_base-1.
+    With n_base = 200000 special ids are the canonical Llama 4 table, and the file's specials are checked
+    against it; any other n_base is a compact tokenizer, whose specials must be `COMPACT_SPECIAL_NAMES`
+    at n_base + k exactly.
     """
 
     def __init__(self, json_path: str | os.PathLike) -> None:
@@ -201,11 +235,10 @@ class HFTokenizer(Tokenizer):
             msg = "reading tokenizer.json needs the `tokenizers` package (pip install tokenizers)"
             raise TokenizerError(msg) from e
         path = Path(json_path)
-        spec = _read_hf_json(path)
-        base = _hf_base_pieces(spec, path)
+        spec, base, special_names = _read_hf_json(path)
         self._bpe = tokenizers.Tokenizer.from_str(json.dumps(spec))
         self._bpe.encode_special_tokens = True  # belt and braces: the added tokens are gone already
-        self._init_vocab(base, source=path)
+        self._init_vocab(base, special_names, source=path)
 
     def _encode_pieces(self, pieces: list[str]) -> list[int]:
         if len(pieces) == 1:
@@ -314,8 +347,10 @@ def _byte_level_alphabet() -> dict[str, int]:
     return table
 
 
-def _read_hf_json(path: Path) -> dict:
-    """Load tokenizer.json, check it is a byte-level BPE with Llama 4's specials, strip its added tokens."""
+def _read_hf_json(path: Path) -> tuple[dict, list[bytes], list[str]]:
+    """Load tokenizer.json, check it is a byte-level BPE with Llama 4's or the compact special table, strip
+    its added tokens. Returns the spec (model vocabulary = BPE tokens only), the bytes of the BPE tokens
+    by id, and the special names in id order."""
     try:
         spec = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -326,38 +361,98 @@ def _read_hf_json(path: Path) -> dict:
     decoder = spec.get("decoder") or {}
     if decoder.get("type") != "ByteLevel":
         raise TokenizerError(f"{path}: decoder is {decoder.get('type')!r}, expected a byte-level BPE ('ByteLevel')")
-    added = {t["id"]: t["content"] for t in spec.get("added_tokens") or []}
-    vocab_specials = {i: tok for tok, i in model["vocab"].items() if i >= N_BASE_TOKENS}
+    vocab: dict[str, int] = model["vocab"]
+    try:
+        added_tokens = [(t["id"], t["content"], t.get("special", True)) for t in spec.get("added_tokens") or []]
+    except (KeyError, TypeError, AttributeError):
+        raise TokenizerError(f"{path}: malformed added_tokens (each needs 'id' and 'content')") from None
+    added = {token_id: name for token_id, name, _ in added_tokens}
+    # Specials: every added token, except a non-special one that merely repeats a vocabulary entry (HF's
+    # "normal" added tokens), and every vocabulary entry named like one. The rest is the BPE vocabulary.
+    specials = {i: name for i, name, special in added_tokens if special or vocab.get(name) != i}
+    specials.update({i: name for name, i in vocab.items() if _is_special_name(name)})
+    special_names = set(specials.values())
+    base_vocab = {tok: i for tok, i in vocab.items() if tok not in special_names}
+    highest = max([*vocab.values(), *added], default=0)
+    # A file reaching into Llama 4's special range is held to Llama 4's table; compact vocabularies are small.
+    if len(base_vocab) == N_BASE_TOKENS or highest >= N_BASE_TOKENS:
+        _check_llama4_specials(vocab, added, path)
+        model["vocab"] = {tok: i for tok, i in vocab.items() if i < N_BASE_TOKENS}
+        base = _hf_base_pieces(model["vocab"], path, llama4=True)
+        names = _LLAMA4_SPECIAL_NAMES
+    else:
+        # Misplaced specials first (they name the culprit), then the BPE vocabulary, then missing specials
+        # (a file with none at all is more likely a foreign tokenizer, which the vocabulary checks describe).
+        _check_compact_specials(specials, len(base_vocab), path, complete=False)
+        model["vocab"] = base_vocab
+        base = _hf_base_pieces(base_vocab, path, llama4=False)
+        _check_compact_specials(specials, len(base_vocab), path, complete=True)
+        names = COMPACT_SPECIAL_NAMES
+    spec["added_tokens"] = []
+    spec["post_processor"] = None  # HF's template prepends <|begin_of_text|>; the caller decides on BOS
+    return spec, base, names
+
+
+def _is_special_name(name: str) -> bool:
+    return name in SPECIAL_TOKENS or name in _HF_SPECIAL_ALIASES
+
+
+def _check_llama4_specials(vocab: dict[str, int], added: dict[int, str], path: Path) -> None:
+    vocab_specials = {i: tok for tok, i in vocab.items() if i >= N_BASE_TOKENS}
     for token_id, name in sorted({**vocab_specials, **added}.items()):
         expected = _SPECIAL_NAMES.get(token_id)
-        if name == expected or name in _HF_SPECIAL_ALIASES or model["vocab"].get(name) == token_id < N_BASE_TOKENS:
+        if name == expected or name in _HF_SPECIAL_ALIASES or vocab.get(name) == token_id < N_BASE_TOKENS:
             continue  # canonical, a known misspelling, or an ordinary vocabulary entry
         if expected is None:
             raise TokenizerError(f"{path}: token {name!r} has id {token_id}, outside Llama 4's table")
         raise TokenizerError(f"{path}: token id {token_id} is {name!r}; Llama 4 has {expected!r} there")
-    spec["added_tokens"] = []
-    spec["post_processor"] = None  # HF's template prepends <|begin_of_text|>; the caller decides on BOS
-    model["vocab"] = {tok: i for tok, i in model["vocab"].items() if i < N_BASE_TOKENS}
-    return spec
 
 
-def _hf_base_pieces(spec: dict, path: Path) -> list[bytes]:
-    vocab = spec["model"]["vocab"]
-    if sorted(vocab.values()) != list(range(N_BASE_TOKENS)):
-        raise TokenizerError(
-            f"{path}: BPE vocabulary has {len(vocab)} entries, Llama 4 has ids 0 .. {N_BASE_TOKENS - 1}"
-        )
+def _check_compact_specials(specials: dict[int, str], n_base: int, path: Path, complete: bool) -> None:
+    """The specials of a compact tokenizer must be COMPACT_SPECIAL_NAMES at n_base + k (all of them if `complete`)."""
+    expected = {n_base + k: name for k, name in enumerate(COMPACT_SPECIAL_NAMES)}
+    layout = f"a compact tokenizer with {n_base} BPE tokens has {COMPACT_SPECIAL_NAMES[0]!r} .. " \
+             f"{COMPACT_SPECIAL_NAMES[-1]!r} at ids {n_base} .. {n_base + len(COMPACT_SPECIAL_NAMES) - 1}"
+    for token_id, name in sorted(specials.items()):
+        want = expected.get(token_id)
+        if name == want or (name in _HF_SPECIAL_ALIASES and want == "<|finetune_right_pad|>"):
+            continue
+        there = f"{want!r} there" if want else "no token there"
+        raise TokenizerError(f"{path}: special token {name!r} has id {token_id}; {there} ({layout})")
+    missing = [f"{name!r} (id {i})" for i, name in expected.items() if i not in specials]
+    if complete and missing:
+        raise TokenizerError(f"{path}: special tokens missing: {', '.join(missing[:4])}"
+                             f"{' ...' if len(missing) > 4 else ''} ({layout})")
+
+
+def _hf_base_pieces(vocab: dict[str, int], path: Path, llama4: bool) -> list[bytes]:
+    """The bytes of the BPE tokens, which must have ids 0 .. len(vocab)-1 (0 .. 199999 for Llama 4)."""
+    n_base = len(vocab)
+    if sorted(vocab.values()) != list(range(n_base)) or (llama4 and n_base != N_BASE_TOKENS):
+        if llama4:
+            raise TokenizerError(
+                f"{path}: BPE vocabulary has {len(vocab)} entries, Llama 4 has ids 0 .. {N_BASE_TOKENS - 1}"
+            )
+        first_gap = next(i for i, j in enumerate(sorted(vocab.values())) if i != j)
+        raise TokenizerError(f"{path}: BPE vocabulary has {n_base} entries but not the ids 0 .. {n_base - 1} "
+                             f"(first gap or duplicate at id {first_gap})")
     alphabet = _byte_level_alphabet()
-    base: list[bytes] = [b""] * N_BASE_TOKENS
+    base: list[bytes] = [b""] * n_base
     for token, i in vocab.items():
         try:
             base[i] = bytes(alphabet[ch] for ch in token)
         except KeyError:
             raise TokenizerError(f"{path}: vocabulary entry {token!r} is not in the byte-level alphabet") from None
+    # Without a token for every single byte some text cannot be encoded (BPE would silently drop it).
+    missing = sorted(set(range(256)) - {piece[0] for piece in base if len(piece) == 1})
+    if missing:
+        raise TokenizerError(f"{path}: BPE vocabulary has {n_base} entries but no single-byte tokens for bytes "
+                             f"{missing[:8]}{' ...' if len(missing) > 8 else ''}; cannot encode all text")
     return base
 
 
 _SPECIAL_NAMES = {i: name for name, i in SPECIAL_TOKENS.items()}
+_LLAMA4_SPECIAL_NAMES = list(SPECIAL_TOKENS)
 
 
 def _packaged_tokenizer_model() -> Path | None:
@@ -380,7 +475,7 @@ def _is_json(path: Path) -> bool:
 
 
 def load_tokenizer(path: str | os.PathLike | None = None) -> Tokenizer:
-    """Load the Llama 4 tokenizer.
+    """Load the Llama 4 tokenizer, or a compact one (a tokenizer.json from `herd.tokenizer_train`).
 
     `path` is a checkpoint directory (uses `tokenizer.model`, then `original/tokenizer.model`, then
     `tokenizer.json`) or a tokenizer file. With None, or a directory holding none of them, the

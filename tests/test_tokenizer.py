@@ -153,10 +153,11 @@ def test_special_ids(tok):
     assert s["<|reserved_special_token_903|>"] == 202047
     assert sorted(s.values()) == list(range(200000, 202048))
     assert tok.special_id("<|patch|>") == 200092
+    assert tok.n_base == 200000 and tok.is_special(200000) and not tok.is_special(199999)
 
 
 def test_special_id_unknown(tok):
-    with pytest.raises(KeyError, match="not a Llama 4 special token"):
+    with pytest.raises(KeyError, match="not a special token of this tokenizer"):
         tok.special_id("<|eot_id|>")  # Llama 3's name
     with pytest.raises(KeyError, match="include the brackets"):
         tok.special_id("eot")
@@ -322,7 +323,7 @@ def hf_tok(hf_json) -> HFTokenizer:
 
 
 def test_hf_same_interface_and_table(hf_tok, tok):
-    assert hf_tok.special == tok.special and hf_tok.n_words == tok.n_words
+    assert hf_tok.special == tok.special and hf_tok.n_words == tok.n_words and hf_tok.n_base == tok.n_base
     assert (hf_tok.bos_id, hf_tok.eos_id, hf_tok.pad_id, hf_tok.stop_ids) == (
         tok.bos_id, tok.eos_id, tok.pad_id, tok.stop_ids)
     assert all(hf_tok.piece(i) == tok.piece(i) for i in range(0, tok.n_words, 97))

@@ -7,11 +7,14 @@ import logging
 import sys
 
 from herd.checkpoint import CheckpointError
-from herd.cli import chat, generate, info, tokenize
+from herd.cli import chat, data, demo, generate, info, tokenize, tokenizer, train
 from herd.config import ConfigError
 from herd.tokenizer import TokenizerError
 
-COMMANDS = {"info": info, "generate": generate, "chat": chat, "tokenize": tokenize}
+COMMANDS = {
+    "demo": demo, "info": info, "generate": generate, "chat": chat, "tokenize": tokenize, "tokenizer": tokenizer,
+    "data": data, "train": train,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

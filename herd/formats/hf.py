@@ -145,6 +145,7 @@ def text_config_from_hf(raw: dict[str, Any], where: str = "config.json") -> Text
         bos_id=_first_id(keys.get("bos_token_id"), 200000),
         eos_ids=_ids(keys.get("eos_token_id"), (200001, 200007, 200008)),
         pad_id=_first_id(keys.get("pad_token_id"), 200018),
+        router_bias=bool(keys.get("herd_router_selection_bias", False)),
     )
     if layer_types is not None:
         expected = ["chunked_attention" if text.chunk_size(i) else "full_attention" for i in range(n_layers)]
@@ -262,6 +263,8 @@ def text_config_to_hf(text: TextConfig, dtype: str) -> dict[str, Any]:
         "pad_token_id": _in_vocab(text.pad_id, text),
         "tie_word_embeddings": False,
         "attention_bias": False,
+        # herd's own key, absent from released checkpoints; transformers keeps it as an unused attribute.
+        **({"herd_router_selection_bias": True} if text.router_bias else {}),
     }
 
 
@@ -285,6 +288,8 @@ def text_weight_names(text: TextConfig, prefix: str) -> dict[str, str]:
         ffn, hf_ffn = ours + "feed_forward.", theirs + "feed_forward."
         if text.is_moe_layer(i):
             names[ffn + "router.weight"] = hf_ffn + "router.weight"
+            if text.router_bias:
+                names[ffn + "router_bias"] = hf_ffn + "router.selection_bias"
             names[ffn + "experts.w13"] = hf_ffn + "experts.gate_up_proj"
             names[ffn + "experts.w2"] = hf_ffn + "experts.down_proj"
             ffn, hf_ffn = ffn + "shared_expert.", hf_ffn + "shared_expert."

@@ -1,0 +1,66 @@
+"""`herd data`: build training datasets. `herd data prepare INPUTS --out DIR` tokenizes text, code and JSONL
+into token shards that `herd train` reads."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from herd.data.prepare import DEFAULT_SHARD_TOKENS, prepare
+from herd.data.sources import DataError
+from herd.tokenizer import TokenizerError
+
+HELP = "Prepare training data: tokenize text, code and JSONL into memory-mapped token shards."
+
+_PREPARE_HELP = ("Tokenize INPUTS into DIR: train/val token shards and manifest.json. An input is a file, a directory "
+                 "(searched recursively for text, code and .jsonl files), a glob (quote it; ** recurses), or "
+                 "'stdlib' for this Python's standard library. JSONL lines contribute their \"text\" field.")
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
+    p = sub.add_parser("prepare", help="tokenize text into token shards", description=_PREPARE_HELP)
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="file, directory, glob, or 'stdlib'")
+    p.add_argument("--out", required=True, metavar="DIR", help="dataset directory to create")
+    p.add_argument("--tokenizer", metavar="PATH",
+                   help="tokenizer.model / tokenizer.json or a checkpoint directory (default: Llama 4's tokenizer)")
+    p.add_argument("--val-fraction", type=float, default=0.005, metavar="F",
+                   help="share of documents for validation, chosen by a hash of their text (default 0.005; 0: none)")
+    p.add_argument("--shard-tokens", type=int, default=DEFAULT_SHARD_TOKENS, metavar="N",
+                   help=f"tokens per shard file (default {DEFAULT_SHARD_TOKENS:,})")
+    p.add_argument("--workers", type=int, default=None, metavar="N", help="tokenizer processes (default: all CPUs)")
+    p.add_argument("--on-error", choices=("skip", "stop"), default="skip",
+                   help="a bad file (unreadable, not UTF-8, bad JSONL): skip and list it (default) or stop")
+    p.add_argument("--overwrite", action="store_true", help="replace DIR if it is an existing dataset")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _fail(message: str) -> int:
+    print(f"herd data: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'s' * (n != 1)}"
+
+
+def _run_prepare(args: argparse.Namespace) -> int:
+    try:
+        manifest = prepare(args.inputs, args.out, args.tokenizer, val_fraction=args.val_fraction,
+                           shard_tokens=args.shard_tokens, workers=args.workers, on_error=args.on_error,
+                           overwrite=args.overwrite, progress=not args.no_progress)
+    except (DataError, TokenizerError) as err:
+        return _fail(str(err))
+    skipped = len(manifest["skipped"])
+    print(f"{_count(manifest['files'], 'file')}, {_count(manifest['documents']['total'], 'document')}"
+          + (f", {_count(skipped, 'file')} skipped (listed in manifest.json)" if skipped else "") + f" -> {args.out}")
+    for name, split in manifest["splits"].items():
+        print(f"  {name:<5} {split['tokens']:>15,} tokens  {_count(split['documents'], 'document'):>20}  "
+              f"{_count(len(split['shards']), 'shard')}")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.data_command == "prepare":
+        return _run_prepare(args)
+    raise AssertionError(f"unknown data command {args.data_command!r}")  # argparse only allows the above

@@ -1,0 +1,53 @@
+"""`herd train`: pretrain a model on shards from `herd data prepare`; under torchrun, data-parallel
+with FSDP2. Every TrainConfig field is a flag; `--config FILE.json` sets a base the flags override."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+
+from herd.config import ConfigError
+from herd.train.config import TrainConfig
+
+HELP = "Pretrain a Llama-4-architecture model (use torchrun --nproc-per-node N for data parallel)."
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE", help="JSON file of TrainConfig fields (flags override it)")
+    parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    parser.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")
+    defaults = TrainConfig()
+    for field in dataclasses.fields(TrainConfig):
+        flag = "--" + field.name.replace("_", "-")
+        default = getattr(defaults, field.name)
+        if isinstance(default, bool):
+            parser.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction, default=None,
+                                help=f"(default {default})")
+        else:
+            parser.add_argument(flag, dest=field.name, type=type(default), default=None, help=f"(default {default})")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    base = TrainConfig.from_file(args.config) if args.config else TrainConfig()
+    names = [f.name for f in dataclasses.fields(TrainConfig)]
+    flags = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    return base.replace(**flags)
+
+
+def run(args: argparse.Namespace) -> int:
+    from herd.data.sources import DataError
+    from herd.train import train
+    from herd.train.checkpoints import ResumeError
+
+    try:
+        summary = train(config_from_args(args), resume=args.resume, progress=not args.no_progress)
+    except (ConfigError, DataError, ResumeError, ValueError) as err:
+        print(f"herd train: error: {err}", file=sys.stderr)
+        return 2
+    if summary.get("is_main"):
+        val = summary.get("val_loss")
+        print(f"trained {summary['steps']} steps ({summary['tokens']:,} tokens); final loss {summary['loss']:.4f}"
+              + (f", validation loss {val:.4f}" if val is not None else "")
+              + f"\nmodel: {summary['model_dir']}  (herd generate --model {summary['model_dir']} --prompt ...)")
+    return 0

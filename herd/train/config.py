@@ -1,0 +1,121 @@
+"""The settings of a training run: one typed dataclass, read from a JSON file and/or CLI flags.
+
+- Batch sizes are in sequences of `seq_len` tokens. `batch_size` is the global batch of one
+  optimizer step, whatever the number of processes; `micro_batch_size` is what one process runs
+  per forward, and gradient accumulation makes up the rest.
+- A config file is read strictly: an unknown key is an error that names it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from herd.config import ConfigError
+
+SCHEDULES = ("cosine", "wsd", "constant")
+PRECISIONS = ("float32", "bfloat16")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: str = "herd-10m"  # a preset name, or a checkpoint directory / config.json to start from scratch
+    vocab_size: int = 0  # 0: the model's own; else a smaller/larger embedding, e.g. the data tokenizer's size
+    data: str = ""  # a directory written by `herd data prepare`
+    out: str = "runs/herd"  # checkpoints, log.jsonl and the final model go here
+    seq_len: int = 512
+    batch_size: int = 16  # sequences per optimizer step, across all processes
+    micro_batch_size: int = 0  # sequences per process per forward; 0: batch_size / processes (no accumulation)
+    steps: int = 1000
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1  # the schedule ends at lr · min_lr_ratio
+    warmup_steps: int = 100
+    schedule: str = "cosine"  # cosine | wsd (warmup-stable-decay) | constant
+    decay_fraction: float = 0.2  # wsd: the last fraction of steps decays linearly
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # 0: no clipping
+    init_std: float = 0.02
+    seed: int = 0
+    precision: str = "float32"  # bfloat16: autocast matmuls to bf16 (weights and optimizer stay fp32)
+    compile: bool = False  # torch.compile each block
+    activation_checkpointing: bool = False
+    router_bias_rate: float = 1e-3  # aux-loss-free balancing step; 0 turns it off
+    aux_loss_coef: float = 0.0  # optional auxiliary balance loss
+    eval_every: int = 100
+    eval_batches: int = 8  # validation batches (of batch_size sequences)
+    ckpt_every: int = 100
+    keep_checkpoints: int = 2
+    log_every: int = 10
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.seq_len > 0, "seq_len must be > 0"),
+            (self.vocab_size >= 0, "vocab_size must be >= 0"),
+            (self.batch_size > 0, "batch_size must be > 0"),
+            (self.micro_batch_size >= 0, "micro_batch_size must be >= 0"),
+            (self.steps > 0, "steps must be > 0"),
+            (self.lr > 0, "lr must be > 0"),
+            (0 <= self.min_lr_ratio <= 1, "min_lr_ratio must be in [0, 1]"),
+            (self.warmup_steps >= 0, "warmup_steps must be >= 0"),
+            (self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}"),
+            (0 < self.decay_fraction <= 1, "decay_fraction must be in (0, 1]"),
+            (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}"),
+            (self.grad_clip >= 0, "grad_clip must be >= 0"),
+            (self.keep_checkpoints >= 1, "keep_checkpoints must be >= 1"),
+            (self.ckpt_every > 0 and self.eval_every > 0 and self.log_every > 0, "*_every must be > 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], where: str = "train config") -> TrainConfig:
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - set(known))
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(known)}")
+        values = {}
+        for key, value in raw.items():
+            kind = type(getattr(cls(), key))
+            try:
+                values[key] = kind(value) if kind is not bool else _as_bool(value)
+            except (TypeError, ValueError):
+                raise ConfigError(f"{where}: {key}={value!r} is not a {kind.__name__}") from None
+        return cls(**values)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> TrainConfig:
+        try:
+            raw = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise ConfigError(f"cannot read train config {path}: {err}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: a train config is a JSON object")
+        return cls.from_dict(raw, str(path))
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def _as_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise ValueError(value)
+
+
+# Fields that change the trajectory of a run; a resume with other values is refused.
+TRAJECTORY_FIELDS = (
+    "model", "vocab_size", "seq_len", "batch_size", "steps", "lr", "min_lr_ratio", "warmup_steps", "schedule",
+    "decay_fraction", "weight_decay", "beta1", "beta2", "eps", "grad_clip", "init_std", "seed", "precision",
+    "router_bias_rate",
+    "aux_loss_coef",
+)
