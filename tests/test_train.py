@@ -162,8 +162,8 @@ def test_two_processes_match_one(data: Path, tmp_path: Path) -> None:
     assert run_cli(one).returncode == 0
     proc = run_cli(two, fault="step:5", nproc=2)
     assert proc.returncode != 0
-    assert losses(tmp_path / "two")[:3] == pytest.approx(losses(tmp_path / "one")[:3], rel=1e-5, abs=1e-5)
+    assert losses(tmp_path / "two")[:3] == pytest.approx(losses(tmp_path / "one")[:3], rel=1e-4, abs=1e-4)
     resumed = run_cli(two, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "written by 2 process(es)" in resumed.stderr
-    assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), rel=1e-5, abs=1e-5)
+    assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), rel=1e-4, abs=1e-4)

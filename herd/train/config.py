@@ -40,7 +40,9 @@ class TrainConfig:
     beta2: float = 0.95
     eps: float = 1e-8
     grad_clip: float = 1.0  # 0: no clipping
-    init_std: float = 0.02
+    init_std: float = 0.02  # σ: the base init std (of the proxy model under metap)
+    parametrization: str = "metap"  # metap (herd.train.metap: transfers across width and depth) | standard
+    metap_base: str = "herd-10m"  # the preset whose shapes metap's rules are relative to (the proxy)
     seed: int = 0
     precision: str = "float32"  # bfloat16: autocast matmuls to bf16 (weights and optimizer stay fp32)
     compile: bool = False  # torch.compile each block
@@ -65,6 +67,7 @@ class TrainConfig:
             (self.warmup_steps >= 0, "warmup_steps must be >= 0"),
             (self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}"),
             (0 < self.decay_fraction <= 1, "decay_fraction must be in (0, 1]"),
+            (self.parametrization in ("metap", "standard"), "parametrization must be metap or standard"),
             (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}"),
             (self.grad_clip >= 0, "grad_clip must be >= 0"),
             (self.keep_checkpoints >= 1, "keep_checkpoints must be >= 1"),
@@ -115,7 +118,6 @@ def _as_bool(value: Any) -> bool:
 # Fields that change the trajectory of a run; a resume with other values is refused.
 TRAJECTORY_FIELDS = (
     "model", "vocab_size", "seq_len", "batch_size", "steps", "lr", "min_lr_ratio", "warmup_steps", "schedule",
-    "decay_fraction", "weight_decay", "beta1", "beta2", "eps", "grad_clip", "init_std", "seed", "precision",
-    "router_bias_rate",
-    "aux_loss_coef",
+    "decay_fraction", "weight_decay", "beta1", "beta2", "eps", "grad_clip", "init_std", "parametrization",
+    "metap_base", "seed", "precision", "router_bias_rate", "aux_loss_coef",
 )

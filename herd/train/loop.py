@@ -2,8 +2,9 @@
 
 - The model is built on every process from the same seed, then prepared from outside in one
   place: activation checkpointing, torch.compile per block, FSDP2 sharding (in that order).
-- AdamW with decoupled weight decay on matrices only (not on norms); the LR follows
-  `herd.train.schedule`; gradients are clipped by global norm; bf16 autocast is optional.
+- Initialisation and per-group AdamW settings come from `herd.train.metap` (MetaP by default, or the
+  standard parametrization); every group's LR follows `herd.train.schedule`; gradients are clipped
+  by global norm; bf16 autocast is optional.
 - The loss of a step is the mean next-token cross-entropy over all of its tokens, whatever the
   split into processes and micro-batches.
 - Every `ckpt_every` steps a full checkpoint (`herd.train.checkpoints`); `resume=True` continues
@@ -36,7 +37,7 @@ from herd.config import PRESETS, ConfigError, TextConfig
 from herd.data.shards import TokenShards
 from herd.model import Transformer
 from herd.tokenizer import Tokenizer, TokenizerError, load_tokenizer
-from herd.train import checkpoints, faults
+from herd.train import checkpoints, faults, metap
 from herd.train.balance import RouterBalance
 from herd.train.batches import Batches
 from herd.train.config import TRAJECTORY_FIELDS, TrainConfig
@@ -62,18 +63,6 @@ def model_config(config: TrainConfig, tokenizer: Tokenizer | None) -> TextConfig
                               f"of {text.vocab_size:,}; prepare the data with a matching tokenizer")
         text = text.replace(bos_id=tokenizer.bos_id, eos_ids=tokenizer.stop_ids, pad_id=tokenizer.pad_id)
     return text.replace(router_bias=bool(config.router_bias_rate) and text.n_experts > 0)
-
-
-def param_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
-    """AdamW groups: weight decay on matrices and embeddings, none on norm gains.
-    Each group carries its peak LR, which the schedule scales."""
-    decay, no_decay = [], []
-    for _, p in model.named_parameters():
-        (decay if p.ndim >= 2 else no_decay).append(p)
-    return [
-        {"params": decay, "weight_decay": config.weight_decay, "peak_lr": config.lr},
-        {"params": no_decay, "weight_decay": 0.0, "peak_lr": config.lr},
-    ]
 
 
 def _checkpoint_activations(block: nn.Module) -> None:
@@ -163,7 +152,8 @@ class _Trainer:
         with torch.device("meta"):
             model = Transformer(self.text)
         model.to_empty(device=device)
-        model.init_weights(std=c.init_std, generator=torch.Generator(device).manual_seed(c.seed))
+        self.plan = metap.rules(model, c.parametrization, c.init_std, c.metap_base)
+        metap.init_weights(model, self.plan, generator=torch.Generator(device).manual_seed(c.seed))
         model.train()
         self.balance = RouterBalance(model, c.router_bias_rate, c.aux_loss_coef)
         for block in model.layers:
@@ -176,7 +166,8 @@ class _Trainer:
     def run(self, resume: bool) -> dict[str, Any]:
         c, world = self.config, self.world
         model, plain = self._build()
-        optimizer = torch.optim.AdamW(param_groups(model, c), lr=c.lr, betas=(c.beta1, c.beta2), eps=c.eps,
+        groups = metap.param_groups(model, self.plan, c.lr, c.weight_decay)
+        optimizer = torch.optim.AdamW(groups, lr=c.lr, betas=(c.beta1, c.beta2), eps=c.eps,
                                       fused=True)  # one kernel per step, CPU and GPU; the loop version is 7x slower
         start = self._resume(model, optimizer) if resume else 0
         if world.is_main:

@@ -1,0 +1,166 @@
+"""The learning-rate sweep behind MetaP's transfer claims: widths × depths × LRs × parametrizations
+(and optionally batch sizes and token budgets), each point a real `herd train` run on prepared data.
+
+- Resumable at two levels: a finished point is read back from its run directory and never rerun;
+  an interrupted point resumes from its last checkpoint (`herd train --resume`).
+- Each point reports the final validation loss (on the same held-out windows for every point) and
+  the mean training loss of its last 10% of steps; a run whose loss turned non-finite is "diverged".
+- Output: results.jsonl (one line per point, rewritten atomically), results.md (a table per
+  parametrization and depth: loss by width and LR, the best LR of each width marked) and sweep.png
+  (loss against LR, one curve per width, one panel per parametrization and depth).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from herd.formats.hf import text_config_to_hf
+from herd.train import metap
+from herd.train.config import TrainConfig
+from herd.train.loop import read_log, train
+from herd.train.metap import pyplot
+
+log = logging.getLogger("herd")
+
+
+@dataclass(frozen=True)
+class Point:
+    parametrization: str
+    width: int
+    depth: int
+    lr: float
+    batch_size: int
+    tokens: int
+
+    @property
+    def name(self) -> str:
+        return (f"{self.parametrization}-w{self.width}-d{self.depth}-lr{self.lr:g}-b{self.batch_size}"
+                f"-t{self.tokens}")
+
+
+def points(parametrizations: list[str], widths: list[int], depths: list[int], lrs: list[float],
+           batch_sizes: list[int], tokens: list[int]) -> list[Point]:
+    return [Point(*p) for p in itertools.product(parametrizations, widths, depths, lrs, batch_sizes, tokens)]
+
+
+def run_point(point: Point, out: Path, data: str, base: str, seq_len: int, vocab_size: int,
+              seed: int) -> dict[str, Any]:
+    """Train one point (or read it back when done) and return its result record."""
+    run = out / "points" / point.name
+    done = run / "model" / "training.json"
+    if not done.exists():
+        shape = run / "shape"
+        shape.mkdir(parents=True, exist_ok=True)
+        text = metap.scaled(base, point.width, point.depth).replace(vocab_size=vocab_size)
+        (shape / "config.json").write_text(json.dumps(text_config_to_hf(text, "float32"), indent=1))
+        steps = max(1, point.tokens // (point.batch_size * seq_len))
+        config = TrainConfig(
+            model=str(shape), data=data, out=str(run), seq_len=seq_len, batch_size=point.batch_size, steps=steps,
+            lr=point.lr, warmup_steps=max(1, steps // 10), schedule="wsd", decay_fraction=0.2, min_lr_ratio=0.0,
+            weight_decay=0.1, parametrization=point.parametrization, metap_base=base, seed=seed,
+            eval_every=steps, eval_batches=max(1, 32 // point.batch_size), ckpt_every=max(1, steps // 4),
+            keep_checkpoints=1, log_every=max(1, steps // 4),
+        )
+        log.info("sweep point %s: %d steps", point.name, steps)
+        train(config, resume=True, progress=False)
+    records = [r for r in read_log(run / "log.jsonl") if "loss" in r]
+    tail = records[-max(1, len(records) // 10):]
+    train_loss = sum(r["loss"] for r in tail) / len(tail)
+    val = records[-1].get("val_loss")
+    diverged = not (math.isfinite(train_loss) and val is not None and math.isfinite(val))
+    return {**point.__dict__, "name": point.name, "steps": len(records), "train_loss": train_loss,
+            "val_loss": val, "diverged": diverged}
+
+
+def sweep(out: str | Path, data: str, grid: list[Point], *, base: str = "herd-10m", seq_len: int = 128,
+          vocab_size: int = 8192, seed: int = 0) -> list[dict[str, Any]]:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for i, point in enumerate(grid, start=1):
+        log.info("[%d/%d] %s", i, len(grid), point.name)
+        results.append(run_point(point, out, data, base, seq_len, vocab_size, seed))
+        _write(out / "results.jsonl", "".join(json.dumps(r) + "\n" for r in results))
+    _write(out / "results.md", table(results))
+    plot(results, out / "sweep.png")
+    return results
+
+
+def best_lrs(results: list[dict[str, Any]]) -> dict[tuple, float]:
+    """The loss-optimal LR of each (parametrization, width, depth, batch, tokens)."""
+    best: dict[tuple, tuple[float, float]] = {}
+    for r in results:
+        if r["diverged"]:
+            continue
+        key = (r["parametrization"], r["width"], r["depth"], r["batch_size"], r["tokens"])
+        if key not in best or r["val_loss"] < best[key][0]:
+            best[key] = (r["val_loss"], r["lr"])
+    return {k: lr for k, (_, lr) in best.items()}
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    """Markdown: per (parametrization, depth, batch, tokens), validation loss by width (rows) and LR
+    (columns), the best of each row in bold; the optimum's spread across widths below each table."""
+    lines = []
+    best = best_lrs(results)
+    settings = sorted({(r["parametrization"], r["depth"], r["batch_size"], r["tokens"]) for r in results})
+    for p, depth, batch, tokens in settings:
+        rows = [r for r in results if (r["parametrization"], r["depth"], r["batch_size"], r["tokens"])
+                == (p, depth, batch, tokens)]
+        lrs = sorted({r["lr"] for r in rows})
+        lines += [f"**{p}**, depth {depth}, batch {batch}, {tokens:,} tokens", "",
+                  "| width | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " | best lr |",
+                  "|---|" + "---:|" * (len(lrs) + 1)]
+        optima = []
+        for width in sorted({r["width"] for r in rows}):
+            cells = []
+            opt = best.get((p, width, depth, batch, tokens))
+            for lr in lrs:
+                r = next((r for r in rows if r["width"] == width and r["lr"] == lr), None)
+                if r is None:
+                    cells.append("")
+                elif r["diverged"]:
+                    cells.append("diverged")
+                else:
+                    cells.append(f"**{r['val_loss']:.3f}**" if lr == opt else f"{r['val_loss']:.3f}")
+            optima.append(opt)
+            lines.append(f"| {width} | " + " | ".join(cells) + (f" | {opt:g} |" if opt else " | - |"))
+        found = [o for o in optima if o]
+        if found:
+            lines += ["", f"optimal LR spread across widths: ×{max(found) / min(found):g}"]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(results: list[dict[str, Any]], path: Path) -> None:
+    plt = pyplot()
+
+    panels = sorted({(r["parametrization"], r["depth"], r["batch_size"], r["tokens"]) for r in results})
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
+    for ax, (p, depth, batch, tokens) in zip(axes[0], panels, strict=True):
+        rows = [r for r in results if (r["parametrization"], r["depth"], r["batch_size"], r["tokens"])
+                == (p, depth, batch, tokens) and not r["diverged"]]
+        for width in sorted({r["width"] for r in rows}):
+            pts = sorted((r["lr"], r["val_loss"]) for r in rows if r["width"] == width)
+            ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=f"width {width}")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("learning rate")
+        ax.set_title(f"{p}, depth {depth}, batch {batch}", fontsize=9)
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("validation loss")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
