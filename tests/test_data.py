@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
 import os
@@ -12,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from herd.cli import data as data_cli
+from herd.cli.main import main
 from herd.data import DataError, TokenShards, prepare, read_document, resolve
 from herd.tokenizer import load_tokenizer
 
@@ -330,9 +329,7 @@ def test_token_shards_reject_incomplete_datasets(corpus, tmp_path):
 # --- command line --------------------------------------------------------------------------------------------------
 
 def run_cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="herd data")
-    data_cli.register(parser)
-    return data_cli.run(parser.parse_args(argv))
+    return main(["data", *argv])
 
 
 def test_cli_prepare(corpus, tmp_path, capsys):

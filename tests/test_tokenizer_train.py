@@ -6,7 +6,6 @@ One tokenizer of 1024 tokens is trained per module on ~400 KB of this Python's s
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -18,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from herd.chat import parse_assistant, render
-from herd.cli import tokenizer as tokenizer_cli
+from herd.cli.main import main
 from herd.tokenizer import (
     COMPACT_SPECIAL_NAMES,
     SPECIAL_TOKENS,
@@ -273,9 +272,7 @@ def test_chat_with_tools(tok, tool_format):
 # --- herd tokenizer train --------------------------------------------------------------------------
 
 def _cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="herd tokenizer")
-    tokenizer_cli.register(parser)
-    return tokenizer_cli.run(parser.parse_args(argv))
+    return main(["tokenizer", *argv])
 
 
 def test_cli_train(tmp_path, capsys, caplog):
