@@ -3,9 +3,11 @@
 
 - Resumable at two levels: a finished point is read back from its run directory and never rerun;
   an interrupted point resumes from its last checkpoint (`herd train --resume`).
-- Each point reports the final validation loss (on the same held-out windows for every point) and
-  the mean training loss of its last 10% of steps; a run whose loss turned non-finite is "diverged".
-- Output: results.jsonl (one line per point, rewritten atomically), results.md (a table per
+- Each point reports the validation loss of its final model on every window of the held-out split
+  (the same tokens for every point; cached in the point's eval.json) and the mean training loss of
+  its last 10% of steps; a run whose loss turned non-finite is "diverged".
+- Output, over every finished point of the directory (so a width grid and a later depth grid in the
+  same directory make one report): results.jsonl (one line per point, rewritten atomically), results.md (a table per
   parametrization and depth: loss by width and LR, the best LR of each width marked) and sweep.png
   (loss against LR, one curve per width, one panel per parametrization and depth).
 """
@@ -21,8 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+import torch.nn.functional as F
+
+import herd
+from herd.data.shards import TokenShards
 from herd.formats.hf import text_config_to_hf
 from herd.train import metap
+from herd.train.batches import Batches
 from herd.train.config import TrainConfig
 from herd.train.loop import read_log, train
 from herd.train.metap import pyplot
@@ -55,6 +63,8 @@ def run_point(point: Point, out: Path, data: str, base: str, seq_len: int, vocab
     """Train one point (or read it back when done) and return its result record."""
     run = out / "points" / point.name
     done = run / "model" / "training.json"
+    run.mkdir(parents=True, exist_ok=True)
+    _write(run / "point.json", json.dumps(point.__dict__))
     if not done.exists():
         shape = run / "shape"
         shape.mkdir(parents=True, exist_ok=True)
@@ -73,21 +83,44 @@ def run_point(point: Point, out: Path, data: str, base: str, seq_len: int, vocab
     records = [r for r in read_log(run / "log.jsonl") if "loss" in r]
     tail = records[-max(1, len(records) // 10):]
     train_loss = sum(r["loss"] for r in tail) / len(tail)
-    val = records[-1].get("val_loss")
+    val = validation_loss(run / "model", data, seq_len)
     diverged = not (math.isfinite(train_loss) and val is not None and math.isfinite(val))
     return {**point.__dict__, "name": point.name, "steps": len(records), "train_loss": train_loss,
             "val_loss": val, "diverged": diverged}
+
+
+@torch.no_grad()
+def validation_loss(model_dir: Path, data: str, seq_len: int, batch: int = 16) -> float:
+    """Mean next-token loss of a saved model over all validation windows (cached next to it)."""
+    cache = model_dir.parent / "eval.json"
+    if cache.exists():
+        return json.loads(cache.read_text())["val_loss"]
+    model = herd.load(model_dir)
+    windows = Batches(TokenShards(data, "val"), seq_len, seed=0).validation(1 << 30)
+    total = 0.0
+    for i in range(0, len(windows), batch):
+        chunk = windows[i:i + batch]
+        logits = model(chunk[:, :-1])
+        total += float(F.cross_entropy(logits.flatten(0, 1), chunk[:, 1:].flatten(), reduction="sum"))
+    loss = total / (len(windows) * seq_len)
+    _write(cache, json.dumps({"val_loss": loss, "tokens": len(windows) * seq_len}))
+    return loss
 
 
 def sweep(out: str | Path, data: str, grid: list[Point], *, base: str = "herd-10m", seq_len: int = 128,
           vocab_size: int = 8192, seed: int = 0) -> list[dict[str, Any]]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    results = []
     for i, point in enumerate(grid, start=1):
         log.info("[%d/%d] %s", i, len(grid), point.name)
-        results.append(run_point(point, out, data, base, seq_len, vocab_size, seed))
-        _write(out / "results.jsonl", "".join(json.dumps(r) + "\n" for r in results))
+        run_point(point, out, data, base, seq_len, vocab_size, seed)
+    # The report covers every finished point in `out`, so several invocations (a width grid, then a
+    # depth grid, ...) build one table.
+    finished = sorted(p.parent for p in out.glob("points/*/point.json")
+                      if (p.parent / "model" / "training.json").exists())
+    results = [run_point(Point(**json.loads((d / "point.json").read_text())), out, data, base, seq_len, vocab_size,
+                         seed) for d in finished]
+    _write(out / "results.jsonl", "".join(json.dumps(r) + "\n" for r in results))
     _write(out / "results.md", table(results))
     plot(results, out / "sweep.png")
     return results
