@@ -176,8 +176,12 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     plt = pyplot()
 
     panels = sorted({(r["parametrization"], r["depth"], r["batch_size"], r["tokens"]) for r in results})
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
-    for ax, (p, depth, batch, tokens) in zip(axes[0], panels, strict=True):
+    cols = min(3, len(panels))
+    rows_n = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(4.6 * cols, 3.6 * rows_n), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, (p, depth, batch, tokens) in zip(axes.flat, panels, strict=False):
         rows = [r for r in results if (r["parametrization"], r["depth"], r["batch_size"], r["tokens"])
                 == (p, depth, batch, tokens) and not r["diverged"]]
         for width in sorted({r["width"] for r in rows}):
@@ -185,9 +189,9 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
             ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=f"width {width}")
         ax.set_xscale("log", base=2)
         ax.set_xlabel("learning rate")
-        ax.set_title(f"{p}, depth {depth}, batch {batch}", fontsize=9)
+        ax.set_title(f"{p}, depth {depth}, batch {batch}, {tokens:,} tokens", fontsize=9)
+        ax.set_ylabel("validation loss")
         ax.legend(fontsize=7)
-    axes[0][0].set_ylabel("validation loss")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
