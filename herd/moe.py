@@ -34,6 +34,9 @@ class Experts(nn.Module):
         gate_TF, up_TF = (x_TD @ self.w13[e]).chunk(2, dim=-1)
         return (F.silu(gate_TF) * up_TF) @ self.w2[e]
 
+    # Token counts per expert are data: compiled, every new pattern of counts would recompile. Under
+    # torch.compile this dispatch stays eager and the rest of the block is compiled around it.
+    @torch.compiler.disable
     def sparse(self, x_TD: torch.Tensor, experts_TK: torch.Tensor, scores_TK: torch.Tensor) -> torch.Tensor:
         """Each expert computes only the tokens routed to it; outputs are summed per token."""
         T, k = experts_TK.shape

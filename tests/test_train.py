@@ -99,6 +99,13 @@ def test_activation_checkpointing_matches(data: Path, tmp_path: Path) -> None:
     assert losses(tmp_path / "ac") == pytest.approx(losses(tmp_path / "plain"), rel=1e-5)
 
 
+def test_compiled_blocks_match(data: Path, tmp_path: Path) -> None:
+    """--compile compiles each block around the (eager) sparse MoE dispatch: same losses, no recompile storm."""
+    run_in_process(config(data, tmp_path / "eager", steps=4))
+    run_in_process(config(data, tmp_path / "compiled", steps=4, compile=True))
+    assert losses(tmp_path / "compiled") == pytest.approx(losses(tmp_path / "eager"), rel=1e-4)
+
+
 def test_gradient_accumulation_matches(data: Path, tmp_path: Path) -> None:
     run_in_process(config(data, tmp_path / "one", steps=4))
     run_in_process(config(data, tmp_path / "acc", steps=4, micro_batch_size=1))
