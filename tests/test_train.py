@@ -157,6 +157,8 @@ def test_resume_after_sigkill_is_exact(data: Path, tmp_path: Path, fault: str) -
 def test_resume_refuses_other_hyperparameters(data: Path, tmp_path: Path) -> None:
     first = config(data, tmp_path, steps=2, ckpt_every=1)
     run_in_process(first)
+    done = run_cli(first, "--resume")  # a finished run: nothing to do, and no error
+    assert done.returncode == 0 and "already complete" in done.stdout, done.stderr[-2000:]
     proc = run_cli(first.replace(lr=1e-4, steps=4), "--resume")
     assert proc.returncode == 2 and "lr" in proc.stderr
 

@@ -46,8 +46,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"herd train: error: {err}", file=sys.stderr)
         return 2
     if summary.get("is_main"):
-        val = summary.get("val_loss")
-        print(f"trained {summary['steps']} steps ({summary['tokens']:,} tokens); final loss {summary['loss']:.4f}"
+        val, loss = summary.get("val_loss"), summary.get("loss")
+        print(f"trained {summary['steps']} steps ({summary['tokens']:,} tokens)"
+              + (f"; final loss {loss:.4f}" if loss is not None else "; already complete, nothing to resume")
               + (f", validation loss {val:.4f}" if val is not None else "")
               + f"\nmodel: {summary['model_dir']}  (herd generate --model {summary['model_dir']} --prompt ...)")
     return 0

@@ -147,7 +147,7 @@ class _Trainer:
             log.warning("the data's tokenizer cannot be loaded (%s); the model is saved without one", err)
             return None
 
-    def _build(self) -> tuple[nn.Module, Transformer]:
+    def _build(self) -> nn.Module:
         c, device = self.config, self.world.device
         with torch.device("meta"):
             model = Transformer(self.text)
@@ -161,11 +161,11 @@ class _Trainer:
                 _checkpoint_activations(block)
             if c.compile:
                 block.compile()
-        return shard(model, self.world), model
+        return shard(model, self.world)
 
     def run(self, resume: bool) -> dict[str, Any]:
         c, world = self.config, self.world
-        model, plain = self._build()
+        model = self._build()
         groups = metap.param_groups(model, self.plan, c.lr, c.weight_decay)
         optimizer = torch.optim.AdamW(groups, lr=c.lr, betas=(c.beta1, c.beta2), eps=c.eps,
                                       fused=True)  # one kernel per step, CPU and GPU; the loop version is 7x slower
@@ -207,7 +207,6 @@ class _Trainer:
         summary.update(steps=c.steps, tokens=c.steps * self.tokens_per_step, seconds=time.perf_counter() - began)
         summary["model_dir"] = str(self._export(model, summary))
         self.balance.detach()
-        del plain
         return summary
 
     def _step(self, model: nn.Module, optimizer: torch.optim.Optimizer, step: int) -> dict[str, Any]:
