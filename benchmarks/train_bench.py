@@ -22,7 +22,9 @@ token through every expert with zero scores elsewhere.
 Every (engine, dtype) runs in its own process, so peak resident memory is its own. The batch is
 [B, S+1] random token ids from a seeded generator, the same for both. Steps: 2 warm-up, then
 `--steps` timed; the step time is their median, tokens/s = B·S / step time. The first step's loss
-(before any update) must agree between the engines; it is printed as a check.
+(before any update) must agree between the engines; it is printed as a check. The CPU time other
+processes took during the timed steps is measured too (from /proc/stat): when they were busy, or
+the steps uneven, a warning says the figures are not clean.
 """
 
 from __future__ import annotations
