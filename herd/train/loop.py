@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -35,6 +36,7 @@ import herd
 from herd.checkpoint import read_config
 from herd.config import PRESETS, ConfigError, TextConfig
 from herd.data.shards import TokenShards
+from herd.files import write_text_atomic
 from herd.model import Transformer
 from herd.tokenizer import Tokenizer, TokenizerError, load_tokenizer
 from herd.train import checkpoints, faults, metap
@@ -89,9 +91,7 @@ class _Log:
         elif path.exists():  # drop what a killed run logged after its last checkpoint
             kept = [line for line in path.read_text().splitlines()
                     if line.strip() and json.loads(line).get("step", 0) <= resume_step]
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text("".join(line + "\n" for line in kept))
-            os.replace(tmp, path)
+            write_text_atomic(path, "".join(line + "\n" for line in kept))
         self._file = open(path, "a")  # noqa: SIM115 - open for the whole run
 
     def write(self, record: dict[str, Any]) -> None:
@@ -173,8 +173,7 @@ class _Trainer:
         if world.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             checkpoints.remove_partial(self.ckpt_dir)
-            _write_json(self.out / "config.json", {"train": c.to_dict(), "model": self.text.__dict__ | {
-                "rope_scaling": None if self.text.rope_scaling is None else self.text.rope_scaling.__dict__}})
+            _write_json(self.out / "config.json", {"train": c.to_dict(), "model": dataclasses.asdict(self.text)})
         logbook = _Log(self.out / "log.jsonl", start if resume else None, world.is_main)
         bar = tqdm(total=c.steps, initial=start, desc="train", unit="step", dynamic_ncols=True,
                    disable=not (self.progress and world.is_main))
@@ -304,6 +303,4 @@ class _Trainer:
 
 
 def _write_json(path: Path, content: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(content, indent=1) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(content, indent=1) + "\n")

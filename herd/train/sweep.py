@@ -18,7 +18,6 @@ import itertools
 import json
 import logging
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ import torch.nn.functional as F
 
 import herd
 from herd.data.shards import TokenShards
+from herd.files import write_text_atomic
 from herd.formats.hf import text_config_to_hf
 from herd.train import metap
 from herd.train.batches import Batches
@@ -64,12 +64,12 @@ def run_point(point: Point, out: Path, data: str, base: str, seq_len: int, vocab
     run = out / "points" / point.name
     done = run / "model" / "training.json"
     run.mkdir(parents=True, exist_ok=True)
-    _write(run / "point.json", json.dumps(point.__dict__))
+    write_text_atomic(run / "point.json", json.dumps(point.__dict__))
     if not done.exists():
         shape = run / "shape"
         shape.mkdir(parents=True, exist_ok=True)
         text = metap.scaled(base, point.width, point.depth).replace(vocab_size=vocab_size)
-        (shape / "config.json").write_text(json.dumps(text_config_to_hf(text, "float32"), indent=1))
+        write_text_atomic(shape / "config.json", json.dumps(text_config_to_hf(text, "float32"), indent=1))
         steps = max(1, point.tokens // (point.batch_size * seq_len))
         config = TrainConfig(
             model=str(shape), data=data, out=str(run), seq_len=seq_len, batch_size=point.batch_size, steps=steps,
@@ -103,7 +103,7 @@ def validation_loss(model_dir: Path, data: str, seq_len: int, batch: int = 16) -
         logits = model(chunk[:, :-1])
         total += float(F.cross_entropy(logits.flatten(0, 1), chunk[:, 1:].flatten(), reduction="sum"))
     loss = total / (len(windows) * seq_len)
-    _write(cache, json.dumps({"val_loss": loss, "tokens": len(windows) * seq_len}))
+    write_text_atomic(cache, json.dumps({"val_loss": loss, "tokens": len(windows) * seq_len}))
     return loss
 
 
@@ -120,8 +120,8 @@ def sweep(out: str | Path, data: str, grid: list[Point], *, base: str = "herd-10
                       if (p.parent / "model" / "training.json").exists())
     results = [run_point(Point(**json.loads((d / "point.json").read_text())), out, data, base, seq_len, vocab_size,
                          seed) for d in finished]
-    _write(out / "results.jsonl", "".join(json.dumps(r) + "\n" for r in results))
-    _write(out / "results.md", table(results))
+    write_text_atomic(out / "results.jsonl", "".join(json.dumps(r) + "\n" for r in results))
+    write_text_atomic(out / "results.md", table(results))
     plot(results, out / "sweep.png")
     return results
 
@@ -195,9 +195,3 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
