@@ -145,9 +145,16 @@ class Engine:
             # Every row of the cache steps together. Finished rows are carried along with their output
             # ignored, and stay at their last position so they never write past the cache.
             tokens_B1 = torch.tensor([[int(h[-1])] for h in history], device=self.device)
-            logits_BV = self.model(tokens_B1, cache=cache, positions_B=positions_B)[:, -1]
+            logits_BV = self._decode(tokens_B1, positions_B, cache)
             positions_B = positions_B + torch.tensor([not done for done in finished], device=self.device)
             live = live_next
+
+    def _decode(self, tokens_B1: torch.Tensor, positions_B: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Logits [B, V] of one decode step: the compiled step that `herd.fast.optimize` sets, if any."""
+        step = getattr(self.model, "fast_decode", None)
+        if step is not None:
+            return step(tokens_B1, positions_B, cache)
+        return self.model(tokens_B1, cache=cache, positions_B=positions_B)[:, -1]
 
     def _sample(self, logits_V: torch.Tensor, params: SamplingParams, seen: torch.Tensor, output: torch.Tensor,
                 generator: torch.Generator | None) -> int:

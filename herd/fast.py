@@ -4,15 +4,21 @@
   large weight) run as a compiled multiply-and-reduce over the weight's rows. Inductor turns it into
   one streaming pass over the weight with fp32 accumulation, close to memory bandwidth; MKL's GEMV
   reaches about a third of that on the machines measured (see docs/BENCHMARKS.md). Inputs with more
-  than `max_tokens` rows keep `F.linear`. The LM head, 77% of the bytes a decode step reads in the
-  benchmark model, gains the most.
+  than `max_tokens` rows (2 in 16-bit) keep `F.linear`. The LM head, 77% of the bytes a decode
+  step reads in the benchmark model, gains the most.
 - `fuse_projections(model)` gives each attention one q|k|v matmul and each SwiGLU one gate|up
   matmul. The fused weight owns the storage and the original weights become gradient-free views
   of it (tied again after `.to()`), so memory does not grow and `herd.save` still writes the
   original names. These are inference paths: train the plain model.
-- `optimize(model)` does both, swapping the class of every `nn.Linear` in place (weights are
-  shared, not copied); `restore(model)` undoes the class swap. `torch.compile` needs a C++
-  compiler on CPU; without one the swap falls back to `F.linear`.
+- Routed experts are stored output-major (`GatherExperts`): the grouped dispatch takes them as
+  transposed GEMM operands, and a compiled graph gathers a token's expert rows by index.
+- `CompiledDecode`: the whole decode step, embedding to final norm, as one compiled graph per batch
+  size, with static shapes (the KV cache's global layers are read up to a length bucket). It
+  removes the Python and op dispatch between the ~300 small ops of a step. The LM head runs after
+  it as a standalone compiled row-dot.
+- `optimize(model)` does all of this, swapping classes in place (weights are shared, not copied),
+  and sets `model.fast_decode`, which `herd.engine.Engine` uses; `restore(model)` undoes it.
+  `torch.compile` needs a C++ compiler on CPU; without one every path falls back to eager.
 
 Shapes: M rows (tokens), I in features, O out features.
 """
@@ -25,14 +31,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from herd.moe import Experts
+
 log = logging.getLogger("herd")
 
 
 def _rowdot(x_MI: torch.Tensor, w_OI: torch.Tensor) -> torch.Tensor:
-    return (x_MI[:, None, :].float() * w_OI[None, :, :].float()).sum(-1).to(x_MI.dtype)
+    # Output [O, M] with the rows of x innermost: each weight row is read from memory once and reused
+    # from cache for every x row (the [M, O] order streams the weight M times).
+    return (x_MI[None, :, :].float() * w_OI[:, None, :].float()).sum(-1).T.to(x_MI.dtype)
 
 
 _compiled = None
+# dynamo's per-function graph limit ("cache_size_limit" before torch 2.7)
+RECOMPILE_LIMIT = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
 
 
 def matvec(x_MI: torch.Tensor, w_OI: torch.Tensor) -> torch.Tensor:
@@ -40,6 +52,8 @@ def matvec(x_MI: torch.Tensor, w_OI: torch.Tensor) -> torch.Tensor:
     impossible (no C++ compiler, too many shapes). Never the eager broadcast, which would
     materialise [M, O, I]."""
     global _compiled
+    if torch.compiler.is_compiling():  # inside a larger compiled graph (the decode step): inline it
+        return _rowdot(x_MI, w_OI)
     if _compiled is None:
         _compiled = torch.compile(_rowdot, dynamic=False, fullgraph=True)
     if _compiled is not F.linear:
@@ -57,10 +71,18 @@ class MatvecLinear(nn.Linear):
     """An `nn.Linear` whose forward takes the compiled matrix-vector path for small inputs."""
 
     max_tokens = 8
+    # In 16-bit the row-dot converts every weight to fp32 in software: past a couple of rows it is
+    # compute-bound, and the GEMM (hardware bf16 dot products) wins. Measured on the benchmark LM head.
+    max_tokens_16bit = 2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // x.shape[-1]
-        if rows > self.max_tokens or torch.is_grad_enabled() or self.bias is not None:
+        limit = self.max_tokens if x.dtype == torch.float32 else min(self.max_tokens, self.max_tokens_16bit)
+        if torch.compiler.is_compiling():
+            # Inside a larger graph, inductor parallelises a several-row row-dot over its reduction
+            # (a barrier per weight row): 4x slower than MKL at 8 rows. One row fuses well.
+            limit = 1
+        if rows > limit or torch.is_grad_enabled() or self.bias is not None:
             return F.linear(x, self.weight, self.bias)
         return matvec(x.reshape(rows, x.shape[-1]), self.weight).view(*x.shape[:-1], self.out_features)
 
@@ -120,11 +142,87 @@ def fuse_projections(model: nn.Module) -> nn.Module:
     return model
 
 
-def optimize(model: nn.Module, max_tokens: int = 8) -> nn.Module:
+def _gathered(x_TD: torch.Tensor, experts_TK: torch.Tensor, scores_TK: torch.Tensor, w13_EOD: torch.Tensor,
+              w2_EDF: torch.Tensor) -> torch.Tensor:
+    """Each token-expert pair through its expert, the expert's weights gathered by index: a few tokens
+    read only their experts, with no data-dependent shapes. Weights are output-major, so compiled,
+    each product is one streaming pass over the gathered rows (fp32 accumulation)."""
+    T, k = experts_TK.shape
+    e_A = experts_TK.reshape(-1)
+    x_AD = (x_TD.repeat_interleave(k, dim=0) if k > 1 else x_TD) * scores_TK.reshape(-1, 1)
+    h_AO = (x_AD[:, None, :].float() * w13_EOD[e_A].float()).sum(-1).to(x_TD.dtype)
+    gate_AF, up_AF = h_AO.chunk(2, dim=-1)
+    a_AF = F.silu(gate_AF) * up_AF
+    out_AD = (a_AF[:, None, :].float() * w2_EDF[e_A].float()).sum(-1).to(x_TD.dtype)
+    return out_AD.view(T, k, -1).sum(1) if k > 1 else out_AD
+
+
+class GatherExperts(Experts):
+    """Routed experts for inference. Weights live output-major (w13 is a view of [E, 2F, D] storage,
+    w2 of [E, D, F]), which the matmuls of the grouped dispatch take as transposed operands. Inside a
+    compiled graph (the decode step) the dispatch is `_gathered`; eager calls keep the grouped one."""
+
+    max_tokens = 8
+
+    def sparse(self, x_TD: torch.Tensor, experts_TK: torch.Tensor, scores_TK: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_compiling() and experts_TK.numel() <= self.max_tokens:
+            return _gathered(x_TD, experts_TK, scores_TK, self.w13.transpose(1, 2), self.w2.transpose(1, 2))
+        return super().sparse(x_TD, experts_TK, scores_TK)
+
+
+def _relayout(param: nn.Parameter, output_major: bool) -> nn.Parameter:
+    """The same values with the last two dims stored swapped (output-major) or plainly (input-major)."""
+    t = param.detach()
+    t = t.transpose(1, 2).contiguous().transpose(1, 2) if output_major else t.contiguous()
+    return nn.Parameter(t, requires_grad=param.requires_grad)
+
+
+class CompiledDecode:
+    """One decode step of the whole model (token ids [B, 1] → logits [B, V]) compiled as one graph:
+    no Python or op dispatch between the layers. Shapes are static: one graph per batch size and
+    global-layer length bucket (`KVCache.bucket`). Larger batches, or a compile failure, take the
+    eager step. Set on a model by `optimize`; `herd.engine.Engine` uses it when present."""
+
+    def __init__(self, model: nn.Module, max_batch: int = 8) -> None:
+        self.model, self.max_batch = model, max_batch
+        self.enabled = True
+        self.compiled_steps = 0
+        self._compiled = torch.compile(self._hidden, fullgraph=True, dynamic=False)
+
+    def _hidden(self, tokens_B1: torch.Tensor, positions_B: torch.Tensor, cache, length: int) -> torch.Tensor:
+        return self.model.hidden(tokens_B1, cache=cache, positions_B=positions_B, cache_length=length)[:, -1]
+
+    def __call__(self, tokens_B1: torch.Tensor, positions_B: torch.Tensor, cache) -> torch.Tensor:
+        length = cache.bucket(int(positions_B.max()) + 1)
+        hidden_BD = None
+        if self.enabled and tokens_B1.shape[0] <= self.max_batch and not torch.is_grad_enabled():
+            try:
+                hidden_BD = self._compiled(tokens_B1, positions_B, cache, length)
+                self.compiled_steps += 1
+            except Exception as err:  # no C++ compiler, or an unsupported op: the eager step is exact
+                log.warning("herd.fast: compiled decode step unavailable (%s: %s); decoding eagerly",
+                            type(err).__name__, str(err).splitlines()[0] if str(err) else "")
+                self.enabled = False
+        if hidden_BD is None:
+            hidden_BD = self._hidden(tokens_B1, positions_B, cache, length)
+        # The LM head stays outside the graph: inside it, inductor fuses the head's reduction with
+        # the last layer and picks loop orders that run it 20-50x slower than the standalone kernel.
+        return self.model.output(hidden_BD)
+
+
+def optimize(model: nn.Module, max_tokens: int = 8, compile_decode: bool = True) -> nn.Module:
     """Turn on the inference fast paths of a built model (in place; returns it)."""
     fuse_projections(model)
+    GatherExperts.max_tokens = max_tokens
+    for module in model.modules():
+        if type(module) is Experts:
+            module.w13, module.w2 = _relayout(module.w13, True), _relayout(module.w2, True)
+            module.__class__ = GatherExperts
+    if compile_decode:
+        model.fast_decode = CompiledDecode(model)
     # One compiled kernel per weight shape, row count and dtype: allow enough of them.
-    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 256)
+    limit = RECOMPILE_LIMIT
+    setattr(torch._dynamo.config, limit, max(getattr(torch._dynamo.config, limit), 256))
     MatvecLinear.max_tokens = max_tokens
     for module in model.modules():
         if type(module) is nn.Linear:
@@ -133,10 +231,15 @@ def optimize(model: nn.Module, max_tokens: int = 8) -> nn.Module:
 
 
 def restore(model: nn.Module) -> nn.Module:
-    """Undo `optimize`: plain `nn.Linear`s and unfused modules (the parts keep their weights)."""
+    """Undo `optimize`: plain `nn.Linear`s, unfused modules (the parts keep their weights),
+    input-major experts and no compiled decode step."""
+    model.__dict__.pop("fast_decode", None)
     for module in model.modules():
         if type(module) is MatvecLinear:
             module.__class__ = nn.Linear
+        if type(module) is GatherExperts:
+            module.w13, module.w2 = _relayout(module.w13, False), _relayout(module.w2, False)
+            module.__class__ = Experts
         if isinstance(module, _Tied):
             for fused_name, part_names in _FUSED.items():
                 if getattr(module, fused_name, None) is not None:

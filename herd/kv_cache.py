@@ -64,13 +64,21 @@ class LayerCache:
         return out
 
     def decode(self, q_BH1K: torch.Tensor, k_BG1K: torch.Tensor, v_BG1K: torch.Tensor,
-               pos_B: torch.Tensor) -> torch.Tensor:
-        """One new token per row, row b at absolute position pos_B[b]."""
+               pos_B: torch.Tensor, length: int | None = None) -> torch.Tensor:
+        """One new token per row, row b at absolute position pos_B[b].
+
+        A global layer attends to its first `length` slots (default: up to the largest position).
+        A caller that passes a length from a few fixed buckets keeps the shapes static for a
+        compiled step; slots past a row's position are masked either way.
+        """
         rows = torch.arange(q_BH1K.shape[0], device=q_BH1K.device)
         slot_B = pos_B if self.chunk is None else pos_B % self.chunk
         self.k_BGLK[rows, :, slot_B] = k_BG1K[:, :, 0]
         self.v_BGLK[rows, :, slot_B] = v_BG1K[:, :, 0]
-        L = int(slot_B.max()) + 1 if self.chunk is None else self.k_BGLK.shape[2]
+        if self.chunk is not None:
+            L = self.k_BGLK.shape[2]
+        else:
+            L = int(slot_B.max()) + 1 if length is None else min(length, self.k_BGLK.shape[2])
         allowed_BL = torch.arange(L, device=q_BH1K.device)[None, :] <= slot_B[:, None]
         return _sdpa(q_BH1K, self.k_BGLK[:, :, :L], self.v_BGLK[:, :, :L], allowed_BL[:, None, None, :])
 
@@ -85,6 +93,11 @@ class KVCache:
             LayerCache(batch, length, config, config.chunk_size(layer), dtype, torch.device(device))
             for layer in range(config.n_layers)
         ]
+
+    def bucket(self, positions: int) -> int:
+        """A global-layer length covering `positions` slots, from few enough values that a compiled
+        decode step recompiles rarely: a power of two from 256, or the whole buffer."""
+        return min(self.length, max(256, 1 << (positions - 1).bit_length()))
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for c in self.layers for t in (c.k_BGLK, c.v_BGLK))

@@ -1,12 +1,14 @@
 """The compiled fast paths against the plain model: same logits, same greedy tokens."""
 
+import pytest
 import torch
-from hf_oracle import MAVERICK_LIKE, SCOUT_LIKE
+from hf_oracle import DENSE_LIKE, MAVERICK_LIKE, SCOUT_LIKE
 
 import herd
 import herd.rope
 from herd.engine import Engine
 from herd.fast import matvec, optimize, restore
+from herd.kv_cache import KVCache
 from herd.sampling import SamplingParams
 
 
@@ -88,11 +90,74 @@ def test_rope_tables_stay_fp32_under_casts():
 def test_matvec_falls_back_to_linear_past_the_recompile_limit(monkeypatch, caplog):
     import herd.fast as fast
 
-    monkeypatch.setattr(torch._dynamo.config, "cache_size_limit", 1)
     monkeypatch.setattr(fast, "_compiled", None)
     torch._dynamo.reset()
     g = torch.Generator().manual_seed(0)
-    for rows, width in ((1, 32), (2, 48), (3, 64)):  # new shapes past a limit of one compile
-        x, w = torch.randn(rows, width, generator=g), torch.randn(40, width, generator=g)
-        assert (fast.matvec(x, w) - x @ w.T).abs().max().item() <= 1e-4
+    with torch._dynamo.config.patch({fast.RECOMPILE_LIMIT: 1}):  # (monkeypatch's undo deletes config keys)
+        for rows, width in ((1, 32), (2, 48), (3, 64)):  # new shapes past a limit of one compile
+            x, w = torch.randn(rows, width, generator=g), torch.randn(40, width, generator=g)
+            assert (fast.matvec(x, w) - x @ w.T).abs().max().item() <= 1e-4
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("config", [SCOUT_LIKE, MAVERICK_LIKE, DENSE_LIKE], ids=["scout", "maverick", "dense"])
+def test_compiled_decode_step_matches_eager(config):
+    """The whole-step graph against the eager model: two rows at different positions, chunked layers
+    wrapping their ring many times, global layers crossing a length bucket (256 -> whole buffer)."""
+    model = herd.build(config, seed=0)
+    g = torch.Generator().manual_seed(3)
+    prompts = [torch.randint(0, 256, (n,), generator=g).tolist() for n in (250, 37)]
+    params = SamplingParams(temperature=0.0, max_new_tokens=16, stop_ids=(), logprobs=0)
+    want = Engine(model).generate(prompts, params)
+    optimize(model)
+    got = Engine(model).generate(prompts, params)
+    assert model.fast_decode.enabled and model.fast_decode.compiled_steps == 15
+    assert [c.token_ids for c in got] == [c.token_ids for c in want]
+    assert max(abs(a - b) for c, d in zip(got, want, strict=True)
+               for a, b in zip(c.logprobs, d.logprobs, strict=True)) <= 1e-4
+
+
+def test_kv_cache_length_buckets():
+    cache = KVCache(SCOUT_LIKE, 1, 3000, torch.float32)
+    assert [cache.bucket(n) for n in (1, 256, 257, 600, 1024, 2049, 3000)] == [256, 256, 512, 1024, 1024, 3000, 3000]
+    assert KVCache(SCOUT_LIKE, 1, 100, torch.float32).bucket(5) == 100
+
+
+def test_compiled_decode_falls_back_to_eager(monkeypatch, caplog):
+    """Batches past max_batch, and a step that fails to compile, decode eagerly with the same result."""
+    model = herd.build(SCOUT_LIKE, seed=0)
+    prompts = [[1, 2, 3, 4, 5], [9, 8, 7]]
+    params = SamplingParams(temperature=0.0, max_new_tokens=4, stop_ids=(), logprobs=0)
+    want = Engine(model).generate(prompts, params)
+    optimize(model)
+    model.fast_decode.max_batch = 1
+    assert [c.token_ids for c in Engine(model).generate(prompts, params)] == [c.token_ids for c in want]
+    assert model.fast_decode.compiled_steps == 0
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(model.fast_decode, "_compiled", broken)
+    with caplog.at_level("WARNING", logger="herd"):
+        got = Engine(model).generate(prompts[0], params)
+    assert got[0].token_ids == want[0].token_ids
+    assert not model.fast_decode.enabled and "decoding eagerly" in caplog.text
+
+
+def test_experts_are_stored_output_major_and_restore(tmp_path):
+    model = optimize(herd.build(SCOUT_LIKE, seed=0), compile_decode=False)
+    experts = model.layers[0].feed_forward.experts
+    assert experts.w13.transpose(1, 2).is_contiguous() and experts.w2.transpose(1, 2).is_contiguous()
+    tokens = torch.randint(0, 256, (1, 12), generator=torch.Generator().manual_seed(4))
+    plain = herd.build(SCOUT_LIKE, seed=0)
+    with torch.no_grad():
+        assert (model(tokens) - plain(tokens)).abs().max().item() <= 1e-4
+    model.to(torch.bfloat16)  # the layout survives a cast
+    assert experts.w13.dtype == torch.bfloat16 and experts.w13.transpose(1, 2).is_contiguous()
+    model.to(torch.float32)
+    herd.save(model, tmp_path)
+    with torch.no_grad():
+        assert (herd.load(tmp_path)(tokens) - model(tokens)).abs().max().item() <= 1e-2
+    restore(model)
+    assert type(experts).__name__ == "Experts" and experts.w13.is_contiguous()
+    assert getattr(model, "fast_decode", None) is None
