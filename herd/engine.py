@@ -115,7 +115,9 @@ class Engine:
             return
         length = self._check(rows, params.max_new_tokens)
         stop = set(params.stop_ids if params.stop_ids is not None else self.model.config.eos_ids)
-        cache = KVCache(self.model.config, len(rows), length, self.model.output.weight.dtype, self.device)
+        step = getattr(self.model, "fast_decode", None)  # a compiled step wants a few cache shapes only
+        size = step.cache_length(length, self.model.config.max_seq_len) if step is not None else length
+        cache = KVCache(self.model.config, len(rows), size, self.model.output.weight.dtype, self.device)
         generators = [None if params.seed is None else torch.Generator(self.device).manual_seed(params.seed)
                       for _ in rows]
         history = [torch.tensor(p, device=self.device) for p in rows]  # prompt + output ids

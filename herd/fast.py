@@ -180,8 +180,9 @@ def _relayout(param: nn.Parameter, output_major: bool) -> nn.Parameter:
 class CompiledDecode:
     """One decode step of the whole model (token ids [B, 1] → logits [B, V]) compiled as one graph:
     no Python or op dispatch between the layers. Shapes are static: one graph per batch size and
-    global-layer length bucket (`KVCache.bucket`). Larger batches, or a compile failure, take the
-    eager step. Set on a model by `optimize`; `herd.engine.Engine` uses it when present."""
+    KV cache length, and `herd.engine.Engine` allocates caches in a few lengths (`cache_length`).
+    Global layers attend over their whole masked buffer, at most twice the positions in use.
+    Larger batches, or a compile failure, take the eager step. Set on a model by `optimize`."""
 
     def __init__(self, model: nn.Module, max_batch: int = 8) -> None:
         self.model, self.max_batch = model, max_batch
@@ -192,8 +193,17 @@ class CompiledDecode:
     def _hidden(self, tokens_B1: torch.Tensor, positions_B: torch.Tensor, cache, length: int) -> torch.Tensor:
         return self.model.hidden(tokens_B1, cache=cache, positions_B=positions_B, cache_length=length)[:, -1]
 
+    @staticmethod
+    def cache_length(length: int, max_length: int) -> int:
+        """The KV cache to allocate for `length` positions, at most `max_length`: a power of two from
+        256 to 8192, then a multiple of 8192, so that requests of similar lengths share one compiled
+        graph while long contexts waste at most 8191 slots."""
+        if length > 8192:
+            return min(max_length, -(-length // 8192) * 8192)
+        return min(max_length, max(256, 1 << (length - 1).bit_length()))
+
     def __call__(self, tokens_B1: torch.Tensor, positions_B: torch.Tensor, cache) -> torch.Tensor:
-        length = cache.bucket(int(positions_B.max()) + 1)
+        length = cache.length  # global layers attend over the whole (masked) buffer: static shapes
         hidden_BD = None
         if self.enabled and tokens_B1.shape[0] <= self.max_batch and not torch.is_grad_enabled():
             try:

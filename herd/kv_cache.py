@@ -68,8 +68,8 @@ class LayerCache:
         """One new token per row, row b at absolute position pos_B[b].
 
         A global layer attends to its first `length` slots (default: up to the largest position).
-        A caller that passes a length from a few fixed buckets keeps the shapes static for a
-        compiled step; slots past a row's position are masked either way.
+        A compiled step passes the whole buffer, so its shapes never change; slots past a row's
+        position are masked either way.
         """
         rows = torch.arange(q_BH1K.shape[0], device=q_BH1K.device)
         slot_B = pos_B if self.chunk is None else pos_B % self.chunk
@@ -93,11 +93,6 @@ class KVCache:
             LayerCache(batch, length, config, config.chunk_size(layer), dtype, torch.device(device))
             for layer in range(config.n_layers)
         ]
-
-    def bucket(self, positions: int) -> int:
-        """A global-layer length covering `positions` slots, from few enough values that a compiled
-        decode step recompiles rarely: a power of two from 256, or the whole buffer."""
-        return min(self.length, max(256, 1 << (positions - 1).bit_length()))
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for c in self.layers for t in (c.k_BGLK, c.v_BGLK))

@@ -7,8 +7,7 @@ from hf_oracle import DENSE_LIKE, MAVERICK_LIKE, SCOUT_LIKE
 import herd
 import herd.rope
 from herd.engine import Engine
-from herd.fast import matvec, optimize, restore
-from herd.kv_cache import KVCache
+from herd.fast import CompiledDecode, matvec, optimize, restore
 from herd.sampling import SamplingParams
 
 
@@ -103,7 +102,7 @@ def test_matvec_falls_back_to_linear_past_the_recompile_limit(monkeypatch, caplo
 @pytest.mark.parametrize("config", [SCOUT_LIKE, MAVERICK_LIKE, DENSE_LIKE], ids=["scout", "maverick", "dense"])
 def test_compiled_decode_step_matches_eager(config):
     """The whole-step graph against the eager model: two rows at different positions, chunked layers
-    wrapping their ring many times, global layers crossing a length bucket (256 -> whole buffer)."""
+    wrapping their ring many times, global layers over a masked buffer of 512 slots."""
     model = herd.build(config, seed=0)
     g = torch.Generator().manual_seed(3)
     prompts = [torch.randint(0, 256, (n,), generator=g).tolist() for n in (250, 37)]
@@ -117,10 +116,11 @@ def test_compiled_decode_step_matches_eager(config):
                for a, b in zip(c.logprobs, d.logprobs, strict=True)) <= 1e-4
 
 
-def test_kv_cache_length_buckets():
-    cache = KVCache(SCOUT_LIKE, 1, 3000, torch.float32)
-    assert [cache.bucket(n) for n in (1, 256, 257, 600, 1024, 2049, 3000)] == [256, 256, 512, 1024, 1024, 3000, 3000]
-    assert KVCache(SCOUT_LIKE, 1, 100, torch.float32).bucket(5) == 100
+def test_kv_cache_lengths_come_in_few_sizes():
+    sizes = [CompiledDecode.cache_length(n, 3000) for n in (1, 3, 256, 257, 600, 1024, 2049, 3000)]
+    assert sizes == [256, 256, 256, 512, 1024, 1024, 3000, 3000]
+    assert CompiledDecode.cache_length(5, 100) == 100
+    assert [CompiledDecode.cache_length(n, 10**6) for n in (8192, 8193, 20000)] == [8192, 16384, 24576]
 
 
 def test_compiled_decode_falls_back_to_eager(monkeypatch, caplog):
