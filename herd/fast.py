@@ -13,7 +13,7 @@
 - Routed experts are stored output-major (`GatherExperts`): the grouped dispatch takes them as
   transposed GEMM operands, and a compiled graph gathers a token's expert rows by index.
 - `CompiledDecode`: the whole decode step, embedding to final norm, as one compiled graph per batch
-  size, with static shapes (the KV cache's global layers are read up to a length bucket). It
+  size and KV cache size, with static shapes (global layers attend over their whole masked buffer). It
   removes the Python and op dispatch between the ~300 small ops of a step. The LM head runs after
   it as a standalone compiled row-dot.
 - `optimize(model)` does all of this, swapping classes in place (weights are shared, not copied),
@@ -190,8 +190,8 @@ class CompiledDecode:
         self.compiled_steps = 0
         self._compiled = torch.compile(self._hidden, fullgraph=True, dynamic=False)
 
-    def _hidden(self, tokens_B1: torch.Tensor, positions_B: torch.Tensor, cache, length: int) -> torch.Tensor:
-        return self.model.hidden(tokens_B1, cache=cache, positions_B=positions_B, cache_length=length)[:, -1]
+    def _hidden(self, tokens_B1: torch.Tensor, positions_B: torch.Tensor, cache) -> torch.Tensor:
+        return self.model.hidden(tokens_B1, cache=cache, positions_B=positions_B)[:, -1]
 
     @staticmethod
     def cache_length(length: int, max_length: int) -> int:
@@ -203,18 +203,17 @@ class CompiledDecode:
         return min(max_length, max(256, 1 << (length - 1).bit_length()))
 
     def __call__(self, tokens_B1: torch.Tensor, positions_B: torch.Tensor, cache) -> torch.Tensor:
-        length = cache.length  # global layers attend over the whole (masked) buffer: static shapes
         hidden_BD = None
         if self.enabled and tokens_B1.shape[0] <= self.max_batch and not torch.is_grad_enabled():
             try:
-                hidden_BD = self._compiled(tokens_B1, positions_B, cache, length)
+                hidden_BD = self._compiled(tokens_B1, positions_B, cache)
                 self.compiled_steps += 1
             except Exception as err:  # no C++ compiler, or an unsupported op: the eager step is exact
                 log.warning("herd.fast: compiled decode step unavailable (%s: %s); decoding eagerly",
                             type(err).__name__, str(err).splitlines()[0] if str(err) else "")
                 self.enabled = False
         if hidden_BD is None:
-            hidden_BD = self._hidden(tokens_B1, positions_B, cache, length)
+            hidden_BD = self._hidden(tokens_B1, positions_B, cache)
         # The LM head stays outside the graph: inside it, inductor fuses the head's reduction with
         # the last layer and picks loop orders that run it 20-50x slower than the standalone kernel.
         return self.model.output(hidden_BD)
@@ -231,8 +230,7 @@ def optimize(model: nn.Module, max_tokens: int = 8, compile_decode: bool = True)
     if compile_decode:
         model.fast_decode = CompiledDecode(model)
     # One compiled kernel per weight shape, row count and dtype: allow enough of them.
-    limit = RECOMPILE_LIMIT
-    setattr(torch._dynamo.config, limit, max(getattr(torch._dynamo.config, limit), 256))
+    setattr(torch._dynamo.config, RECOMPILE_LIMIT, max(getattr(torch._dynamo.config, RECOMPILE_LIMIT), 256))
     MatvecLinear.max_tokens = max_tokens
     for module in model.modules():
         if type(module) is nn.Linear:

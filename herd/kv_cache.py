@@ -64,21 +64,19 @@ class LayerCache:
         return out
 
     def decode(self, q_BH1K: torch.Tensor, k_BG1K: torch.Tensor, v_BG1K: torch.Tensor,
-               pos_B: torch.Tensor, length: int | None = None) -> torch.Tensor:
+               pos_B: torch.Tensor) -> torch.Tensor:
         """One new token per row, row b at absolute position pos_B[b].
 
-        A global layer attends to its first `length` slots (default: up to the largest position).
-        A compiled step passes the whole buffer, so its shapes never change; slots past a row's
-        position are masked either way.
+        A global layer attends to its slots up to the largest position; inside a compiled graph it
+        attends over the whole buffer instead, so the shapes never depend on data. Slots past a
+        row's position are masked either way.
         """
         rows = torch.arange(q_BH1K.shape[0], device=q_BH1K.device)
         slot_B = pos_B if self.chunk is None else pos_B % self.chunk
         self.k_BGLK[rows, :, slot_B] = k_BG1K[:, :, 0]
         self.v_BGLK[rows, :, slot_B] = v_BG1K[:, :, 0]
-        if self.chunk is not None:
-            L = self.k_BGLK.shape[2]
-        else:
-            L = int(slot_B.max()) + 1 if length is None else min(length, self.k_BGLK.shape[2])
+        whole = self.chunk is not None or torch.compiler.is_compiling()
+        L = self.k_BGLK.shape[2] if whole else int(slot_B.max()) + 1
         allowed_BL = torch.arange(L, device=q_BH1K.device)[None, :] <= slot_B[:, None]
         return _sdpa(q_BH1K, self.k_BGLK[:, :, :L], self.v_BGLK[:, :, :L], allowed_BL[:, None, None, :])
 

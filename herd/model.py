@@ -20,6 +20,7 @@ Shapes: B batch, S sequence, D model dim, H heads, G kv heads, K head dim, V voc
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -76,8 +77,7 @@ class Attention(nn.Module):
         elif pos.row is not None:
             out_BHSK = pos.cache.layers[self.layer].prefill(pos.row, pos.start, q_BHSK, k_BGSK, v_BGSK)
         else:
-            out_BHSK = pos.cache.layers[self.layer].decode(q_BHSK, k_BGSK, v_BGSK, pos.positions_BS[:, 0],
-                                                           pos.cache_length)
+            out_BHSK = pos.cache.layers[self.layer].decode(q_BHSK, k_BGSK, v_BGSK, pos.positions_BS[:, 0])
         return self.wo(out_BHSK.transpose(1, 2).reshape(B, S, -1))
 
 
@@ -104,9 +104,8 @@ class Positions:
     scales, and how attention reaches its keys (no cache; cache prefill of `row`; cache decode)."""
 
     def __init__(self, config: TextConfig, freq_K2: torch.Tensor, positions_BS: torch.Tensor, start: int,
-                 cache: KVCache | None = None, row: int | None = None, cache_length: int | None = None) -> None:
+                 cache: KVCache | None = None, row: int | None = None) -> None:
         self.positions_BS, self.start, self.cache, self.row = positions_BS, start, cache, row
-        self.cache_length = cache_length
         self.cos_BSK2, self.sin_BSK2 = angles(positions_BS, freq_K2)
         floors_BS = torch.floor((positions_BS.float() + 1.0) / config.floor_scale)
         self.temperature_BS = torch.log1p(floors_BS) * config.attn_scale + 1.0
@@ -192,22 +191,9 @@ class Transformer(nn.Module):
                              "features; each tile needs its exact token layout")
         return x_BSD.masked_scatter(is_patch_BS[..., None], image_features_FD.to(x_BSD.dtype))
 
-    def forward(
-        self,
-        tokens_BS: torch.Tensor,
-        *,
-        start_pos: int = 0,
-        last_only: bool = False,
-        cache: KVCache | None = None,
-        row: int | None = None,
-        positions_B: torch.Tensor | None = None,
-        cache_length: int | None = None,
-        image_features_FD: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Logits [B, S, V]: the LM head over `hidden` (same arguments)."""
-        return self.output(self.hidden(tokens_BS, start_pos=start_pos, last_only=last_only, cache=cache, row=row,
-                                       positions_B=positions_B, cache_length=cache_length,
-                                       image_features_FD=image_features_FD))
+    def forward(self, tokens_BS: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        """Logits [B, S, V]: the LM head over `hidden(tokens_BS, **kwargs)`."""
+        return self.output(self.hidden(tokens_BS, **kwargs))
 
     def hidden(
         self,
@@ -218,15 +204,13 @@ class Transformer(nn.Module):
         cache: KVCache | None = None,
         row: int | None = None,
         positions_B: torch.Tensor | None = None,
-        cache_length: int | None = None,
         image_features_FD: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The final normalized hidden states [B, S, D] for tokens at absolute positions start_pos…;
         `last_only` keeps the last one.
 
         With `cache`: either `row` (prefill tokens [1, S] of that row from start_pos, writing its
-        cache) or `positions_B` (decode tokens [B, 1], row b at position positions_B[b]; global
-        layers attend to their first `cache_length` slots, by default up to the largest position).
+        cache) or `positions_B` (decode tokens [B, 1], row b at position positions_B[b]).
         `image_features_FD` (from `encode_images`) fills the `<|patch|>` positions of `tokens_BS`.
         """
         S = tokens_BS.shape[1]
@@ -239,7 +223,7 @@ class Transformer(nn.Module):
             positions_BS = positions_B.to(device)[:, None]
         else:
             positions_BS = torch.arange(start_pos, start_pos + S, device=device)[None, :]
-        pos = Positions(self.config, self.freq_K2, positions_BS, start_pos, cache, row, cache_length)
+        pos = Positions(self.config, self.freq_K2, positions_BS, start_pos, cache, row)
         x_BSD = self.embed(tokens_BS, image_features_FD)
         for block in self.layers:
             x_BSD = block(x_BSD, pos)
