@@ -12,7 +12,11 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from herd import chat
 from herd.cli.common import (
@@ -67,6 +71,31 @@ def read_message() -> str | None:
             return "\n".join([*lines, line])
 
 
+@contextmanager
+def interruptible() -> Iterator[threading.Event]:
+    """Ctrl-C inside the block raises KeyboardInterrupt where Python is and also sets the yielded
+    event, which the caller checks between tokens: Python drops an exception raised inside a
+    weakref callback or `__del__` (and prints "Exception ignored in ..."), and torch's compiler
+    runs many of those. Such a dropped interrupt is not printed."""
+    pressed = threading.Event()
+
+    def handler(signum: int, frame: object) -> None:
+        pressed.set()
+        raise KeyboardInterrupt
+
+    def unraisable(info: sys.UnraisableHookArgs) -> None:
+        if not (info.exc_type and issubclass(info.exc_type, KeyboardInterrupt)):
+            previous_hook(info)
+
+    previous, previous_hook = signal.signal(signal.SIGINT, handler), sys.unraisablehook
+    sys.unraisablehook = unraisable
+    try:
+        yield pressed
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        sys.unraisablehook = previous_hook
+
+
 def run(args: argparse.Namespace) -> int:
     model, tokenizer = load_with_tokenizer(args.model, args.dtype)
     engine = Engine(prepare(model, args))
@@ -113,12 +142,15 @@ def run(args: argparse.Namespace) -> int:
         pixels = [images.pixels] if images is not None and images.pixels else None
         decoder, ids = StreamDecoder(tokenizer), []
         try:
-            for event in engine.stream(prompt, params, images=pixels):
-                ids.append(event.token)
-                if event.token in model.config.eos_ids:
-                    break
-                print(decoder.push(event.token), end="", flush=True)
-            print(decoder.flush())
+            with interruptible() as ctrl_c:
+                for event in engine.stream(prompt, params, images=pixels):
+                    if ctrl_c.is_set():
+                        raise KeyboardInterrupt
+                    ids.append(event.token)
+                    if event.token in model.config.eos_ids:
+                        break
+                    print(decoder.push(event.token), end="", flush=True)
+                print(decoder.flush())
         except KeyboardInterrupt:
             print("\n(stopped)")
         except ValueError as err:  # e.g. the conversation outgrew the context
