@@ -88,16 +88,31 @@ def _sample_reference(logits_V: torch.Tensor, p: SamplingParams, generator: torc
     return int(torch.multinomial(probs_V, 1, generator=generator))
 
 
+def argmax(x_V: torch.Tensor, width: int = 2048) -> int:
+    """`int(x_V.argmax())` (the first maximum; a NaN counts as the largest), about 8x faster on CPU for
+    a vocabulary: torch's argmax kernel is not vectorised there (~190 µs for 202K floats), its amax is.
+    The row maxima of a [V / width, width] view pick the row, one short argmax the position."""
+    rows = x_V.shape[0] // width
+    if rows < 2:
+        return int(x_V.argmax())
+    split = rows * width
+    best_R = x_V[:split].view(rows, width).amax(-1)
+    if split < x_V.shape[0]:
+        best_R = torch.cat((best_R, x_V[split:].amax().view(1)))
+    r = int(best_R.argmax())
+    return r * width + int(x_V[r * width : (r + 1) * width].argmax())
+
+
 def choose(logits_V: torch.Tensor, p: SamplingParams, generator: torch.Generator | None) -> int:
     """The next token from already penalised logits."""
     if p.temperature == 0:
-        return int(logits_V.argmax())
+        return argmax(logits_V)
     logits_V = logits_V.float()
     V = logits_V.shape[0]
     k = p.top_k if 0 < p.top_k < V else V
     if k == V and p.top_p >= 1.0 and p.min_p == 0:  # the whole vocabulary: an exponential race
         noise_V = torch.empty_like(logits_V).exponential_(1.0, generator=generator)
-        return int((torch.softmax(logits_V / p.temperature, dim=-1) / noise_V).argmax())
+        return argmax(torch.softmax(logits_V / p.temperature, dim=-1) / noise_V)
     if CANDIDATES < k < V:
         return _sample_reference(logits_V, p, generator)
     scaled_V = logits_V / p.temperature

@@ -119,6 +119,20 @@ def test_sampling_filters():
         SamplingParams(top_p=0.0)
 
 
+def test_argmax_is_torchs_first_maximum():
+    from herd.sampling import argmax
+
+    g = torch.Generator().manual_seed(0)
+    for n in (5, 4096, 4097, 202048):
+        for width in (4, 2048):
+            x = torch.randint(0, 4, (n,), generator=g).float()  # many ties: the first maximum wins
+            assert argmax(x, width) == int(x.argmax())
+            x[int(torch.randint(n, (1,), generator=g))] = float("inf")
+            assert argmax(x, width) == int(x.argmax())
+            x[n - 1] = float("nan")  # a NaN counts as the largest, in the tail too
+            assert argmax(x, width) == int(x.argmax()) == n - 1
+
+
 def test_penalties():
     from herd.sampling import apply_penalties
 

@@ -8,6 +8,7 @@ import herd
 import herd.rope
 from herd.engine import Engine
 from herd.fast import CompiledDecode, matvec, optimize, restore
+from herd.kv_cache import KVCache
 from herd.sampling import SamplingParams
 
 
@@ -161,3 +162,26 @@ def test_experts_are_stored_output_major_and_restore(tmp_path):
     restore(model)
     assert type(experts).__name__ == "Experts" and experts.w13.is_contiguous()
     assert getattr(model, "fast_decode", None) is None
+
+
+def test_compiled_decode_step_in_bf16_is_as_accurate_as_eager():
+    """In bf16 the compiled step attends in fp32 (eager SDPA in bf16): both against the fp32 model."""
+    model = herd.build(SCOUT_LIKE, seed=0)
+    prompt = torch.randint(0, 256, (1, 40), generator=torch.Generator().manual_seed(4))
+    tokens_11, positions_1 = torch.tensor([[7]]), torch.tensor([40])
+
+    def step(m: torch.nn.Module, dtype: torch.dtype, compiled: bool) -> torch.Tensor:
+        cache = KVCache(m.config, 1, 256, dtype)
+        with torch.no_grad():
+            m(prompt, cache=cache, row=0, last_only=True)
+            if compiled:
+                return m.fast_decode(tokens_11, positions_1, cache).float()
+            return m(tokens_11, cache=cache, positions_B=positions_1)[:, -1].float()
+
+    want = step(model, torch.float32, compiled=False)
+    model.to(torch.bfloat16)
+    eager_error = (step(model, torch.bfloat16, compiled=False) - want).abs().max().item()
+    optimize(model)
+    compiled_error = (step(model, torch.bfloat16, compiled=True) - want).abs().max().item()
+    assert model.fast_decode.compiled_steps == 1
+    assert compiled_error <= 1.5 * eager_error, (compiled_error, eager_error)
