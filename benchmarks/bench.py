@@ -67,13 +67,17 @@ def _peak_rss() -> int:
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM"))
 
 
+def bandwidth() -> float:
+    """Streaming read bandwidth (GB/s) with THREADS threads: the sum of 1 GiB of fp32."""
+    torch.set_num_threads(THREADS)
+    a = torch.ones(256 * 2**20)
+    a.sum()
+    return a.numel() * 4 / _median_time(a.sum, 5) / 1e9
+
+
 def machine() -> dict:
     """Streaming read bandwidth (GB/s) and matmul peak (GFLOP/s) with THREADS threads."""
-    torch.set_num_threads(THREADS)
-    a = torch.ones(256 * 2**20)  # 1 GiB of fp32
-    a.sum()
-    bandwidth = a.numel() * 4 / _median_time(a.sum, 5) / 1e9
-    out = {"bandwidth_GBps": bandwidth}
+    out = {"bandwidth_GBps": bandwidth()}
     for dtype in (torch.float32, torch.bfloat16):
         m = torch.randn(2048, 2048).to(dtype)
         m @ m

@@ -1,0 +1,101 @@
+"""herd against llama.cpp, interleaved round by round on the same model and machine.
+
+    .venv/bin/python benchmarks/vs_llama_cpp.py                     # float32 and bfloat16, 5 rounds
+    .venv/bin/python benchmarks/vs_llama_cpp.py --dtypes bfloat16 --rounds 9 --prefill 2048
+
+This machine's memory bandwidth moves between about 30 and 60 GB/s from one minute to the next
+(the host places its two vCPUs differently), so figures taken minutes apart do not compare. Every
+round measures, for each workload, herd then llama-bench, then the read bandwidth; the table gives
+each round's ratio and the median ratio. Workloads: prefill of --prefill tokens (llama-bench
+`-p N`; herd's `Engine.prefill` to the last position's logits) and decode of 64 tokens at batch 1
+after a 64-token prompt (llama-bench `-n 64 -d 64`), each the median of 3. The benchmark model and
+its GGUF files come from `bench.py` and `llama_cpp.py`, built on first use; llama.cpp itself needs
+`bash benchmarks/llama_cpp_setup.sh` once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+import bench
+import llama_cpp
+import torch
+
+GGUF_TYPE = {"float32": "f32", "bfloat16": "bf16"}
+
+
+def herd_workloads(dtype: torch.dtype, prefill: int, tokens: int) -> dict[str, Callable[[], float]]:
+    """Functions measuring herd's tok/s on a loaded, compiled and warmed-up model."""
+    import herd
+    from herd.engine import Engine
+    from herd.fast import optimize
+    from herd.kv_cache import KVCache
+    from herd.sampling import SamplingParams
+
+    model = optimize(herd.load(bench.ensure_model(), dtype=dtype))
+    engine = Engine(model, prefill_chunk=2048)
+    long_prompt, prompt = bench._prompts(1, prefill)[0], bench._prompts(1, 64)[0]
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=tokens, stop_ids=())
+
+    def prefill_rate() -> float:
+        cache = KVCache(model.config, 1, prefill + 1, dtype)
+        start = time.perf_counter()
+        engine.prefill(cache, 0, long_prompt)
+        return prefill / (time.perf_counter() - start)
+
+    def decode_rate() -> float:
+        stamps = [time.perf_counter() for _ in engine.stream(prompt, greedy)]
+        return (len(stamps) - 1) / (stamps[-1] - stamps[0])
+
+    prefill_rate(), decode_rate()  # warm-up; compiles the decode step for this cache size
+    return {f"prefill {prefill}": lambda: statistics.median(prefill_rate() for _ in range(3)),
+            "decode b1": lambda: statistics.median(decode_rate() for _ in range(3))}
+
+
+def llama_cpp_workloads(dtype: str, prefill: int, tokens: int) -> dict[str, Callable[[], float]]:
+    out = llama_cpp.CACHE / "gguf" / bench.MODEL_DIR.name
+    path = out / f"{bench.MODEL_DIR.name}-{GGUF_TYPE[dtype]}.gguf"
+    if not path.exists():
+        llama_cpp.convert(bench.MODEL_DIR, out, GGUF_TYPE[dtype])
+    run = llama_cpp.bench
+    return {f"prefill {prefill}": lambda: run(path, bench.THREADS, prompts=(prefill,), gen=0)[f"pp{prefill}"],
+            "decode b1": lambda: run(path, bench.THREADS, prompts=(), gen=tokens, extra=("-d", "64"))[f"tg{tokens}"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=list(GGUF_TYPE))
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--prefill", type=int, default=512)
+    parser.add_argument("--tokens", type=int, default=64, help="decode tokens per measurement")
+    args = parser.parse_args()
+    torch.set_num_threads(bench.THREADS)
+    bench.ensure_model()
+    print("| dtype | workload | round | herd tok/s | llama.cpp tok/s | herd / llama.cpp | read GB/s |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    summary = []
+    for dtype in args.dtypes:
+        ours = herd_workloads(getattr(torch, dtype), args.prefill, args.tokens)
+        theirs = llama_cpp_workloads(dtype, args.prefill, args.tokens)
+        rates: dict[str, list[tuple[float, float]]] = {name: [] for name in ours}
+        for r in range(args.rounds):
+            for name in ours:
+                a, b = ours[name](), theirs[name]()
+                rates[name].append((a, b))
+                print(f"| {dtype} | {name} | {r + 1} | {a:,.1f} | {b:,.1f} | {a / b:.2f}× | {bench.bandwidth():.1f} |",
+                      flush=True)
+            print(f"  {dtype}: round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
+        for name, pairs in rates.items():
+            ratios = [a / b for a, b in pairs]
+            summary.append(f"| {dtype} | {name} | median | {statistics.median(a for a, _ in pairs):,.1f} | "
+                           f"{statistics.median(b for _, b in pairs):,.1f} | **{statistics.median(ratios):.2f}×** "
+                           f"({min(ratios):.2f}–{max(ratios):.2f}) | |")
+    print("\n".join(summary))
+
+
+if __name__ == "__main__":
+    main()
