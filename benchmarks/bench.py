@@ -90,10 +90,26 @@ def _prompts(n: int, length: int) -> list[list[int]]:
     return torch.randint(0, 200000, (n, length), generator=g).tolist()
 
 
+def herd_prefill(engine, prompt: list[int]) -> None:
+    """One prefill of `prompt` into a fresh cache, to the last position's logits."""
+    from herd.kv_cache import KVCache
+
+    model = engine.model
+    engine.prefill(KVCache(model.config, 1, len(prompt) + 1, model.output.weight.dtype), 0, prompt)
+
+
+def herd_decode(engine, prompts: list[list[int]], params) -> tuple[float, float]:
+    """One generation: (time to the first token in s, decode tok/s over all rows after it)."""
+    start, stamps = time.perf_counter(), []
+    for event in engine.stream(prompts, params):
+        if event.row == 0:
+            stamps.append(time.perf_counter())
+    return stamps[0] - start, len(prompts) * (len(stamps) - 1) / (stamps[-1] - stamps[0])
+
+
 def worker_herd(dtype: torch.dtype, prefills: list[int], decode_tokens: int, compile_decode: bool) -> dict:
     import herd
     from herd.engine import Engine
-    from herd.kv_cache import KVCache
     from herd.sampling import SamplingParams
 
     model = herd.load(ensure_model(), dtype=dtype)
@@ -105,28 +121,16 @@ def worker_herd(dtype: torch.dtype, prefills: list[int], decode_tokens: int, com
     results: dict = {}
     for S in prefills:
         prompt = _prompts(1, S)[0]
-
-        def run(prompt: list[int] = prompt) -> None:
-            cache = KVCache(model.config, 1, len(prompt) + 1, dtype)
-            engine.prefill(cache, 0, prompt)
-
-        run()
-        results[f"prefill_{S}"] = S / _median_time(run, 3 if S <= 2048 else 1)
+        herd_prefill(engine, prompt)
+        results[f"prefill_{S}"] = S / _median_time(lambda prompt=prompt: herd_prefill(engine, prompt),
+                                                   3 if S <= 2048 else 1)
     greedy = SamplingParams(temperature=0.0, max_new_tokens=decode_tokens, stop_ids=())
     for batch in (1, 8) if decode_tokens else ():
         prompts = _prompts(batch, 64)
-        rates, ttfts = [], []
-        for _ in range(4):  # the first run warms up (and compiles)
-            start = time.perf_counter()
-            stamps = []
-            for event in engine.stream(prompts, greedy):
-                if event.row == 0:
-                    stamps.append(time.perf_counter())
-            ttfts.append(stamps[0] - start)
-            rates.append(batch * (len(stamps) - 1) / (stamps[-1] - stamps[0]))
-        results[f"decode_b{batch}"] = statistics.median(rates[1:])
+        runs = [herd_decode(engine, prompts, greedy) for _ in range(4)]  # the first warms up (and compiles)
+        results[f"decode_b{batch}"] = statistics.median(rate for _, rate in runs[1:])
         if batch == 1:
-            results["ttft_64_ms"] = 1000 * statistics.median(ttfts[1:])
+            results["ttft_64_ms"] = 1000 * statistics.median(ttft for ttft, _ in runs[1:])
     return results
 
 

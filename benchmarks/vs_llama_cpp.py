@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from collections.abc import Callable
 
 import bench
@@ -33,34 +32,23 @@ def herd_workloads(dtype: torch.dtype, prefill: int, tokens: int) -> dict[str, C
     import herd
     from herd.engine import Engine
     from herd.fast import optimize
-    from herd.kv_cache import KVCache
     from herd.sampling import SamplingParams
 
-    model = optimize(herd.load(bench.ensure_model(), dtype=dtype))
-    engine = Engine(model, prefill_chunk=2048)
-    long_prompt, prompt = bench._prompts(1, prefill)[0], bench._prompts(1, 64)[0]
+    engine = Engine(optimize(herd.load(bench.ensure_model(), dtype=dtype)), prefill_chunk=2048)
+    long_prompt, prompts = bench._prompts(1, prefill)[0], bench._prompts(1, 64)
     greedy = SamplingParams(temperature=0.0, max_new_tokens=tokens, stop_ids=())
 
-    def prefill_rate() -> float:
-        cache = KVCache(model.config, 1, prefill + 1, dtype)
-        start = time.perf_counter()
-        engine.prefill(cache, 0, long_prompt)
-        return prefill / (time.perf_counter() - start)
+    def prefill_once() -> None:
+        bench.herd_prefill(engine, long_prompt)
 
-    def decode_rate() -> float:
-        stamps = [time.perf_counter() for _ in engine.stream(prompt, greedy)]
-        return (len(stamps) - 1) / (stamps[-1] - stamps[0])
-
-    prefill_rate(), decode_rate()  # warm-up; compiles the decode step for this cache size
-    return {f"prefill {prefill}": lambda: statistics.median(prefill_rate() for _ in range(3)),
-            "decode b1": lambda: statistics.median(decode_rate() for _ in range(3))}
+    prefill_once()
+    bench.herd_decode(engine, prompts, greedy)  # warm-up; compiles the decode step for this cache size
+    return {f"prefill {prefill}": lambda: prefill / bench._median_time(prefill_once, 3),
+            "decode b1": lambda: statistics.median(bench.herd_decode(engine, prompts, greedy)[1] for _ in range(3))}
 
 
 def llama_cpp_workloads(dtype: str, prefill: int, tokens: int) -> dict[str, Callable[[], float]]:
-    out = llama_cpp.CACHE / "gguf" / bench.MODEL_DIR.name
-    path = out / f"{bench.MODEL_DIR.name}-{GGUF_TYPE[dtype]}.gguf"
-    if not path.exists():
-        llama_cpp.convert(bench.MODEL_DIR, out, GGUF_TYPE[dtype])
+    path = llama_cpp.convert(bench.MODEL_DIR, llama_cpp.CACHE / "gguf" / bench.MODEL_DIR.name, GGUF_TYPE[dtype])
     run = llama_cpp.bench
     return {f"prefill {prefill}": lambda: run(path, bench.THREADS, prompts=(prefill,), gen=0)[f"pp{prefill}"],
             "decode b1": lambda: run(path, bench.THREADS, prompts=(), gen=tokens, extra=("-d", "64"))[f"tg{tokens}"]}
