@@ -90,10 +90,10 @@ class LayerCache:
         slot_B = pos_B if self.chunk is None else pos_B % self.chunk
         self.k_BGLK[rows, :, slot_B] = k_BG1K[:, :, 0]
         self.v_BGLK[rows, :, slot_B] = v_BG1K[:, :, 0]
-        whole = self.chunk is not None or torch.compiler.is_compiling()
-        L = self.k_BGLK.shape[2] if whole else int(slot_B.max()) + 1
+        compiling = torch.compiler.is_compiling()
+        L = self.k_BGLK.shape[2] if self.chunk is not None or compiling else int(slot_B.max()) + 1
         allowed_BL = torch.arange(L, device=q_BH1K.device)[None, :] <= slot_B[:, None]
-        if torch.compiler.is_compiling():
+        if compiling:
             return _single_query(q_BH1K, self.k_BGLK, self.v_BGLK, allowed_BL)
         return _sdpa(q_BH1K, self.k_BGLK[:, :, :L], self.v_BGLK[:, :, :L], allowed_BL[:, None, None, :])
 
