@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from herd.data.prepare import prepare
 from herd.data.shards import TokenShards
 from herd.data.sources import read_corpus
 from herd.engine import Engine
+from herd.files import cache_dir
 from herd.sampling import SamplingParams
 from herd.tokenizer import load_tokenizer
 from herd.tokenizer_train import train_tokenizer
@@ -40,12 +40,6 @@ DEMO_CONFIG = TrainConfig(
 PROMPTS = ("import os\n", "def read_lines(path):\n", "class Stack:\n    def __init__(self):\n",
            "for i in range(", "    # Return the")
 VOCAB_SIZE = 8192
-
-
-def cache_dir() -> Path:
-    if os.environ.get("HERD_CACHE"):
-        return Path(os.environ["HERD_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "herd"
 
 
 def _tokenizer(root: Path) -> Path:

@@ -3,9 +3,10 @@
 - Matrix-vector products (decode, and the last-position logits of a prefill: a few tokens against a
   large weight) run as a compiled multiply-and-reduce over the weight's rows. Inductor turns it into
   one streaming pass over the weight with fp32 accumulation, close to memory bandwidth; MKL's GEMV
-  reaches about a third of that on the machines measured (see docs/BENCHMARKS.md). Inputs with more
-  than `max_tokens` rows (2 in 16-bit) keep `F.linear`. The LM head, 77% of the bytes a decode
-  step reads in the benchmark model, gains the most.
+  reaches about a third of that on the machines measured (see docs/BENCHMARKS.md). In bf16 on a CPU
+  with AVX512-BF16, `herd.cpu_kernels.matvec_bf16` takes its place: inductor's bf16 row-dot is
+  compute-bound near 40 GB/s. Inputs with more than `max_tokens` rows (2 in 16-bit) keep `F.linear`.
+  The LM head, 77% of the bytes a decode step reads in the benchmark model, gains the most.
 - `fuse_projections(model)` gives each attention one q|k|v matmul and each SwiGLU one gate|up
   matmul. The fused weight owns the storage and the original weights become gradient-free views
   of it (tied again after `.to()`), so memory does not grow and `herd.save` still writes the
@@ -31,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from herd import cpu_kernels
 from herd.moe import Experts
 
 log = logging.getLogger("herd")
@@ -48,12 +50,15 @@ RECOMPILE_LIMIT = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_
 
 
 def matvec(x_MI: torch.Tensor, w_OI: torch.Tensor) -> torch.Tensor:
-    """x @ wᵀ for a few rows of x, compiled into one pass over w; `F.linear` when compiling is
-    impossible (no C++ compiler, too many shapes). Never the eager broadcast, which would
-    materialise [M, O, I]."""
+    """x @ wᵀ for a few rows of x in one pass over w: the native bf16 kernel where it runs, else a
+    compiled row-dot; `F.linear` when compiling is impossible (no C++ compiler, too many shapes).
+    Never the eager broadcast, which would materialise [M, O, I]."""
     global _compiled
     if torch.compiler.is_compiling():  # inside a larger compiled graph (the decode step): inline it
         return _rowdot(x_MI, w_OI)
+    if (x_MI.dtype == w_OI.dtype == torch.bfloat16 and w_OI.device.type == "cpu" and w_OI.is_contiguous()
+            and cpu_kernels.available()):
+        return cpu_kernels.matvec_bf16(x_MI, w_OI)
     if _compiled is None:
         _compiled = torch.compile(_rowdot, dynamic=False, fullgraph=True)
     if _compiled is not F.linear:

@@ -1,0 +1,120 @@
+"""Native CPU kernels for what PyTorch does not do well, built on first use with the machine's C compiler.
+
+One kernel today: the bf16 matrix-vector product (`matvec_bf16`) on AVX512-BF16 dot products. In bf16,
+inductor converts each weight element to fp32 in software before multiplying, which caps a row-dot at
+about 40 GB/s on the machines measured; oneDNN's bf16 GEMM uses the dot-product instruction but
+partitions a one-row product so that it streams the weight slowly (docs/BENCHMARKS.md). The kernel reads
+each weight row once, in order, at memory bandwidth.
+
+The source is `herd/csrc/*.c`. It is compiled once per source, compiler and flags into
+`<cache>/kernels/` (the cache of `herd.files.cache_dir`) and loaded with ctypes. It links OpenMP by its
+soname, so it shares the runtime and thread pool torch has already loaded. Where the CPU lacks
+AVX512-BF16, no C compiler is found, the build fails, or `HERD_CPU_KERNELS=0` is set, `available()` is
+False and callers keep their PyTorch path.
+
+Shapes: M rows of x, N weight rows (outputs), K features.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+
+import torch
+
+from herd.files import cache_dir
+
+log = logging.getLogger("herd")
+
+SOURCE = Path(__file__).with_name("csrc") / "matvec_bf16.c"
+FLAGS = ("-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-fopenmp", "-shared", "-fPIC")
+
+_lock = threading.Lock()
+_lib: ctypes.CDLL | None = None
+_tried = False
+
+
+def _compiler() -> str | None:
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+
+
+def build(source: Path = SOURCE, out_dir: Path | None = None) -> Path:
+    """Compile `source` into a shared library (reused when source, compiler and flags are unchanged)
+    and return its path. Raises RuntimeError with the compiler's message when the build fails."""
+    cc = _compiler()
+    if cc is None:
+        raise RuntimeError("no C compiler (set CC, or install cc/gcc)")
+    version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
+    key = hashlib.sha256("\0".join([source.read_text(), cc, version, *FLAGS]).encode()).hexdigest()[:16]
+    out_dir = out_dir or cache_dir() / "kernels"
+    path = out_dir / f"{source.stem}-{key}.so"
+    if path.exists():
+        return path
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / f".{path.name}.{os.getpid()}.tmp"
+    done = subprocess.run([cc, *FLAGS, str(source), "-o", str(tmp)], capture_output=True, text=True)
+    if done.returncode != 0:
+        tmp.unlink(missing_ok=True)
+        raise RuntimeError(f"{cc} failed on {source.name}: {done.stderr.strip()[-2000:]}")
+    os.replace(tmp, path)  # another process building the same kernel at once writes the same bytes
+    return path
+
+
+def _load() -> ctypes.CDLL | None:
+    global _lib, _tried
+    with _lock:
+        if _tried:
+            return _lib
+        _tried = True
+        if os.environ.get("HERD_CPU_KERNELS", "1") == "0":
+            return None
+        if not torch.cpu._is_avx512_bf16_supported():
+            log.debug("herd.cpu_kernels: no AVX512-BF16 on this CPU; bf16 matrix-vector products stay in PyTorch")
+            return None
+        try:
+            lib = ctypes.CDLL(str(build()))
+        except (OSError, RuntimeError) as err:
+            log.warning("herd.cpu_kernels: bf16 matrix-vector kernel unavailable (%s); using PyTorch", err)
+            return None
+        lib.herd_matvec_bf16.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_long] * 3 + [ctypes.c_int]
+        lib.herd_matvec_bf16.restype = None
+        _lib = lib
+        return _lib
+
+
+def available() -> bool:
+    """Whether `matvec_bf16` runs natively here (builds the kernel on the first call)."""
+    return _load() is not None
+
+
+def reset() -> None:
+    """Forget the loaded kernel, so that the next call checks and builds again (tests, `HERD_CPU_KERNELS`)."""
+    global _lib, _tried
+    with _lock:
+        _lib, _tried = None, False
+
+
+def matvec_bf16(x_MK: torch.Tensor, w_NK: torch.Tensor) -> torch.Tensor:
+    """x @ wᵀ for bf16 CPU tensors, accumulated in fp32 and rounded to bf16: [M, K] × [N, K] → [M, N].
+    Needs `available()`; `w` must be contiguous (x is made so)."""
+    lib = _load()
+    if lib is None:
+        raise RuntimeError("herd.cpu_kernels.matvec_bf16 is not available on this machine")
+    if x_MK.dtype != torch.bfloat16 or w_NK.dtype != torch.bfloat16 or x_MK.device.type != "cpu":
+        raise ValueError(f"matvec_bf16 takes bf16 CPU tensors, got {x_MK.dtype}/{w_NK.dtype} on {x_MK.device}")
+    if x_MK.dim() != 2 or w_NK.dim() != 2 or x_MK.shape[1] != w_NK.shape[1]:
+        raise ValueError(f"matvec_bf16 needs [M, K] x [N, K], got {tuple(x_MK.shape)} x {tuple(w_NK.shape)}")
+    if not w_NK.is_contiguous():
+        raise ValueError("matvec_bf16 needs a contiguous weight")
+    x_MK = x_MK.contiguous()
+    (M, K), N = x_MK.shape, w_NK.shape[0]
+    y_MN = torch.empty(M, N, dtype=torch.bfloat16)
+    if M and N:
+        lib.herd_matvec_bf16(x_MK.data_ptr(), w_NK.data_ptr(), y_MN.data_ptr(), M, N, K, torch.get_num_threads())
+    return y_MN
