@@ -54,6 +54,8 @@ def matvec(x_MI: torch.Tensor, w_OI: torch.Tensor) -> torch.Tensor:
     compiled row-dot; `F.linear` when compiling is impossible (no C++ compiler, too many shapes).
     Never the eager broadcast, which would materialise [M, O, I]."""
     global _compiled
+    if x_MI.shape[-1] != w_OI.shape[-1]:
+        return F.linear(x_MI, w_OI)  # raises the usual shape error (a compile error would disable the path)
     if torch.compiler.is_compiling():  # inside a larger compiled graph (the decode step): inline it
         return _rowdot(x_MI, w_OI)
     if (x_MI.dtype == w_OI.dtype == torch.bfloat16 and w_OI.device.type == "cpu" and w_OI.is_contiguous()

@@ -185,3 +185,14 @@ def test_compiled_decode_step_in_bf16_is_as_accurate_as_eager():
     compiled_error = (step(model, torch.bfloat16, compiled=True) - want).abs().max().item()
     assert model.fast_decode.compiled_steps == 1
     assert compiled_error <= 1.5 * eager_error, (compiled_error, eager_error)
+
+
+def test_matvec_shape_error_is_the_usual_one_and_leaves_the_compiled_path(monkeypatch):
+    import herd.fast as fast
+
+    monkeypatch.setattr(fast, "_compiled", None)
+    x, w = torch.randn(1, 64), torch.randn(40, 32)
+    with pytest.raises(RuntimeError, match="cannot be multiplied"):
+        fast.matvec(x, w)
+    assert fast.matvec(x, torch.randn(40, 64)).shape == (1, 40)
+    assert fast._compiled is not None and fast._compiled is not torch.nn.functional.linear
