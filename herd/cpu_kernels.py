@@ -63,6 +63,7 @@ def build(source: Path = SOURCE, out_dir: Path | None = None) -> Path:
         tmp.unlink(missing_ok=True)
         raise RuntimeError(f"{cc} failed on {source.name}: {done.stderr.strip()[-2000:]}")
     os.replace(tmp, path)  # another process building the same kernel at once writes the same bytes
+    log.info("herd.cpu_kernels: built %s", path)
     return path
 
 
