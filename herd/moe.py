@@ -22,6 +22,14 @@ from torch import nn
 from herd.ffn import FeedForward
 
 
+def _top(logits_TE: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k largest logits and their experts. Top-1 (Llama 4) is a max, which torch.compile fuses into the
+    surrounding kernel; `topk` is an external call that splits the compiled decode step at every MoE layer."""
+    if k == 1:
+        return logits_TE.max(dim=-1, keepdim=True)
+    return torch.topk(logits_TE, k, dim=-1)
+
+
 class Experts(nn.Module):
     """E SwiGLU experts stored input-major, as HF does: w13 [E, D, 2F] (gate | up), w2 [E, F, D]."""
 
@@ -83,9 +91,9 @@ class MoE(nn.Module):
         """The chosen experts [T, k] and their sigmoid scores [T, k] in the activation dtype."""
         logits_TE = self.router(x_TD)
         if self.router_bias is None:
-            top_TK, experts_TK = torch.topk(logits_TE, self.top_k, dim=-1)
+            top_TK, experts_TK = _top(logits_TE, self.top_k)
         else:
-            experts_TK = torch.topk(logits_TE + self.router_bias.to(logits_TE.dtype), self.top_k, dim=-1).indices
+            experts_TK = _top(logits_TE + self.router_bias.to(logits_TE.dtype), self.top_k)[1]
             top_TK = logits_TE.gather(-1, experts_TK)
         if self.observer is not None:
             self.observer(self, logits_TE, experts_TK)

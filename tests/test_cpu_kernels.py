@@ -78,6 +78,19 @@ def test_matvec_takes_the_kernel_in_bf16_and_the_row_dot_otherwise(monkeypatch):
     assert calls == [1]
 
 
+@pytest.mark.skipif(not NATIVE, reason="needs a CPU with AVX512-BF16 and a C compiler")
+def test_bf16_linear_takes_the_kernel_up_to_max_tokens(monkeypatch):
+    calls = []
+    monkeypatch.setattr(cpu_kernels, "matvec_bf16", lambda x, w: calls.append(x.shape[0]) or _reference(x, w))
+    layer = torch.nn.Linear(64, 300, bias=False).bfloat16()
+    layer.__class__ = fast.MatvecLinear
+    x = torch.randn(3, 3, 64).bfloat16()  # 9 rows: past max_tokens, the GEMM
+    with torch.no_grad():
+        layer(x[:2, :2])
+        layer(x)
+    assert calls == [4]
+
+
 def test_failed_build_falls_back_with_a_warning(fresh_kernels, monkeypatch, caplog):
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
     monkeypatch.setenv("CC", "false")  # a "compiler" that always fails
