@@ -104,6 +104,27 @@ def test_sweep_command_is_resumable(tmp_path: Path, capsys) -> None:
     assert [p.stat().st_mtime_ns for p in logs] == before
 
 
+def test_sweep_report_compares_the_optimum_along_any_axis(tmp_path: Path) -> None:
+    from herd.train.sweep import plot, table
+
+    def record(depth: int, lr: float, loss: float, batch: int = 16) -> dict:
+        return {"parametrization": "metap", "width": 128, "depth": depth, "lr": lr, "batch_size": batch,
+                "tokens": 4096, "val_loss": loss, "diverged": False}
+
+    results = [record(2, 0.001, 5.0), record(2, 0.002, 4.9), record(8, 0.001, 4.7), record(8, 0.002, 4.8),
+               record(2, 0.004, 5.5, batch=64)]
+    by_depth = table(results, "depth")
+    assert "**metap**, width 128, batch 16, 4,096 tokens" in by_depth
+    assert "| 2 | 5.000 | **4.900** | 0.002 |" in by_depth and "| 8 | **4.700** | 4.800 | 0.001 |" in by_depth
+    assert "optimal LR spread across depths: ×2" in by_depth
+    assert "optimal LR spread across batch sizes: ×2" in table(results, "batch_size")
+    assert "optimal LR spread across widths: ×1" in table(results)
+    plot(results, tmp_path / "depth.png", "depth")
+    assert (tmp_path / "depth.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match="across must be one of"):
+        table(results, "lr")
+
+
 def test_transfer_command(capsys) -> None:
     assert main(["metap", "transfer", "--to", "herd-1.5b", "--lr", "0.004", "--batch-size", "64",
                  "--base-batch-size", "16"]) == 0

@@ -38,6 +38,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     sw.add_argument("--tokens", type=int, nargs="+", default=[2_000_000], help="training tokens per point")
     sw.add_argument("--seq-len", type=int, default=128)
     sw.add_argument("--base", default="herd-10m")
+    sw.add_argument("--across", choices=["width", "depth", "batch", "tokens"], default="width",
+                    help="the axis the report compares the optimal LR along (rerun with the same grid to re-report)")
 
     tr = sub.add_parser("transfer", help="a tuned proxy's hyperparameters -> per-group settings for a target")
     tr.add_argument("--to", required=True, help="target preset (e.g. herd-1.5b)")
@@ -85,7 +87,8 @@ def _sweep(args: argparse.Namespace) -> int:
 
     vocab = TokenShards(args.data, "train").n_words
     grid = points(args.parametrizations, args.widths, args.depths, args.lrs, args.batch_sizes, args.tokens)
-    sweep(args.out, args.data, grid, base=args.base, seq_len=args.seq_len, vocab_size=vocab)
+    across = "batch_size" if args.across == "batch" else args.across
+    sweep(args.out, args.data, grid, base=args.base, seq_len=args.seq_len, vocab_size=vocab, across=across)
     print(Path(args.out, "results.md").read_text())
     print(f"plot: {args.out}/sweep.png")
     return 0

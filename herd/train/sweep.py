@@ -7,9 +7,10 @@
   (the same tokens for every point; cached in the point's eval.json) and the mean training loss of
   its last 10% of steps; a run whose loss turned non-finite is "diverged".
 - Output, over every finished point of the directory (so a width grid and a later depth grid in the
-  same directory make one report): results.jsonl (one line per point, rewritten atomically), results.md (a table per
-  parametrization and depth: loss by width and LR, the best LR of each width marked) and sweep.png
-  (loss against LR, one curve per width, one panel per parametrization and depth).
+  same directory make one report): results.jsonl (one line per point, rewritten atomically), results.md and
+  sweep.png. `across` picks the axis the optimum is compared along (width by default; depth, batch_size or
+  tokens): a table per setting of the other axes, loss by that axis and LR with the best LR of each row
+  marked, and a plot of loss against LR with one curve per value of that axis.
 """
 
 from __future__ import annotations
@@ -108,7 +109,9 @@ def validation_loss(model_dir: Path, data: str, seq_len: int, batch: int = 16) -
 
 
 def sweep(out: str | Path, data: str, grid: list[Point], *, base: str = "herd-10m", seq_len: int = 128,
-          vocab_size: int = 8192, seed: int = 0) -> list[dict[str, Any]]:
+          vocab_size: int = 8192, seed: int = 0, across: str = "width") -> list[dict[str, Any]]:
+    """Run every point of `grid` not yet finished in `out`, then report over every finished point,
+    comparing the optimal LR across `across` (width, depth, batch_size or tokens)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for i, point in enumerate(grid, start=1):
@@ -121,9 +124,12 @@ def sweep(out: str | Path, data: str, grid: list[Point], *, base: str = "herd-10
     results = [run_point(Point(**json.loads((d / "point.json").read_text())), out, data, base, seq_len, vocab_size,
                          seed) for d in finished]
     write_text_atomic(out / "results.jsonl", "".join(json.dumps(r) + "\n" for r in results))
-    write_text_atomic(out / "results.md", table(results))
-    plot(results, out / "sweep.png")
+    write_text_atomic(out / "results.md", table(results, across))
+    plot(results, out / "sweep.png", across)
     return results
+
+
+AXES = ("parametrization", "width", "depth", "batch_size", "tokens")
 
 
 def best_lrs(results: list[dict[str, Any]]) -> dict[tuple, float]:
@@ -132,31 +138,48 @@ def best_lrs(results: list[dict[str, Any]]) -> dict[tuple, float]:
     for r in results:
         if r["diverged"]:
             continue
-        key = (r["parametrization"], r["width"], r["depth"], r["batch_size"], r["tokens"])
+        key = tuple(r[a] for a in AXES)
         if key not in best or r["val_loss"] < best[key][0]:
             best[key] = (r["val_loss"], r["lr"])
     return {k: lr for k, (_, lr) in best.items()}
 
 
-def table(results: list[dict[str, Any]]) -> str:
-    """Markdown: per (parametrization, depth, batch, tokens), validation loss by width (rows) and LR
-    (columns), the best of each row in bold; the optimum's spread across widths below each table."""
+def _panels(results: list[dict[str, Any]], across: str) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """Results grouped by every axis except LR and `across`: (the fixed settings, their rows)."""
+    if across not in AXES[1:]:
+        raise ValueError(f"across must be one of {', '.join(AXES[1:])}, not {across!r}")
+    fixed = [a for a in AXES if a != across]
+    keys = sorted({tuple(r[a] for a in fixed) for r in results})
+    return [(dict(zip(fixed, key, strict=True)), [r for r in results if tuple(r[a] for a in fixed) == key])
+            for key in keys]
+
+
+def _title(settings: dict[str, Any], bold: bool = False) -> str:
+    name = f"**{settings['parametrization']}**" if bold else settings["parametrization"]
+    parts = [f"width {settings['width']}" if "width" in settings else "",
+             f"depth {settings['depth']}" if "depth" in settings else "",
+             f"batch {settings['batch_size']}" if "batch_size" in settings else "",
+             f"{settings['tokens']:,} tokens" if "tokens" in settings else ""]
+    return ", ".join([name, *[p for p in parts if p]])
+
+
+def table(results: list[dict[str, Any]], across: str = "width") -> str:
+    """Markdown: one table per setting of the other axes, validation loss by `across` (rows) and LR
+    (columns), the best of each row in bold; the optimum's spread across the rows below each table."""
     lines = []
     best = best_lrs(results)
-    settings = sorted({(r["parametrization"], r["depth"], r["batch_size"], r["tokens"]) for r in results})
-    for p, depth, batch, tokens in settings:
-        rows = [r for r in results if (r["parametrization"], r["depth"], r["batch_size"], r["tokens"])
-                == (p, depth, batch, tokens)]
+    label = across.replace("_", " ")
+    for settings, rows in _panels(results, across):
         lrs = sorted({r["lr"] for r in rows})
-        lines += [f"**{p}**, depth {depth}, batch {batch}, {tokens:,} tokens", "",
-                  "| width | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " | best lr |",
+        lines += [_title(settings, bold=True), "",
+                  f"| {label} | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " | best lr |",
                   "|---|" + "---:|" * (len(lrs) + 1)]
         optima = []
-        for width in sorted({r["width"] for r in rows}):
+        for value in sorted({r[across] for r in rows}):
             cells = []
-            opt = best.get((p, width, depth, batch, tokens))
+            opt = best.get(tuple(value if a == across else settings[a] for a in AXES))
             for lr in lrs:
-                r = next((r for r in rows if r["width"] == width and r["lr"] == lr), None)
+                r = next((r for r in rows if r[across] == value and r["lr"] == lr), None)
                 if r is None:
                     cells.append("")
                 elif r["diverged"]:
@@ -164,32 +187,33 @@ def table(results: list[dict[str, Any]]) -> str:
                 else:
                     cells.append(f"**{r['val_loss']:.3f}**" if lr == opt else f"{r['val_loss']:.3f}")
             optima.append(opt)
-            lines.append(f"| {width} | " + " | ".join(cells) + (f" | {opt:g} |" if opt else " | - |"))
+            lines.append(f"| {value:,} | " + " | ".join(cells) + (f" | {opt:g} |" if opt else " | - |"))
         found = [o for o in optima if o]
         if found:
-            lines += ["", f"optimal LR spread across widths: ×{max(found) / min(found):g}"]
+            lines += ["", f"optimal LR spread across {label}s: ×{max(found) / min(found):g}"]
         lines.append("")
     return "\n".join(lines)
 
 
-def plot(results: list[dict[str, Any]], path: Path) -> None:
+def plot(results: list[dict[str, Any]], path: Path, across: str = "width") -> None:
+    """Loss against LR: one panel per setting of the other axes, one curve per value of `across`."""
     plt = pyplot()
 
-    panels = sorted({(r["parametrization"], r["depth"], r["batch_size"], r["tokens"]) for r in results})
+    panels = _panels(results, across)
     cols = min(3, len(panels))
     rows_n = -(-len(panels) // cols)
     fig, axes = plt.subplots(rows_n, cols, figsize=(4.6 * cols, 3.6 * rows_n), squeeze=False)
     for ax in axes.flat[len(panels):]:
         ax.set_visible(False)
-    for ax, (p, depth, batch, tokens) in zip(axes.flat, panels, strict=False):
-        rows = [r for r in results if (r["parametrization"], r["depth"], r["batch_size"], r["tokens"])
-                == (p, depth, batch, tokens) and not r["diverged"]]
-        for width in sorted({r["width"] for r in rows}):
-            pts = sorted((r["lr"], r["val_loss"]) for r in rows if r["width"] == width)
-            ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=f"width {width}")
+    label = across.replace("_", " ")
+    for ax, (settings, rows) in zip(axes.flat, panels, strict=False):
+        rows = [r for r in rows if not r["diverged"]]
+        for value in sorted({r[across] for r in rows}):
+            pts = sorted((r["lr"], r["val_loss"]) for r in rows if r[across] == value)
+            ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=f"{label} {value:,}")
         ax.set_xscale("log", base=2)
         ax.set_xlabel("learning rate")
-        ax.set_title(f"{p}, depth {depth}, batch {batch}, {tokens:,} tokens", fontsize=9)
+        ax.set_title(_title(settings), fontsize=9)
         ax.set_ylabel("validation loss")
         ax.legend(fontsize=7)
     fig.tight_layout()
