@@ -111,8 +111,8 @@ def test_sweep_report_compares_the_optimum_along_any_axis(tmp_path: Path) -> Non
         return {"parametrization": "metap", "width": 128, "depth": depth, "lr": lr, "batch_size": batch,
                 "tokens": 4096, "val_loss": loss, "diverged": False}
 
-    results = [record(2, 0.001, 5.0), record(2, 0.002, 4.9), record(8, 0.001, 4.7), record(8, 0.002, 4.8),
-               record(2, 0.004, 5.5, batch=64)]
+    results = [record(2, 0.001, 5.0), record(2, 0.002, 4.9), record(8, 0.0010000001, 4.7), record(8, 0.002, 4.8),
+               record(2, 0.004, 5.5, batch=64)]  # 0.0010000001: the same grid LR typed differently
     by_depth = table(results, "depth")
     assert "**metap**, width 128, batch 16, 4,096 tokens" in by_depth
     assert "| 2 | 5.000 | **4.900** | 0.002 |" in by_depth and "| 8 | **4.700** | 4.800 | 0.001 |" in by_depth

@@ -144,6 +144,12 @@ def best_lrs(results: list[dict[str, Any]]) -> dict[tuple, float]:
     return {k: lr for k, (_, lr) in best.items()}
 
 
+def _on_grid(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """LRs rounded to 4 significant digits, so that runs of one grid point typed with different precision
+    (0.00069053 and 2**-10.5 = 0.000690534) share a column."""
+    return [{**r, "lr": float(f"{r['lr']:.4g}")} for r in results]
+
+
 def _panels(results: list[dict[str, Any]], across: str) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
     """Results grouped by every axis except LR and `across`: (the fixed settings, their rows)."""
     if across not in AXES[1:]:
@@ -167,6 +173,7 @@ def table(results: list[dict[str, Any]], across: str = "width") -> str:
     """Markdown: one table per setting of the other axes, validation loss by `across` (rows) and LR
     (columns), the best of each row in bold; the optimum's spread across the rows below each table."""
     lines = []
+    results = _on_grid(results)
     best = best_lrs(results)
     label = across.replace("_", " ")
     for settings, rows in _panels(results, across):
@@ -199,7 +206,7 @@ def plot(results: list[dict[str, Any]], path: Path, across: str = "width") -> No
     """Loss against LR: one panel per setting of the other axes, one curve per value of `across`."""
     plt = pyplot()
 
-    panels = _panels(results, across)
+    panels = _panels(_on_grid(results), across)
     cols = min(3, len(panels))
     rows_n = -(-len(panels) // cols)
     fig, axes = plt.subplots(rows_n, cols, figsize=(4.6 * cols, 3.6 * rows_n), squeeze=False)
