@@ -129,6 +129,10 @@ def test_transfer_command(capsys) -> None:
     assert main(["metap", "transfer", "--to", "herd-1.5b", "--lr", "0.004", "--batch-size", "64",
                  "--base-batch-size", "16"]) == 0
     out = capsys.readouterr().out
-    assert "width ×6, depth ×6" in out and "base LR 0.008" in out
-    assert "herd train --model herd-1.5b --lr 0.008" in out
+    assert "width ×6, depth ×6" in out and "base LR 0.004 (unchanged for batch 16 -> 64" in out
+    assert "herd train --model herd-1.5b --lr 0.004" in out
+    assert main(["metap", "transfer", "--to", "herd-1.5b", "--lr", "0.004", "--batch-size", "64",
+                 "--base-batch-size", "16", "--batch-rule", "sqrt"]) == 0
+    out = capsys.readouterr().out
+    assert "base LR 0.008 (√-scaled from 0.004" in out and "herd train --model herd-1.5b --lr 0.008" in out
     assert main(["metap", "transfer", "--to", "nope", "--lr", "0.004"]) == 2

@@ -47,8 +47,11 @@ def register(parser: argparse.ArgumentParser) -> None:
     tr.add_argument("--lr", type=float, required=True)
     tr.add_argument("--weight-decay", type=float, default=0.1)
     tr.add_argument("--init-std", type=float, default=0.02)
-    tr.add_argument("--batch-size", type=int, help="target global batch (sequences); scales the LR by √ratio")
+    tr.add_argument("--batch-size", type=int, help="target global batch (sequences), with --base-batch-size")
     tr.add_argument("--base-batch-size", type=int, help="the proxy's global batch")
+    tr.add_argument("--batch-rule", choices=["constant", "sqrt"], default="constant",
+                    help="LR across batch sizes: unchanged (measured in docs/METAP.md) or Adam's textbook "
+                         "√(batch ratio)")
 
 
 def _fail(message: str) -> int:
@@ -103,7 +106,8 @@ def _transfer(args: argparse.Namespace) -> int:
     lr = args.lr
     if (args.batch_size is None) != (args.base_batch_size is None):
         return _fail("--batch-size and --base-batch-size go together")
-    if args.batch_size:
+    scaled = bool(args.batch_size) and args.batch_rule == "sqrt" and args.batch_size != args.base_batch_size
+    if scaled:
         lr *= math.sqrt(args.batch_size / args.base_batch_size)  # Adam's square-root rule below the critical batch
     target = preset(args.to).text
     with torch.device("meta"):
@@ -112,7 +116,12 @@ def _transfer(args: argparse.Namespace) -> int:
     base = metap.base_config(args.base)
     print(f"{args.base} (dim {base.dim}, {base.n_layers} layers) -> {args.to} (dim {target.dim}, "
           f"{target.n_layers} layers): width ×{target.dim / base.dim:g}, depth ×{target.n_layers / base.n_layers:g}")
-    print(f"base LR {lr:.4g}" + (f" (batch-scaled from {args.lr:g})" if args.batch_size else "")
+    batch_note = ""
+    if scaled:
+        batch_note = f" (√-scaled from {args.lr:g} for batch {args.base_batch_size} -> {args.batch_size})"
+    elif args.batch_size:
+        batch_note = f" (unchanged for batch {args.base_batch_size} -> {args.batch_size}: see docs/METAP.md)"
+    print(f"base LR {lr:.4g}" + batch_note
           + f", weight decay {args.weight_decay:g}, init std {args.init_std:g}\n")
     print(f"| {'group':<40} | {'init std':>10} | {'LR':>10} | {'weight decay':>12} |")
     print(f"|{'-' * 42}|{'-' * 12}|{'-' * 12}|{'-' * 14}|")
