@@ -5,7 +5,8 @@
   one streaming pass over the weight with fp32 accumulation, close to memory bandwidth; MKL's GEMV
   reaches about a third of that on the machines measured (see docs/BENCHMARKS.md). In bf16 on a CPU
   with AVX512-BF16, `herd.cpu_kernels.matvec_bf16` takes its place: inductor's bf16 row-dot is
-  compute-bound near 40 GB/s. Inputs with more than `max_tokens` rows (2 in 16-bit) keep `F.linear`.
+  compute-bound near 40 GB/s. Inputs with more than `max_tokens` rows (8; 2 in 16-bit without the
+  native kernel) keep `F.linear`.
   The LM head, 77% of the bytes a decode step reads in the benchmark model, gains the most.
 - `fuse_projections(model)` gives each attention one q|k|v matmul and each SwiGLU one gate|up
   matmul. The fused weight owns the storage and the original weights become gradient-free views
