@@ -1,7 +1,6 @@
 """The native bf16 matrix-vector kernel against PyTorch's fp32 product, and its fallbacks."""
 
 import logging
-import shutil
 
 import pytest
 import torch
@@ -9,7 +8,7 @@ import torch
 import herd.fast as fast
 from herd import cpu_kernels
 
-NATIVE = torch.cpu._is_avx512_bf16_supported() and shutil.which("cc") is not None
+NATIVE = torch.cpu._is_avx512_bf16_supported() and cpu_kernels._compiler() is not None
 
 
 @pytest.fixture
