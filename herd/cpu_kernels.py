@@ -67,25 +67,31 @@ def build(source: Path = SOURCE, out_dir: Path | None = None) -> Path:
     return path
 
 
+def _open() -> ctypes.CDLL | None:
+    """Check the machine, build and load the kernel; None (with a log line) where it cannot run."""
+    if os.environ.get("HERD_CPU_KERNELS", "1") == "0":
+        return None
+    if not torch.cpu._is_avx512_bf16_supported():
+        log.debug("herd.cpu_kernels: no AVX512-BF16 on this CPU; bf16 matrix-vector products stay in PyTorch")
+        return None
+    try:
+        lib = ctypes.CDLL(str(build()))
+    except (OSError, RuntimeError) as err:
+        log.warning("herd.cpu_kernels: bf16 matrix-vector kernel unavailable (%s); using PyTorch", err)
+        return None
+    lib.herd_matvec_bf16.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_long] * 3 + [ctypes.c_int]
+    lib.herd_matvec_bf16.restype = None
+    return lib
+
+
 def _load() -> ctypes.CDLL | None:
     global _lib, _tried
+    if _tried:  # every matrix-vector product asks: no lock once decided
+        return _lib
     with _lock:
-        if _tried:
-            return _lib
-        _tried = True
-        if os.environ.get("HERD_CPU_KERNELS", "1") == "0":
-            return None
-        if not torch.cpu._is_avx512_bf16_supported():
-            log.debug("herd.cpu_kernels: no AVX512-BF16 on this CPU; bf16 matrix-vector products stay in PyTorch")
-            return None
-        try:
-            lib = ctypes.CDLL(str(build()))
-        except (OSError, RuntimeError) as err:
-            log.warning("herd.cpu_kernels: bf16 matrix-vector kernel unavailable (%s); using PyTorch", err)
-            return None
-        lib.herd_matvec_bf16.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_long] * 3 + [ctypes.c_int]
-        lib.herd_matvec_bf16.restype = None
-        _lib = lib
+        if not _tried:
+            _lib = _open()
+            _tried = True  # set last, so that a lock-free reader never sees "decided" before `_lib`
         return _lib
 
 

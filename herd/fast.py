@@ -50,6 +50,12 @@ _compiled = None
 RECOMPILE_LIMIT = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
 
 
+def _native(x_MI: torch.Tensor, w_OI: torch.Tensor) -> bool:
+    """Whether `herd.cpu_kernels.matvec_bf16` takes this product (bf16 on CPU, contiguous weight)."""
+    return (x_MI.dtype == w_OI.dtype == torch.bfloat16 and w_OI.device.type == "cpu" and w_OI.is_contiguous()
+            and cpu_kernels.available())
+
+
 def matvec(x_MI: torch.Tensor, w_OI: torch.Tensor) -> torch.Tensor:
     """x @ wᵀ for a few rows of x in one pass over w: the native bf16 kernel where it runs, else a
     compiled row-dot; `F.linear` when compiling is impossible (no C++ compiler, too many shapes).
@@ -59,8 +65,7 @@ def matvec(x_MI: torch.Tensor, w_OI: torch.Tensor) -> torch.Tensor:
         return F.linear(x_MI, w_OI)  # raises the usual shape error (a compile error would disable the path)
     if torch.compiler.is_compiling():  # inside a larger compiled graph (the decode step): inline it
         return _rowdot(x_MI, w_OI)
-    if (x_MI.dtype == w_OI.dtype == torch.bfloat16 and w_OI.device.type == "cpu" and w_OI.is_contiguous()
-            and cpu_kernels.available()):
+    if _native(x_MI, w_OI):
         return cpu_kernels.matvec_bf16(x_MI, w_OI)
     if _compiled is None:
         _compiled = torch.compile(_rowdot, dynamic=False, fullgraph=True)
@@ -90,7 +95,7 @@ class MatvecLinear(nn.Linear):
             # Inside a larger graph, inductor parallelises a several-row row-dot over its reduction
             # (a barrier per weight row): 4x slower than MKL at 8 rows. One row fuses well.
             limit = 1
-        elif x.dtype == torch.float32 or (x.dtype == self.weight.dtype == torch.bfloat16 and cpu_kernels.available()):
+        elif x.dtype == torch.float32 or _native(x, self.weight):
             limit = self.max_tokens
         else:
             limit = min(self.max_tokens, self.max_tokens_16bit)

@@ -24,6 +24,12 @@ def _reference(x_MK: torch.Tensor, w_NK: torch.Tensor) -> torch.Tensor:
     return (x_MK.float() @ w_NK.float().T).bfloat16()  # fp32 accumulation, one rounding at the end
 
 
+def _within_one_rounding(got: torch.Tensor, want: torch.Tensor) -> bool:
+    """The same sums up to fp32 summation order: at most one bf16 rounding step apart."""
+    ulp = want.float().abs().clamp_min(1e-30) * 2**-7
+    return bool(((got.float() - want.float()).abs() <= ulp + 1e-6).all())
+
+
 def test_the_kernel_builds_where_the_cpu_has_avx512_bf16(fresh_kernels):
     # This machine's CI has AVX512-BF16 and a C compiler: the native path must not quietly fall away.
     assert cpu_kernels.available() == NATIVE
@@ -39,9 +45,7 @@ def test_matvec_bf16_matches_fp32_product(M, K):
     x, w = torch.randn(M, K, generator=g).bfloat16(), torch.randn(1001, K, generator=g).bfloat16()
     got, want = cpu_kernels.matvec_bf16(x, w), _reference(x, w)
     assert got.shape == (M, 1001) and got.dtype == torch.bfloat16
-    # The sums are the same up to fp32 summation order: at most one bf16 rounding step apart.
-    ulp = want.float().abs().clamp_min(1e-30) * 2**-7
-    assert ((got.float() - want.float()).abs() <= ulp + 1e-6).all()
+    assert _within_one_rounding(got, want)
 
 
 @pytest.mark.skipif(not NATIVE, reason="needs a CPU with AVX512-BF16 and a C compiler")
@@ -98,8 +102,7 @@ def test_failed_build_falls_back_with_a_warning(fresh_kernels, monkeypatch, capl
     assert "kernel unavailable" in caplog.text and "false failed" in caplog.text
     g = torch.Generator().manual_seed(2)
     x, w = torch.randn(1, 64, generator=g).bfloat16(), torch.randn(300, 64, generator=g).bfloat16()
-    ulp = _reference(x, w).float().abs() * 2**-7
-    assert ((fast.matvec(x, w).float() - _reference(x, w).float()).abs() <= ulp + 1e-6).all()  # the row-dot
+    assert _within_one_rounding(fast.matvec(x, w), _reference(x, w))  # the row-dot
     with pytest.raises(RuntimeError, match="not available"):
         cpu_kernels.matvec_bf16(x, w)
 
