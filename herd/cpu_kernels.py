@@ -1,16 +1,17 @@
 """Native CPU kernels for what PyTorch does not do well, built on first use with the machine's C compiler.
 
-One kernel today: the bf16 matrix-vector product (`matvec_bf16`) on AVX512-BF16 dot products. In bf16,
-inductor converts each weight element to fp32 in software before multiplying, which caps a row-dot at
-about 40 GB/s on the machines measured; oneDNN's bf16 GEMM uses the dot-product instruction but
-partitions a one-row product so that it streams the weight slowly (docs/BENCHMARKS.md). The kernel reads
-each weight row once, in order, at memory bandwidth.
+- `matvec_bf16`: the bf16 matrix-vector product on AVX512-BF16 dot products. In bf16, inductor converts
+  each weight element to fp32 in software before multiplying, which caps a row-dot at about 40 GB/s on
+  the machines measured; oneDNN's bf16 GEMM uses the dot-product instruction but partitions a one-row
+  product so that it streams the weight slowly (docs/BENCHMARKS.md). The kernel reads each weight row
+  once, in order, at memory bandwidth.
+- `herd_decode_bf16`: a whole bf16 decode step, bound by `herd.native_decode`.
 
-The source is `herd/csrc/*.c`. It is compiled once per source, compiler and flags into
-`<cache>/kernels/` (the cache of `herd.files.cache_dir`) and loaded with ctypes. It links OpenMP by its
-soname, so it shares the runtime and thread pool torch has already loaded. Where the CPU lacks
-AVX512-BF16, no C compiler is found, the build fails, or `HERD_CPU_KERNELS=0` is set, `available()` is
-False and callers keep their PyTorch path.
+The sources are `herd/csrc/*.c` (and their headers). They are compiled once per source, compiler and
+flags into one library in `<cache>/kernels/` (the cache of `herd.files.cache_dir`) and loaded with
+ctypes. It links OpenMP by its soname, so it shares the runtime and thread pool torch has already
+loaded. Where the CPU lacks AVX512-BF16, no C compiler is found, the build fails, or
+`HERD_CPU_KERNELS=0` is set, `available()` is False and callers keep their PyTorch path.
 
 Shapes: M rows of x, N weight rows (outputs), K features.
 """
@@ -32,7 +33,7 @@ from herd.files import cache_dir
 
 log = logging.getLogger("herd")
 
-SOURCE = Path(__file__).with_name("csrc") / "matvec_bf16.c"
+CSRC = Path(__file__).with_name("csrc")
 FLAGS = ("-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-fopenmp", "-shared", "-fPIC")
 
 _lock = threading.Lock()
@@ -44,31 +45,34 @@ def _compiler() -> str | None:
     return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
 
 
-def build(source: Path = SOURCE, out_dir: Path | None = None) -> Path:
-    """Compile `source` into a shared library (reused when source, compiler and flags are unchanged)
-    and return its path. Raises RuntimeError with the compiler's message when the build fails."""
+def build(csrc: Path = CSRC, out_dir: Path | None = None) -> Path:
+    """Compile the C sources of `csrc` into one shared library (reused when sources, headers, compiler
+    and flags are unchanged) and return its path. Raises RuntimeError with the compiler's message when
+    the build fails."""
     cc = _compiler()
     if cc is None:
         raise RuntimeError("no C compiler (set CC, or install cc/gcc)")
+    sources = sorted(csrc.glob("*.c"))
+    texts = [p.read_text() for p in sorted([*sources, *csrc.glob("*.h")])]
     version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
-    key = hashlib.sha256("\0".join([source.read_text(), cc, version, *FLAGS]).encode()).hexdigest()[:16]
+    key = hashlib.sha256("\0".join([*texts, cc, version, *FLAGS]).encode()).hexdigest()[:16]
     out_dir = out_dir or cache_dir() / "kernels"
-    path = out_dir / f"{source.stem}-{key}.so"
+    path = out_dir / f"herd_kernels-{key}.so"
     if path.exists():
         return path
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = out_dir / f".{path.name}.{os.getpid()}.tmp"
-    done = subprocess.run([cc, *FLAGS, str(source), "-o", str(tmp)], capture_output=True, text=True)
+    done = subprocess.run([cc, *FLAGS, *map(str, sources), "-o", str(tmp)], capture_output=True, text=True)
     if done.returncode != 0:
         tmp.unlink(missing_ok=True)
-        raise RuntimeError(f"{cc} failed on {source.name}: {done.stderr.strip()[-2000:]}")
+        raise RuntimeError(f"{cc} failed on {csrc}: {done.stderr.strip()[-2000:]}")
     os.replace(tmp, path)  # another process building the same kernel at once writes the same bytes
     log.info("herd.cpu_kernels: built %s", path)
     return path
 
 
 def _open() -> ctypes.CDLL | None:
-    """Check the machine, build and load the kernel; None (with a log line) where it cannot run."""
+    """Check the machine, build and load the kernels; None (with a log line) where they cannot run."""
     if os.environ.get("HERD_CPU_KERNELS", "1") == "0":
         return None
     if not torch.cpu._is_avx512_bf16_supported():
@@ -77,14 +81,17 @@ def _open() -> ctypes.CDLL | None:
     try:
         lib = ctypes.CDLL(str(build()))
     except (OSError, RuntimeError) as err:
-        log.warning("herd.cpu_kernels: bf16 matrix-vector kernel unavailable (%s); using PyTorch", err)
+        log.warning("herd.cpu_kernels: bf16 kernels unavailable (%s); using PyTorch", err)
         return None
     lib.herd_matvec_bf16.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_long] * 3 + [ctypes.c_int]
     lib.herd_matvec_bf16.restype = None
+    lib.herd_decode_bf16.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64, ctypes.c_void_p, ctypes.c_int]
+    lib.herd_decode_bf16.restype = ctypes.c_int
     return lib
 
 
-def _load() -> ctypes.CDLL | None:
+def library() -> ctypes.CDLL | None:
+    """The loaded kernel library, or None where it cannot run (builds it on the first call)."""
     global _lib, _tried
     if _tried:  # every matrix-vector product asks: no lock once decided
         return _lib
@@ -96,8 +103,8 @@ def _load() -> ctypes.CDLL | None:
 
 
 def available() -> bool:
-    """Whether `matvec_bf16` runs natively here (builds the kernel on the first call)."""
-    return _load() is not None
+    """Whether the native kernels run here (builds them on the first call)."""
+    return library() is not None
 
 
 def reset() -> None:
@@ -110,7 +117,7 @@ def reset() -> None:
 def matvec_bf16(x_MK: torch.Tensor, w_NK: torch.Tensor) -> torch.Tensor:
     """x @ wᵀ for bf16 CPU tensors, accumulated in fp32 and rounded to bf16: [M, K] × [N, K] → [M, N].
     Needs `available()`; `w` must be contiguous (x is made so)."""
-    lib = _load()
+    lib = library()
     if lib is None:
         raise RuntimeError("herd.cpu_kernels.matvec_bf16 is not available on this machine")
     if x_MK.dtype != torch.bfloat16 or w_NK.dtype != torch.bfloat16 or x_MK.device.type != "cpu":

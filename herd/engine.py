@@ -120,21 +120,23 @@ class Engine:
         cache = KVCache(self.model.config, len(rows), size, self.model.output.weight.dtype, self.device)
         generators = [None if params.seed is None else torch.Generator(self.device).manual_seed(params.seed)
                       for _ in rows]
-        history = [torch.tensor(p, device=self.device) for p in rows]  # prompt + output ids
+        # Bookkeeping in Python lists: after the LM head has streamed its weights through every cache, each
+        # distinct torch op costs ~100 µs the first time in a step (cold code and data), so the loop adds few.
+        history = [list(p) for p in rows]  # prompt + output ids
         images = list(images) if images is not None else [None] * len(rows)
         if len(images) != len(rows):
             raise ValueError(f"{len(rows)} prompts but images for {len(images)}")
         logits_BV = torch.stack([self.prefill(cache, b, p, images[b]) for b, p in enumerate(rows)])
-        positions_B = torch.tensor([len(p) for p in rows], device=self.device)
+        positions = [len(p) for p in rows]
         live = list(range(len(rows)))
         finished = [False] * len(rows)
         while live:
             for b in live:
-                token = self._sample(logits_BV[b], params, history[b], history[b][len(rows[b]) :], generators[b])
-                history[b] = torch.cat((history[b], history[b].new_tensor([token])))
+                token = self._sample(logits_BV[b], params, history[b], len(rows[b]), generators[b])
+                history[b].append(token)
                 n_out = len(history[b]) - len(rows[b])
                 done = "stop" if token in stop or (stop_fn is not None and stop_fn(b, token)) else None
-                if done is None and (n_out >= params.max_new_tokens or int(positions_B[b]) + 1 >= length):
+                if done is None and (n_out >= params.max_new_tokens or positions[b] + 1 >= length):
                     done = "length"
                 finished[b] = done is not None
                 event = TokenEvent(row=b, token=token, finish_reason=done)
@@ -146,9 +148,9 @@ class Engine:
                 return
             # Every row of the cache steps together. Finished rows are carried along with their output
             # ignored, and stay at their last position so they never write past the cache.
-            tokens_B1 = torch.tensor([[int(h[-1])] for h in history], device=self.device)
-            logits_BV = self._decode(tokens_B1, positions_B, cache)
-            positions_B = positions_B + torch.tensor([not done for done in finished], device=self.device)
+            tokens_B1 = torch.tensor([[h[-1]] for h in history], device=self.device)
+            logits_BV = self._decode(tokens_B1, torch.tensor(positions, device=self.device), cache)
+            positions = [n + (not done) for n, done in zip(positions, finished, strict=True)]
             live = live_next
 
     def _decode(self, tokens_B1: torch.Tensor, positions_B: torch.Tensor, cache: KVCache) -> torch.Tensor:
@@ -158,10 +160,13 @@ class Engine:
             return step(tokens_B1, positions_B, cache)
         return self.model(tokens_B1, cache=cache, positions_B=positions_B)[:, -1]
 
-    def _sample(self, logits_V: torch.Tensor, params: SamplingParams, seen: torch.Tensor, output: torch.Tensor,
+    def _sample(self, logits_V: torch.Tensor, params: SamplingParams, history: list[int], prompt_length: int,
                 generator: torch.Generator | None) -> int:
-        logits_V = apply_penalties(logits_V.float(), params, seen, output)
-        return choose(logits_V, params, generator)
+        """The next token of a row whose prompt and output so far are `history`."""
+        if params.repetition_penalty != 1.0 or params.frequency_penalty or params.presence_penalty:
+            seen = torch.tensor(history, device=logits_V.device)
+            logits_V = apply_penalties(logits_V.float(), params, seen, seen[prompt_length:])
+        return choose(logits_V, params, generator)  # greedy takes the first maximum, as in fp32
 
     def generate(self, prompts: Sequence[int] | Sequence[Sequence[int]], params: SamplingParams | None = None,
                  stop_fn: Callable[[int, int], bool] | None = None,

@@ -17,7 +17,8 @@
 - `CompiledDecode`: the whole decode step, embedding to final norm, as one compiled graph per batch
   size and KV cache size, with static shapes (global layers attend over their whole masked buffer). It
   removes the Python and op dispatch between the ~300 small ops of a step. The LM head runs after
-  it as a standalone compiled row-dot.
+  it as a standalone compiled row-dot. In bf16 on a CPU with AVX512-BF16 the step is one native call
+  instead (`herd.native_decode`), which reads the layer weights near memory bandwidth.
 - `optimize(model)` does all of this, swapping classes in place (weights are shared, not copied),
   and sets `model.fast_decode`, which `herd.engine.Engine` uses; `restore(model)` undoes it.
   `torch.compile` needs a C++ compiler on CPU; without one every path falls back to eager.
@@ -35,6 +36,7 @@ from torch import nn
 
 from herd import cpu_kernels
 from herd.moe import Experts
+from herd.native_decode import NativeDecode
 
 log = logging.getLogger("herd")
 
@@ -199,12 +201,14 @@ class CompiledDecode:
     no Python or op dispatch between the layers. Shapes are static: one graph per batch size and
     KV cache length, and `herd.engine.Engine` allocates caches in a few lengths (`cache_length`).
     Global layers attend over their whole masked buffer, at most twice the positions in use.
-    Larger batches, or a compile failure, take the eager step. Set on a model by `optimize`."""
+    Larger batches, or a compile failure, take the eager step. Where `NativeDecode` takes a step (bf16
+    on CPU with AVX512-BF16), it runs that instead of the graph. Set on a model by `optimize`."""
 
     def __init__(self, model: nn.Module, max_batch: int = 8) -> None:
         self.model, self.max_batch = model, max_batch
         self.enabled = True
-        self.compiled_steps = 0
+        self.compiled_steps = self.native_steps = 0
+        self.native = NativeDecode(model, max_batch)
         self._compiled = torch.compile(self._hidden, fullgraph=True, dynamic=False)
 
     def _hidden(self, tokens_B1: torch.Tensor, positions_B: torch.Tensor, cache) -> torch.Tensor:
@@ -221,7 +225,10 @@ class CompiledDecode:
 
     def __call__(self, tokens_B1: torch.Tensor, positions_B: torch.Tensor, cache) -> torch.Tensor:
         hidden_BD = None
-        if self.enabled and tokens_B1.shape[0] <= self.max_batch and not torch.is_grad_enabled():
+        if not torch.is_grad_enabled() and self.native.takes(tokens_B1, cache):
+            hidden_BD = self.native(tokens_B1, positions_B, cache)
+            self.native_steps += 1
+        elif self.enabled and tokens_B1.shape[0] <= self.max_batch and not torch.is_grad_enabled():
             try:
                 hidden_BD = self._compiled(tokens_B1, positions_B, cache)
                 self.compiled_steps += 1

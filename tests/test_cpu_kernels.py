@@ -34,7 +34,7 @@ def test_the_kernel_builds_where_the_cpu_has_avx512_bf16(fresh_kernels):
     # This machine's CI has AVX512-BF16 and a C compiler: the native path must not quietly fall away.
     assert cpu_kernels.available() == NATIVE
     if NATIVE:
-        assert len(list((fresh_kernels / "kernels").glob("matvec_bf16-*.so"))) == 1
+        assert len(list((fresh_kernels / "kernels").glob("herd_kernels-*.so"))) == 1
 
 
 @pytest.mark.skipif(not NATIVE, reason="needs a CPU with AVX512-BF16 and a C compiler")
@@ -99,7 +99,7 @@ def test_failed_build_falls_back_with_a_warning(fresh_kernels, monkeypatch, capl
     monkeypatch.setenv("CC", "false")  # a "compiler" that always fails
     with caplog.at_level(logging.WARNING, logger="herd"):
         assert not cpu_kernels.available()
-    assert "kernel unavailable" in caplog.text and "false failed" in caplog.text
+    assert "kernels unavailable" in caplog.text and "false failed" in caplog.text
     g = torch.Generator().manual_seed(2)
     x, w = torch.randn(1, 64, generator=g).bfloat16(), torch.randn(300, 64, generator=g).bfloat16()
     assert _within_one_rounding(fast.matvec(x, w), _reference(x, w))  # the row-dot

@@ -182,6 +182,7 @@ def test_compiled_decode_step_in_bf16_is_as_accurate_as_eager():
     model.to(torch.bfloat16)
     eager_error = (step(model, torch.bfloat16, compiled=False) - want).abs().max().item()
     optimize(model)
+    model.fast_decode.native.enabled = False  # the compiled graph, as on CPUs without AVX512-BF16
     compiled_error = (step(model, torch.bfloat16, compiled=True) - want).abs().max().item()
     assert model.fast_decode.compiled_steps == 1
     assert compiled_error <= 1.5 * eager_error, (compiled_error, eager_error)

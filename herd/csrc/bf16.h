@@ -1,0 +1,40 @@
+/* bf16 helpers shared by herd's native kernels: conversions and an AVX512-BF16 row dot product.
+   bf16 values travel as uint16_t; arithmetic is fp32. */
+#pragma once
+#include <immintrin.h>
+#include <stdint.h>
+#include <string.h>
+
+static inline float from_bf16(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+/* Round to nearest even, as torch's casts do (NaN stays NaN). */
+static inline uint16_t to_bf16(float v) {
+    return (uint16_t)_mm_extract_epi16((__m128i)_mm_cvtneps_pbh(_mm_set_ss(v)), 0);
+}
+
+static inline float round_bf16(float v) { return from_bf16(to_bf16(v)); }
+
+static inline __m512 dot32(__m512 acc, const uint16_t *w, const uint16_t *x, __mmask32 mask) {
+    return _mm512_dpbf16_ps(acc, (__m512bh)_mm512_maskz_loadu_epi16(mask, w), (__m512bh)_mm512_maskz_loadu_epi16(mask, x));
+}
+
+/* sum_k w[k] * x[k] in fp32. Two accumulators hide the dot product's latency; the tail is masked. */
+static inline float row_dot(const uint16_t *w, const uint16_t *x, long K) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+    const __mmask32 all = ~(__mmask32)0;
+    long k = 0;
+    for (; k + 64 <= K; k += 64) {
+        a0 = dot32(a0, w + k, x + k, all);
+        a1 = dot32(a1, w + k + 32, x + k + 32, all);
+    }
+    for (; k < K; k += 32) {
+        const long left = K - k;
+        a0 = dot32(a0, w + k, x + k, left >= 32 ? all : (__mmask32)((1u << left) - 1));
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+}

@@ -1,0 +1,191 @@
+"""The bf16 decode step as one native call (`herd/csrc/decode_bf16.c`), on CPUs with AVX512-BF16.
+
+Compiled by inductor (`herd.fast.CompiledDecode`), a bf16 step of the benchmark model reads its layer
+weights at about 20 GB/s and spends ~0.5 ms per call in guards, the graph's Python wrapper and ~160
+thread barriers. The native step reads them near memory bandwidth with a few barriers per layer
+(docs/BENCHMARKS.md). It computes what `Transformer.hidden` computes for one token per row, rounding to
+bf16 where the eager model rounds, and is tested against it.
+
+`NativeDecode.takes()` says whether it can run a step: the model is bf16 on CPU and laid out by
+`herd.fast.optimize` (fused q|k|v and gate|up, output-major experts), MoE layers route top-1, the cache
+is bf16 with one row per token, and the kernels are available (`herd.cpu_kernels`). `CompiledDecode`
+asks first and keeps its compiled path otherwise. The pointers handed to C are rebuilt whenever a
+weight or cache tensor moves (a cast, a new request), checked by address on every step.
+
+Shapes: B rows, D model dim.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import weakref
+from ctypes import c_float, c_int32, c_int64, c_void_p
+
+import torch
+from torch import nn
+
+from herd import cpu_kernels
+from herd.kv_cache import KVCache
+
+log = logging.getLogger("herd")
+
+
+class _Layer(ctypes.Structure):  # herd_layer in decode_bf16.c
+    _fields_ = [(name, c_void_p) for name in ("attention_norm", "wqkv", "wo", "ffn_norm", "router", "router_bias",
+                                             "w13", "w2", "shared_w13", "shared_w2", "k_cache", "v_cache")]
+    _fields_ += [("slots", c_int64), ("chunk", c_int64), ("hidden", c_int64), ("rope", c_int32),
+                 ("qk_norm", c_int32), ("temperature", c_int32), ("unused", c_int32)]
+
+
+class _Model(ctypes.Structure):  # herd_model in decode_bf16.c
+    _fields_ = [(name, c_int64) for name in ("vocab", "dim", "n_heads", "n_kv_heads", "head_dim", "n_layers",
+                                            "n_experts")]
+    _fields_ += [("norm_eps", c_float), ("floor_scale", c_float), ("attn_scale", c_float), ("unused", c_float),
+                 ("freq", c_void_p), ("embedding", c_void_p), ("norm", c_void_p), ("layers", ctypes.POINTER(_Layer))]
+
+
+_ERRORS = {-1: "out of memory for scratch buffers", -2: "a token id outside the vocabulary",
+           -3: "a position outside the KV cache"}
+
+
+def _fields(block: nn.Module) -> dict[str, tuple[nn.Module | None, str]]:
+    """Where each tensor the kernel reads for one block lives: kernel field → (owner module, attribute).
+    The owner is None where `herd.fast.optimize` has not fused the projection."""
+    attention, ffn = block.attention, block.feed_forward
+    out = {"attention_norm": (block.attention_norm, "weight"), "wqkv": (getattr(attention, "wqkv", None), "weight"),
+           "wo": (attention.wo, "weight"), "ffn_norm": (block.ffn_norm, "weight")}
+    if block.is_moe:
+        shared = ffn.shared_expert
+        return out | {"router": (ffn.router, "weight"), "router_bias": (ffn, "router_bias"),
+                      "w13": (ffn.experts, "w13"), "w2": (ffn.experts, "w2"),
+                      "shared_w13": (getattr(shared, "w13", None), "weight"), "shared_w2": (shared.w2, "weight")}
+    return out | {"w13": (getattr(ffn, "w13", None), "weight"), "w2": (ffn.w2, "weight")}
+
+
+def _layout_error(name: str, t: torch.Tensor | None, moe: bool) -> str | None:
+    if t is None:
+        return None if name == "router_bias" else f"no fused {name} (run herd.fast.optimize)"
+    if name == "router_bias":
+        return None
+    if t.dtype != torch.bfloat16:
+        return f"{name} is {t.dtype}"
+    # routed experts: output-major storage ([E, 2F, D], [E, D, F]) behind input-major views
+    stored = t.transpose(1, 2) if moe and name in ("w13", "w2") else t
+    return None if stored.is_contiguous() else f"{name} is not stored as the kernel reads it"
+
+
+class NativeDecode:
+    """The native decode step for a model laid out by `herd.fast.optimize`; see the module doc."""
+
+    def __init__(self, model: nn.Module, max_batch: int = 8) -> None:
+        self.model, self.max_batch = model, max_batch
+        self.enabled = True
+        self.reason = "not checked yet"  # why the last check refused, for logs and tests
+        self._key: tuple | None = None
+        self._cache: weakref.ref = lambda: None
+        self._rows = 0
+        self._watching: list[tuple[dict, str]] = []
+        self._ok = False
+        self._keep: list[torch.Tensor] = []
+
+    def _watch(self, cache: KVCache) -> list[tuple[dict, str]]:
+        """Where every tensor the kernel reads is held, as (the dict holding it, key): their addresses key
+        the built pointers. Dicts, not `getattr`: a module attribute lookup costs ~0.6 µs, ~100 per step."""
+        m = self.model
+        owners: list[tuple[object, str]] = [(m.tok_embeddings, "weight"), (m.norm, "weight"), (m, "freq_K2")]
+        for block, layer in zip(m.layers, cache.layers, strict=False):
+            owners += [(owner, attr) for owner, attr in _fields(block).values()
+                       if owner is not None and getattr(owner, attr) is not None]
+            owners += [(layer, "k_BGLK"), (layer, "v_BGLK")]
+        out = []
+        for owner, attr in owners:
+            stores = [getattr(owner, "_parameters", {}), getattr(owner, "_buffers", {}), owner.__dict__]
+            out.append(next((store, attr) for store in stores if attr in store))
+        return out
+
+    def _check(self, cache: KVCache, rows: int) -> str | None:
+        """Why the kernel cannot take steps for this model and cache, or None."""
+        m, c = self.model, self.model.config
+        if not cpu_kernels.available():
+            return "no native kernels here (herd.cpu_kernels)"
+        embedding = m.tok_embeddings.weight
+        if embedding.dtype != torch.bfloat16 or embedding.device.type != "cpu":
+            return f"weights are {embedding.dtype} on {embedding.device}, not bf16 on CPU"
+        if c.n_experts and c.top_k != 1:
+            return f"top-{c.top_k} routing (the kernel routes top-1)"
+        if len(cache.layers) != c.n_layers or cache.batch != rows:
+            return f"a cache of {cache.batch} rows for {rows} tokens"
+        if not (m.norm.weight.dtype == torch.bfloat16 and m.norm.weight.is_contiguous() and embedding.is_contiguous()):
+            return "embedding or final norm not bf16 and contiguous"
+        for i, (block, layer) in enumerate(zip(m.layers, cache.layers, strict=True)):
+            for name, (owner, attr) in _fields(block).items():
+                error = _layout_error(name, getattr(owner, attr) if owner is not None else None, block.is_moe)
+                if error:
+                    return f"layer {i}: {error}"
+            for t in (layer.k_BGLK, layer.v_BGLK):
+                if t.dtype != torch.bfloat16 or not t.is_contiguous():
+                    return f"layer {i}: KV cache is {t.dtype}, contiguous={t.is_contiguous()}"
+        return None
+
+    def _build(self, cache: KVCache, rows: int) -> None:
+        m, c = self.model, self.model.config
+        self.reason = self._check(cache, rows) or ""
+        self._ok = not self.reason
+        if not self._ok:
+            log.debug("herd.native_decode: not used: %s", self.reason)
+            return
+        freq_K2 = m.freq_K2.float().contiguous()
+        self._keep = [freq_K2]
+        layers = (_Layer * c.n_layers)()
+        for i, (block, layer) in enumerate(zip(m.layers, cache.layers, strict=True)):
+            weights = {name: getattr(owner, attr) if owner is not None else None
+                       for name, (owner, attr) in _fields(block).items()}
+            if weights.get("router_bias") is not None:  # the eager model adds it in the logits' dtype
+                weights["router_bias"] = weights["router_bias"].to(torch.bfloat16).contiguous()
+                self._keep.append(weights["router_bias"])
+            for name, t in weights.items():
+                setattr(layers[i], name, t.data_ptr() if t is not None else None)
+            attention = block.attention
+            layers[i].k_cache, layers[i].v_cache = layer.k_BGLK.data_ptr(), layer.v_BGLK.data_ptr()
+            layers[i].slots, layers[i].chunk = layer.k_BGLK.shape[2], layer.chunk or 0
+            layers[i].hidden = weights["w2"].shape[1]  # experts' w2 is [E, F, D] as the module sees it, dense [D, F]
+            layers[i].rope, layers[i].qk_norm = attention.use_rope, attention.use_qk_norm
+            layers[i].temperature = attention.temperature_tuning
+        self._layers = layers
+        self._model = _Model(vocab=c.vocab_size, dim=c.dim, n_heads=c.n_heads, n_kv_heads=c.n_kv_heads,
+                             head_dim=c.head_dim, n_layers=c.n_layers, n_experts=c.n_experts,
+                             norm_eps=c.norm_eps, floor_scale=c.floor_scale, attn_scale=c.attn_scale,
+                             freq=freq_K2.data_ptr(), embedding=m.tok_embeddings.weight.data_ptr(),
+                             norm=m.norm.weight.data_ptr(), layers=layers)
+
+    def takes(self, tokens_B1: torch.Tensor, cache: KVCache) -> bool:
+        """Whether the native kernel runs this step (checked again whenever a tensor has moved)."""
+        rows = tokens_B1.shape[0]
+        if not self.enabled or rows > self.max_batch or tokens_B1.device.type != "cpu" or tokens_B1.shape[1] != 1:
+            return False
+        if self._cache() is not cache or rows != self._rows:  # a weak reference: a finished request's cache is freed
+            self._cache, self._rows, self._watching = weakref.ref(cache), rows, self._watch(cache)
+            self._key = None
+        key = tuple(store[name].data_ptr() for store, name in self._watching)
+        if key != self._key:
+            self._build(cache, rows)
+            self._key = key
+        return self._ok
+
+    def __call__(self, tokens_B1: torch.Tensor, positions_B: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """The final-norm hidden states [B, D] of one token per row, row b at position positions_B[b]
+        (its KV cache row written); call only after `takes()` said yes."""
+        tokens_B = tokens_B1.reshape(-1).to(torch.int64).contiguous()
+        positions_B = positions_B.to(device="cpu", dtype=torch.int64).contiguous()
+        rows = tokens_B.shape[0]
+        if positions_B.shape != (rows,):
+            raise ValueError(f"{rows} tokens but positions of shape {tuple(positions_B.shape)}")
+        hidden_BD = torch.empty(rows, self.model.config.dim, dtype=torch.bfloat16)
+        status = cpu_kernels.library().herd_decode_bf16(ctypes.byref(self._model), tokens_B.data_ptr(),
+                                                         positions_B.data_ptr(), rows, hidden_BD.data_ptr(),
+                                                         torch.get_num_threads())
+        if status:
+            raise ValueError(f"native decode step refused: {_ERRORS.get(status, status)} "
+                             f"(tokens {tokens_B.tolist()}, positions {positions_B.tolist()})")
+        return hidden_BD

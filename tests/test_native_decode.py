@@ -1,0 +1,114 @@
+"""The native bf16 decode step (herd/csrc/decode_bf16.c) against the eager bf16 model and the fp32 one."""
+
+import pytest
+import torch
+from hf_oracle import DENSE_LIKE, MAVERICK_LIKE, SCOUT_LIKE
+
+import herd
+from herd import cpu_kernels
+from herd.engine import Engine
+from herd.fast import optimize
+from herd.kv_cache import KVCache
+from herd.sampling import SamplingParams
+
+NATIVE = torch.cpu._is_avx512_bf16_supported() and cpu_kernels._compiler() is not None
+pytestmark = pytest.mark.skipif(not NATIVE, reason="the native kernels need AVX512-BF16 and a C compiler")
+
+PROMPTS = (25, 7, 16)  # three rows at different positions; chunks of 8 wrap their rings many times
+STEPS = 20
+
+
+def _decode(model, dtype: torch.dtype, mode: str, rows: int = 3) -> tuple[torch.Tensor, KVCache]:
+    """Teacher-forced decode: hidden states [STEPS, B, D] (fp32) after prefilling each row eagerly."""
+    g = torch.Generator().manual_seed(3)
+    prompts = [torch.randint(0, 256, (n,), generator=g) for n in PROMPTS[:rows]]
+    follow_BS = torch.randint(0, 256, (rows, STEPS), generator=g)
+    cache = KVCache(model.config, rows, 64, dtype)
+    out = []
+    with torch.no_grad():
+        for b, prompt in enumerate(prompts):
+            model(prompt[None], cache=cache, row=b, last_only=True)
+        positions_B = torch.tensor(PROMPTS[:rows])
+        for s in range(STEPS):
+            tokens_B1 = follow_BS[:, s : s + 1]
+            if mode == "native":
+                native = model.fast_decode.native
+                assert native.takes(tokens_B1, cache), native.reason
+                hidden_BD = native(tokens_B1, positions_B, cache)
+            else:
+                hidden_BD = model.hidden(tokens_B1, cache=cache, positions_B=positions_B)[:, -1]
+            out.append(hidden_BD.float())
+            positions_B = positions_B + 1
+    return torch.stack(out), cache
+
+
+@pytest.mark.parametrize("config", [SCOUT_LIKE, MAVERICK_LIKE, DENSE_LIKE,
+                                    SCOUT_LIKE.replace(router_bias=True)],
+                         ids=["scout", "maverick", "dense", "router-bias"])
+def test_native_step_matches_eager_bf16(config):
+    """Within bf16 rounding of the eager bf16 model, and no further from the fp32 model than it."""
+    model = herd.build(config, seed=0)
+    if config.router_bias:  # a bias that changes the selection, as training leaves it
+        g = torch.Generator().manual_seed(5)
+        for block in model.layers:
+            block.feed_forward.router_bias.copy_(torch.randn(config.n_experts, generator=g))
+    want, _ = _decode(model, torch.float32, "eager")
+    model.to(torch.bfloat16)
+    eager, eager_cache = _decode(model, torch.bfloat16, "eager")
+    optimize(model)
+    got, got_cache = _decode(model, torch.bfloat16, "native")
+    assert torch.allclose(got, eager, rtol=2**-6, atol=2**-6), (got - eager).abs().max()
+    assert (got - want).abs().max() <= 1.25 * (eager - want).abs().max()
+    assert (got - want).abs().mean() <= 1.1 * (eager - want).abs().mean()
+    for mine, theirs in zip(got_cache.layers, eager_cache.layers, strict=True):  # post-RoPE keys, values
+        assert torch.allclose(mine.k_BGLK.float(), theirs.k_BGLK.float(), rtol=2**-6, atol=2**-6)
+        assert torch.allclose(mine.v_BGLK.float(), theirs.v_BGLK.float(), rtol=2**-6, atol=2**-6)
+
+
+def test_engine_uses_the_native_step_in_bf16():
+    model = herd.build(SCOUT_LIKE, seed=0, dtype=torch.bfloat16)
+    prompts = [[5, 6, 7, 8, 9, 10], [3, 4]]
+    params = SamplingParams(temperature=0.0, max_new_tokens=6, stop_ids=())
+    want = Engine(model).generate(prompts, params)
+    optimize(model)
+    got = Engine(model).generate(prompts, params)
+    assert model.fast_decode.native_steps == 5 and model.fast_decode.compiled_steps == 0
+    assert [c.token_ids for c in got] == [c.token_ids for c in want]
+
+
+def test_native_step_refuses_what_it_does_not_compute():
+    model = optimize(herd.build(SCOUT_LIKE, seed=0))  # fp32
+    native, tokens_11 = model.fast_decode.native, torch.tensor([[1]])
+    assert not native.takes(tokens_11, KVCache(model.config, 1, 64, torch.float32))
+    assert "not bf16" in native.reason
+    model.to(torch.bfloat16)
+    assert native.takes(tokens_11, KVCache(model.config, 1, 64, torch.bfloat16))  # rebuilt after the cast
+    assert not native.takes(torch.ones(9, 1, dtype=torch.long), KVCache(model.config, 9, 64, torch.bfloat16))
+    assert not native.takes(tokens_11, KVCache(model.config, 2, 64, torch.bfloat16))  # rows differ
+    top2 = optimize(herd.build(SCOUT_LIKE.replace(top_k=2), seed=0, dtype=torch.bfloat16))
+    assert not top2.fast_decode.native.takes(tokens_11, KVCache(top2.config, 1, 64, torch.bfloat16))
+    assert "top-2" in top2.fast_decode.native.reason
+
+
+def test_native_step_rejects_bad_tokens_and_positions():
+    model = optimize(herd.build(SCOUT_LIKE, seed=0, dtype=torch.bfloat16))
+    native, cache = model.fast_decode.native, KVCache(model.config, 1, 64, torch.bfloat16)
+    assert native.takes(torch.tensor([[1]]), cache)
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        native(torch.tensor([[256]]), torch.tensor([3]), cache)
+    with pytest.raises(ValueError, match="outside the KV cache"):
+        native(torch.tensor([[1]]), torch.tensor([64]), cache)  # the global layer holds 64 positions
+    with pytest.raises(ValueError, match="positions of shape"):
+        native(torch.tensor([[1]]), torch.tensor([3, 4]), cache)
+
+
+def test_native_step_off_without_kernels(monkeypatch):
+    monkeypatch.setenv("HERD_CPU_KERNELS", "0")
+    cpu_kernels.reset()
+    try:
+        model = optimize(herd.build(SCOUT_LIKE, seed=0, dtype=torch.bfloat16))
+        assert not model.fast_decode.native.takes(torch.tensor([[1]]), KVCache(model.config, 1, 64, torch.bfloat16))
+        assert "no native kernels" in model.fast_decode.native.reason
+    finally:
+        monkeypatch.delenv("HERD_CPU_KERNELS")
+        cpu_kernels.reset()
