@@ -8,9 +8,12 @@ This machine's memory bandwidth moves between about 30 and 60 GB/s from one minu
 round measures, for each workload, herd then llama-bench, then the read bandwidth; the table gives
 each round's ratio and the median ratio. Workloads: prefill of --prefill tokens (llama-bench
 `-p N`; herd's `Engine.prefill` to the last position's logits) and decode of 64 tokens at batch 1
-after a 64-token prompt (llama-bench `-n 64 -d 64`), each the median of 3. The benchmark model and
-its GGUF files come from `bench.py` and `llama_cpp.py`, built on first use; llama.cpp itself needs
-`bash benchmarks/llama_cpp_setup.sh` once.
+after a 64-token prompt (llama-bench `-n 64 -d 64`), each the median of 3. herd's decode is given
+twice against the same llama-bench figure: "decode b1" through `Engine.stream` (greedy sampling and
+the Python loop included), and "decode b1, forward only", the model's decode step called in a loop,
+which is what llama-bench's `tg` times (it evaluates one token after another and samples nothing).
+The benchmark model and its GGUF files come from `bench.py` and `llama_cpp.py`, built on first use;
+llama.cpp itself needs `bash benchmarks/llama_cpp_setup.sh` once.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import time
 from collections.abc import Callable
 
 import bench
@@ -32,19 +36,35 @@ def herd_workloads(dtype: torch.dtype, prefill: int, tokens: int) -> dict[str, C
     import herd
     from herd.engine import Engine
     from herd.fast import optimize
+    from herd.kv_cache import KVCache
     from herd.sampling import SamplingParams
 
-    engine = Engine(optimize(herd.load(bench.ensure_model(), dtype=dtype)), prefill_chunk=2048)
+    model = optimize(herd.load(bench.ensure_model(), dtype=dtype))
+    engine = Engine(model, prefill_chunk=2048)
     long_prompt, prompts = bench._prompts(1, prefill)[0], bench._prompts(1, 64)
     greedy = SamplingParams(temperature=0.0, max_new_tokens=tokens, stop_ids=())
 
     def prefill_once() -> None:
         bench.herd_prefill(engine, long_prompt)
 
+    @torch.no_grad()
+    def forward_only() -> float:
+        """tok/s of the decode step alone, one token after another, as llama-bench's tg runs."""
+        step, start = model.fast_decode, len(prompts[0])
+        cache = KVCache(model.config, 1, step.cache_length(start + tokens, model.config.max_seq_len), dtype)
+        engine.prefill(cache, 0, prompts[0])
+        tokens_11 = torch.tensor([[prompts[0][-1]]])
+        began = time.perf_counter()
+        for i in range(tokens):
+            step(tokens_11, torch.tensor([start + i]), cache)
+        return tokens / (time.perf_counter() - began)
+
     prefill_once()
     bench.herd_decode(engine, prompts, greedy)  # warm-up; compiles the decode step for this cache size
+    forward_only()
     return {f"prefill {prefill}": lambda: prefill / bench._median_time(prefill_once, 3),
-            "decode b1": lambda: statistics.median(bench.herd_decode(engine, prompts, greedy)[1] for _ in range(3))}
+            "decode b1": lambda: statistics.median(bench.herd_decode(engine, prompts, greedy)[1] for _ in range(3)),
+            "decode b1, forward only": lambda: statistics.median(forward_only() for _ in range(3))}
 
 
 def llama_cpp_workloads(dtype: str, prefill: int, tokens: int) -> dict[str, Callable[[], float]]:
@@ -72,7 +92,8 @@ def main() -> None:
         rates: dict[str, list[tuple[float, float]]] = {name: [] for name in ours}
         for r in range(args.rounds):
             for name in ours:
-                a, b = ours[name](), theirs[name]()
+                # both herd decode rows against one llama-bench tg run per round
+                a, b = ours[name](), (theirs[name]() if name in theirs else rates["decode b1"][-1][1])
                 rates[name].append((a, b))
                 print(f"| {dtype} | {name} | {r + 1} | {a:,.1f} | {b:,.1f} | {a / b:.2f}× | {bench.bandwidth():.1f} |",
                       flush=True)

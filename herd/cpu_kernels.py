@@ -85,7 +85,7 @@ def _open() -> ctypes.CDLL | None:
         return None
     lib.herd_matvec_bf16.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_long] * 3 + [ctypes.c_int]
     lib.herd_matvec_bf16.restype = None
-    lib.herd_decode_bf16.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64, ctypes.c_void_p, ctypes.c_int]
+    lib.herd_decode_bf16.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] + [ctypes.c_void_p] * 2 + [ctypes.c_int]
     lib.herd_decode_bf16.restype = ctypes.c_int
     return lib
 

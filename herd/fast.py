@@ -224,11 +224,11 @@ class CompiledDecode:
         return min(max_length, max(256, 1 << (length - 1).bit_length()))
 
     def __call__(self, tokens_B1: torch.Tensor, positions_B: torch.Tensor, cache) -> torch.Tensor:
-        hidden_BD = None
         if not torch.is_grad_enabled() and self.native.takes(tokens_B1, cache):
-            hidden_BD = self.native(tokens_B1, positions_B, cache)
             self.native_steps += 1
-        elif self.enabled and tokens_B1.shape[0] <= self.max_batch and not torch.is_grad_enabled():
+            return self.native(tokens_B1, positions_B, cache)  # the LM head included
+        hidden_BD = None
+        if self.enabled and tokens_B1.shape[0] <= self.max_batch and not torch.is_grad_enabled():
             try:
                 hidden_BD = self._compiled(tokens_B1, positions_B, cache)
                 self.compiled_steps += 1

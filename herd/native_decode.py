@@ -6,13 +6,14 @@ thread barriers. The native step reads them near memory bandwidth with a few bar
 (docs/BENCHMARKS.md). It computes what `Transformer.hidden` computes for one token per row, rounding to
 bf16 where the eager model rounds, and is tested against it.
 
-`NativeDecode.takes()` says whether it can run a step: the model is bf16 on CPU and laid out by
-`herd.fast.optimize` (fused q|k|v and gate|up, output-major experts), MoE layers route top-1, the cache
-is bf16 with one row per token, and the kernels are available (`herd.cpu_kernels`). `CompiledDecode`
-asks first and keeps its compiled path otherwise. The pointers handed to C are rebuilt whenever a
-weight or cache tensor moves (a cast, a new request), checked by address on every step.
+The LM head runs in the same call. `NativeDecode.takes()` says whether it can run a step: the model is
+bf16 on CPU and laid out by `herd.fast.optimize` (fused q|k|v and gate|up, output-major experts), MoE
+layers route top-1, the cache is bf16 with one row per token, and the kernels are available
+(`herd.cpu_kernels`). `CompiledDecode` asks first and keeps its compiled path otherwise. The pointers
+handed to C are rebuilt whenever a weight or cache tensor moves (a cast, a new request), checked by
+address on every step.
 
-Shapes: B rows, D model dim.
+Shapes: B rows, D model dim, V vocab.
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ class _Model(ctypes.Structure):  # herd_model in decode_bf16.c
     _fields_ = [(name, c_int64) for name in ("vocab", "dim", "n_heads", "n_kv_heads", "head_dim", "n_layers",
                                             "n_experts")]
     _fields_ += [("norm_eps", c_float), ("floor_scale", c_float), ("attn_scale", c_float), ("unused", c_float),
-                 ("freq", c_void_p), ("embedding", c_void_p), ("norm", c_void_p), ("layers", ctypes.POINTER(_Layer))]
+                 ("freq", c_void_p), ("embedding", c_void_p), ("norm", c_void_p), ("output", c_void_p),
+                 ("layers", ctypes.POINTER(_Layer))]
 
 
 _ERRORS = {-1: "out of memory for scratch buffers", -2: "a token id outside the vocabulary",
@@ -93,7 +95,8 @@ class NativeDecode:
         """Where every tensor the kernel reads is held, as (the dict holding it, key): their addresses key
         the built pointers. Dicts, not `getattr`: a module attribute lookup costs ~0.6 µs, ~100 per step."""
         m = self.model
-        owners: list[tuple[object, str]] = [(m.tok_embeddings, "weight"), (m.norm, "weight"), (m, "freq_K2")]
+        owners: list[tuple[object, str]] = [(m.tok_embeddings, "weight"), (m.norm, "weight"), (m.output, "weight"),
+                                            (m, "freq_K2")]
         for block, layer in zip(m.layers, cache.layers, strict=False):
             owners += [(owner, attr) for owner, attr in _fields(block).values()
                        if owner is not None and getattr(owner, attr) is not None]
@@ -116,8 +119,11 @@ class NativeDecode:
             return f"top-{c.top_k} routing (the kernel routes top-1)"
         if len(cache.layers) != c.n_layers or cache.batch != rows:
             return f"a cache of {cache.batch} rows for {rows} tokens"
-        if not (m.norm.weight.dtype == torch.bfloat16 and m.norm.weight.is_contiguous() and embedding.is_contiguous()):
-            return "embedding or final norm not bf16 and contiguous"
+        model_level = (embedding, m.norm.weight, m.output.weight)
+        if not all(t.dtype == torch.bfloat16 and t.is_contiguous() for t in model_level):
+            return "embedding, final norm or LM head not bf16 and contiguous"
+        if m.output.bias is not None:
+            return "an LM head with a bias"
         for i, (block, layer) in enumerate(zip(m.layers, cache.layers, strict=True)):
             for name, (owner, attr) in _fields(block).items():
                 error = _layout_error(name, getattr(owner, attr) if owner is not None else None, block.is_moe)
@@ -157,7 +163,7 @@ class NativeDecode:
                              head_dim=c.head_dim, n_layers=c.n_layers, n_experts=c.n_experts,
                              norm_eps=c.norm_eps, floor_scale=c.floor_scale, attn_scale=c.attn_scale,
                              freq=freq_K2.data_ptr(), embedding=m.tok_embeddings.weight.data_ptr(),
-                             norm=m.norm.weight.data_ptr(), layers=layers)
+                             norm=m.norm.weight.data_ptr(), output=m.output.weight.data_ptr(), layers=layers)
 
     def takes(self, tokens_B1: torch.Tensor, cache: KVCache) -> bool:
         """Whether the native kernel runs this step (checked again whenever a tensor has moved)."""
@@ -173,19 +179,21 @@ class NativeDecode:
             self._key = key
         return self._ok
 
-    def __call__(self, tokens_B1: torch.Tensor, positions_B: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        """The final-norm hidden states [B, D] of one token per row, row b at position positions_B[b]
-        (its KV cache row written); call only after `takes()` said yes."""
+    def __call__(self, tokens_B1: torch.Tensor, positions_B: torch.Tensor, cache: KVCache,
+                 logits: bool = True) -> torch.Tensor:
+        """The logits [B, V] (or with `logits=False` the final-norm hidden states [B, D]) of one token per
+        row, row b at position positions_B[b], its KV cache row written; call after `takes()` said yes."""
         tokens_B = tokens_B1.reshape(-1).to(torch.int64).contiguous()
         positions_B = positions_B.to(device="cpu", dtype=torch.int64).contiguous()
-        rows = tokens_B.shape[0]
+        rows, c = tokens_B.shape[0], self.model.config
         if positions_B.shape != (rows,):
             raise ValueError(f"{rows} tokens but positions of shape {tuple(positions_B.shape)}")
-        hidden_BD = torch.empty(rows, self.model.config.dim, dtype=torch.bfloat16)
-        status = cpu_kernels.library().herd_decode_bf16(ctypes.byref(self._model), tokens_B.data_ptr(),
-                                                         positions_B.data_ptr(), rows, hidden_BD.data_ptr(),
-                                                         torch.get_num_threads())
+        hidden_BD = torch.empty(rows, c.dim, dtype=torch.bfloat16)
+        logits_BV = torch.empty(rows, c.vocab_size, dtype=torch.bfloat16) if logits else None
+        status = cpu_kernels.library().herd_decode_bf16(
+            ctypes.byref(self._model), tokens_B.data_ptr(), positions_B.data_ptr(), rows, hidden_BD.data_ptr(),
+            logits_BV.data_ptr() if logits else None, torch.get_num_threads())
         if status:
             raise ValueError(f"native decode step refused: {_ERRORS.get(status, status)} "
                              f"(tokens {tokens_B.tolist()}, positions {positions_B.tolist()})")
-        return hidden_BD
+        return logits_BV if logits else hidden_BD

@@ -34,7 +34,7 @@ def _decode(model, dtype: torch.dtype, mode: str, rows: int = 3) -> tuple[torch.
             if mode == "native":
                 native = model.fast_decode.native
                 assert native.takes(tokens_B1, cache), native.reason
-                hidden_BD = native(tokens_B1, positions_B, cache)
+                hidden_BD = native(tokens_B1, positions_B, cache, logits=False)
             else:
                 hidden_BD = model.hidden(tokens_B1, cache=cache, positions_B=positions_B)[:, -1]
             out.append(hidden_BD.float())
@@ -74,6 +74,19 @@ def test_engine_uses_the_native_step_in_bf16():
     got = Engine(model).generate(prompts, params)
     assert model.fast_decode.native_steps == 5 and model.fast_decode.compiled_steps == 0
     assert [c.token_ids for c in got] == [c.token_ids for c in want]
+
+
+def test_native_logits_are_the_lm_head_of_its_hidden_states():
+    model = optimize(herd.build(MAVERICK_LIKE, seed=0, dtype=torch.bfloat16))
+    native, cache = model.fast_decode.native, KVCache(model.config, 2, 64, torch.bfloat16)
+    tokens_B1, positions_B = torch.tensor([[3], [4]]), torch.tensor([0, 5])
+    assert native.takes(tokens_B1, cache)
+    with torch.no_grad():
+        logits_BV = native(tokens_B1, positions_B, cache)
+        hidden_BD = native(tokens_B1, positions_B, cache, logits=False)  # the same step again: same cache writes
+        want_BV = (hidden_BD.float() @ model.output.weight.float().T).bfloat16()
+    assert logits_BV.shape == (2, model.config.vocab_size)
+    assert torch.allclose(logits_BV.float(), want_BV.float(), rtol=2**-7, atol=1e-6)
 
 
 def test_native_step_refuses_what_it_does_not_compute():

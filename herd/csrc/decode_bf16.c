@@ -1,4 +1,4 @@
-/* One decode step of the Llama 4 decoder in bf16, token ids to final-norm hidden states, in one call.
+/* One decode step of the Llama 4 decoder in bf16, token ids to final-norm hidden states and logits, in one call.
 
    The same computation as herd.model.Transformer.hidden for one new token per row (row b at absolute
    position positions[b]), rounding to bf16 where the eager model rounds: after every projection, norm,
@@ -45,6 +45,7 @@ typedef struct {
     const float *freq;          /* [K/2] RoPE frequencies */
     const uint16_t *embedding;  /* [V, D] */
     const uint16_t *norm;       /* [D] */
+    const uint16_t *output;     /* [V, D], the LM head */
     const herd_layer *layers;   /* [n_layers] */
 } herd_model;
 
@@ -127,10 +128,11 @@ static void attend(const uint16_t *q_RK, const uint16_t *k_LK, const uint16_t *v
         for (long k = 0; k < K; k++) out_RK[r * K + k] = to_bf16(acc_RK[r * K + k] / sum_R[r]);
 }
 
-/* Returns 0; -1 when scratch memory cannot be allocated, -2 for a token id outside the vocabulary, -3 for a
+/* The final-norm hidden states go to out [B, D] and, unless logits_BV is NULL, their logits to logits_BV [B, V].
+   Returns 0; -1 when scratch memory cannot be allocated, -2 for a token id outside the vocabulary, -3 for a
    position outside a layer's cache. Nothing is written on an error. */
 int herd_decode_bf16(const herd_model *m, const int64_t *tokens, const int64_t *positions, int64_t B, uint16_t *out,
-                     int threads) {
+                     uint16_t *logits_BV, int threads) {
     const long D = m->dim, H = m->n_heads, G = m->n_kv_heads, K = m->head_dim, R = H / G, E = m->n_experts;
     const long QKV = (H + 2 * G) * K;
     const float eps = m->norm_eps;
@@ -274,6 +276,7 @@ int herd_decode_bf16(const herd_model *m, const int64_t *tokens, const int64_t *
             }
             #pragma omp for
             for (long b = 0; b < B; b++) rms_norm(x + b * D, m->norm, out + b * D, D, eps);
+            if (logits_BV) matvec_rows(m->output, out, logits_BV, B, m->vocab, D, D, m->vocab);
         }
         free(scores);
     }
