@@ -5,7 +5,7 @@
   the machines measured; oneDNN's bf16 GEMM uses the dot-product instruction but partitions a one-row
   product so that it streams the weight slowly (docs/BENCHMARKS.md). The kernel reads each weight row
   once, in order, at memory bandwidth.
-- `herd_decode_bf16`: a whole bf16 decode step, bound by `herd.native_decode`.
+- `herd_decode_bf16` / `herd_decode_f32`: a whole decode step, bound by `herd.native_decode`.
 
 The sources are `herd/csrc/*.c` (and their headers). They are compiled once per source, compiler and
 flags into one library in `<cache>/kernels/` (the cache of `herd.files.cache_dir`) and loaded with
@@ -85,8 +85,9 @@ def _open() -> ctypes.CDLL | None:
         return None
     lib.herd_matvec_bf16.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_long] * 3 + [ctypes.c_int]
     lib.herd_matvec_bf16.restype = None
-    lib.herd_decode_bf16.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] + [ctypes.c_void_p] * 2 + [ctypes.c_int]
-    lib.herd_decode_bf16.restype = ctypes.c_int
+    for step in (lib.herd_decode_bf16, lib.herd_decode_f32):
+        step.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] + [ctypes.c_void_p] * 2 + [ctypes.c_int]
+        step.restype = ctypes.c_int
     return lib
 
 

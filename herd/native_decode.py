@@ -1,17 +1,17 @@
-"""The bf16 decode step as one native call (`herd/csrc/decode_bf16.c`), on CPUs with AVX512-BF16.
+"""The decode step as one native call (`herd/csrc/decode.h`), bf16 or fp32, on CPUs with AVX512-BF16.
 
 Compiled by inductor (`herd.fast.CompiledDecode`), a bf16 step of the benchmark model reads its layer
 weights at about 20 GB/s and spends ~0.5 ms per call in guards, the graph's Python wrapper and ~160
 thread barriers. The native step reads them near memory bandwidth with a few barriers per layer
 (docs/BENCHMARKS.md). It computes what `Transformer.hidden` computes for one token per row, rounding to
-bf16 where the eager model rounds, and is tested against it.
+bf16 where the eager bf16 model rounds, and is tested against it.
 
 The LM head runs in the same call. `NativeDecode.takes()` says whether it can run a step: the model is
-bf16 on CPU and laid out by `herd.fast.optimize` (fused q|k|v and gate|up, output-major experts), MoE
-layers route top-1, the cache is bf16 with one row per token, and the kernels are available
-(`herd.cpu_kernels`). `CompiledDecode` asks first and keeps its compiled path otherwise. The pointers
-handed to C are rebuilt whenever a weight or cache tensor moves (a cast, a new request), checked by
-address on every step.
+bf16 or fp32 on CPU and laid out by `herd.fast.optimize` (fused q|k|v and gate|up, output-major
+experts), MoE layers route top-1, the cache has the weights' dtype and one row per token, and the
+kernels are available (`herd.cpu_kernels`). `CompiledDecode` asks first and keeps its compiled path
+otherwise. The pointers handed to C are rebuilt whenever a weight or cache tensor moves (a cast, a new
+request), checked by address on every step.
 
 Shapes: B rows, D model dim, V vocab.
 """
@@ -47,6 +47,7 @@ class _Model(ctypes.Structure):  # herd_model in decode_bf16.c
                  ("layers", ctypes.POINTER(_Layer))]
 
 
+_STEPS = {torch.bfloat16: "herd_decode_bf16", torch.float32: "herd_decode_f32"}  # the kernel per weight dtype
 _ERRORS = {-1: "out of memory for scratch buffers", -2: "a token id outside the vocabulary",
            -3: "a position outside the KV cache"}
 
@@ -65,13 +66,13 @@ def _fields(block: nn.Module) -> dict[str, tuple[nn.Module | None, str]]:
     return out | {"w13": (getattr(ffn, "w13", None), "weight"), "w2": (ffn.w2, "weight")}
 
 
-def _layout_error(name: str, t: torch.Tensor | None, moe: bool) -> str | None:
+def _layout_error(name: str, t: torch.Tensor | None, moe: bool, dtype: torch.dtype) -> str | None:
     if t is None:
         return None if name == "router_bias" else f"no fused {name} (run herd.fast.optimize)"
     if name == "router_bias":
         return None
-    if t.dtype != torch.bfloat16:
-        return f"{name} is {t.dtype}"
+    if t.dtype != dtype:
+        return f"{name} is {t.dtype}, not {dtype}"
     # routed experts: output-major storage ([E, 2F, D], [E, D, F]) behind input-major views
     stored = t.transpose(1, 2) if moe and name in ("w13", "w2") else t
     return None if stored.is_contiguous() else f"{name} is not stored as the kernel reads it"
@@ -113,25 +114,28 @@ class NativeDecode:
         if not cpu_kernels.available():
             return "no native kernels here (herd.cpu_kernels)"
         embedding = m.tok_embeddings.weight
-        if embedding.dtype != torch.bfloat16 or embedding.device.type != "cpu":
-            return f"weights are {embedding.dtype} on {embedding.device}, not bf16 on CPU"
+        dtype = embedding.dtype
+        if dtype not in _STEPS or embedding.device.type != "cpu":
+            return f"weights are {dtype} on {embedding.device}, not bf16 or fp32 on CPU"
         if c.n_experts and c.top_k != 1:
             return f"top-{c.top_k} routing (the kernel routes top-1)"
         if len(cache.layers) != c.n_layers or cache.batch != rows:
             return f"a cache of {cache.batch} rows for {rows} tokens"
         model_level = (embedding, m.norm.weight, m.output.weight)
-        if not all(t.dtype == torch.bfloat16 and t.is_contiguous() for t in model_level):
-            return "embedding, final norm or LM head not bf16 and contiguous"
+        if not all(t.dtype == dtype and t.is_contiguous() for t in model_level):
+            return f"embedding, final norm or LM head not {dtype} and contiguous"
         if m.output.bias is not None:
             return "an LM head with a bias"
         for i, (block, layer) in enumerate(zip(m.layers, cache.layers, strict=True)):
             for name, (owner, attr) in _fields(block).items():
-                error = _layout_error(name, getattr(owner, attr) if owner is not None else None, block.is_moe)
+                error = _layout_error(name, getattr(owner, attr) if owner is not None else None, block.is_moe, dtype)
                 if error:
                     return f"layer {i}: {error}"
             for t in (layer.k_BGLK, layer.v_BGLK):
-                if t.dtype != torch.bfloat16 or not t.is_contiguous():
+                if t.dtype != dtype or not t.is_contiguous():
                     return f"layer {i}: KV cache is {t.dtype}, contiguous={t.is_contiguous()}"
+                if (t.shape[0], t.shape[1], t.shape[3]) != (rows, c.n_kv_heads, c.head_dim):
+                    return f"layer {i}: KV cache of shape {tuple(t.shape)} for this model"
         return None
 
     def _build(self, cache: KVCache, rows: int) -> None:
@@ -148,7 +152,7 @@ class NativeDecode:
             weights = {name: getattr(owner, attr) if owner is not None else None
                        for name, (owner, attr) in _fields(block).items()}
             if weights.get("router_bias") is not None:  # the eager model adds it in the logits' dtype
-                weights["router_bias"] = weights["router_bias"].to(torch.bfloat16).contiguous()
+                weights["router_bias"] = weights["router_bias"].to(m.tok_embeddings.weight.dtype).contiguous()
                 self._keep.append(weights["router_bias"])
             for name, t in weights.items():
                 setattr(layers[i], name, t.data_ptr() if t is not None else None)
@@ -185,12 +189,12 @@ class NativeDecode:
         row, row b at position positions_B[b], its KV cache row written; call after `takes()` said yes."""
         tokens_B = tokens_B1.reshape(-1).to(torch.int64).contiguous()
         positions_B = positions_B.to(device="cpu", dtype=torch.int64).contiguous()
-        rows, c = tokens_B.shape[0], self.model.config
+        rows, c, dtype = tokens_B.shape[0], self.model.config, self.model.tok_embeddings.weight.dtype
         if positions_B.shape != (rows,):
             raise ValueError(f"{rows} tokens but positions of shape {tuple(positions_B.shape)}")
-        hidden_BD = torch.empty(rows, c.dim, dtype=torch.bfloat16)
-        logits_BV = torch.empty(rows, c.vocab_size, dtype=torch.bfloat16) if logits else None
-        status = cpu_kernels.library().herd_decode_bf16(
+        hidden_BD = torch.empty(rows, c.dim, dtype=dtype)
+        logits_BV = torch.empty(rows, c.vocab_size, dtype=dtype) if logits else None
+        status = getattr(cpu_kernels.library(), _STEPS[dtype])(
             ctypes.byref(self._model), tokens_B.data_ptr(), positions_B.data_ptr(), rows, hidden_BD.data_ptr(),
             logits_BV.data_ptr() if logits else None, torch.get_num_threads())
         if status:

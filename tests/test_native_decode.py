@@ -1,4 +1,5 @@
-"""The native bf16 decode step (herd/csrc/decode_bf16.c) against the eager bf16 model and the fp32 one."""
+"""The native decode step (herd/csrc/decode.h) against the eager model: bf16 within bf16 rounding and no
+further from the fp32 model than eager bf16 is; fp32 within 1e-4."""
 
 import pytest
 import torch
@@ -65,6 +66,32 @@ def test_native_step_matches_eager_bf16(config):
         assert torch.allclose(mine.v_BGLK.float(), theirs.v_BGLK.float(), rtol=2**-6, atol=2**-6)
 
 
+@pytest.mark.parametrize("config", [SCOUT_LIKE, MAVERICK_LIKE, DENSE_LIKE], ids=["scout", "maverick", "dense"])
+def test_native_step_matches_eager_fp32(config):
+    model = herd.build(config, seed=0)
+    want, want_cache = _decode(model, torch.float32, "eager")
+    optimize(model)
+    got, got_cache = _decode(model, torch.float32, "native")
+    assert (got - want).abs().max() <= 1e-4
+    for mine, theirs in zip(got_cache.layers, want_cache.layers, strict=True):
+        assert (mine.k_BGLK - theirs.k_BGLK).abs().max() <= 1e-4 and (mine.v_BGLK - theirs.v_BGLK).abs().max() <= 1e-4
+
+
+def test_engine_native_fp32_matches_plain_logprobs():
+    """Through the engine, as test_fast checks the compiled graph: same greedy tokens, logprobs within 1e-4."""
+    model = herd.build(SCOUT_LIKE, seed=0)
+    g = torch.Generator().manual_seed(3)
+    prompts = [torch.randint(0, 256, (n,), generator=g).tolist() for n in (250, 37)]
+    params = SamplingParams(temperature=0.0, max_new_tokens=16, stop_ids=(), logprobs=0)
+    want = Engine(model).generate(prompts, params)
+    optimize(model)
+    got = Engine(model).generate(prompts, params)
+    assert model.fast_decode.native_steps == 15
+    assert [c.token_ids for c in got] == [c.token_ids for c in want]
+    assert max(abs(a - b) for c, d in zip(got, want, strict=True)
+               for a, b in zip(c.logprobs, d.logprobs, strict=True)) <= 1e-4
+
+
 def test_engine_uses_the_native_step_in_bf16():
     model = herd.build(SCOUT_LIKE, seed=0, dtype=torch.bfloat16)
     prompts = [[5, 6, 7, 8, 9, 10], [3, 4]]
@@ -90,10 +117,10 @@ def test_native_logits_are_the_lm_head_of_its_hidden_states():
 
 
 def test_native_step_refuses_what_it_does_not_compute():
-    model = optimize(herd.build(SCOUT_LIKE, seed=0))  # fp32
+    model = optimize(herd.build(SCOUT_LIKE, seed=0, dtype=torch.float16))
     native, tokens_11 = model.fast_decode.native, torch.tensor([[1]])
-    assert not native.takes(tokens_11, KVCache(model.config, 1, 64, torch.float32))
-    assert "not bf16" in native.reason
+    assert not native.takes(tokens_11, KVCache(model.config, 1, 64, torch.float16))
+    assert "not bf16 or fp32" in native.reason
     model.to(torch.bfloat16)
     assert native.takes(tokens_11, KVCache(model.config, 1, 64, torch.bfloat16))  # rebuilt after the cast
     assert not native.takes(torch.ones(9, 1, dtype=torch.long), KVCache(model.config, 9, 64, torch.bfloat16))

@@ -1,0 +1,279 @@
+/* One decode step of the Llama 4 decoder, token ids to final-norm hidden states and logits, in one call.
+   Included by decode_bf16.c and decode_f32.c, which define the element type and its arithmetic:
+
+     T            the element type of weights, activations and the KV cache
+     LOAD(v)      an element as fp32;  STORE(v) fp32 to an element (rounding);  ROUND(v) STORE then LOAD
+     DOT(w, x, K) the fp32 dot product of two rows of K elements
+     mean_square  mean(x²) of n elements in fp32
+     NAME         the exported function
+
+   The same computation as herd.model.Transformer.hidden for one new token per row (row b at absolute
+   position positions[b]), followed by the LM head, rounding to T where the eager model rounds: after
+   every projection, norm, activation and residual add. RoPE, norms, softmax and the router's sigmoid run
+   in fp32. The caller (herd/native_decode.py) checks shapes, dtypes and layouts and keeps the tensors
+   alive. The structs' layout is mirrored by ctypes there.
+
+   Why: compiled by inductor, the bf16 step of the benchmark model reads its layer weights at about
+   20 GB/s and pays ~0.5 ms of graph-call overhead (guards, Python wrapper, ~160 barriers), where this
+   reads them near bandwidth with ~12 barriers per layer (docs/BENCHMARKS.md).
+
+   Work is shared by one OpenMP team: matrix-vector products split their weight rows into one contiguous
+   range per thread, read in order (see matvec_bf16.c); attention splits rows × kv heads. Phases are
+   separated by barriers.
+
+   Shapes: B rows, D model dim, H heads, G kv heads (R = H / G per group), K head dim, E experts, F the
+   SwiGLU hidden size of a layer, L cache slots, V vocab. */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    const T *attention_norm;    /* [D] */
+    const T *wqkv;              /* [(H + 2G)K, D]: q | k | v */
+    const T *wo;                /* [D, HK] */
+    const T *ffn_norm;          /* [D] */
+    const T *router;            /* [E, D]; NULL in a dense layer */
+    const T *router_bias;       /* [E], selection only; NULL: none */
+    const T *w13;               /* MoE: routed experts [E, 2F, D]; dense: [2F, D] (gate | up) */
+    const T *w2;                /* MoE: [E, D, F]; dense: [D, F] */
+    const T *shared_w13;        /* [2F, D], MoE layers */
+    const T *shared_w2;         /* [D, F] */
+    T *k_cache, *v_cache;       /* [B, G, L, K], post-RoPE keys */
+    int64_t slots;              /* L */
+    int64_t chunk;              /* ring of `chunk` slots; 0: global (slot = position) */
+    int64_t hidden;             /* F */
+    int32_t rope, qk_norm, temperature, unused;
+} layer_t;
+
+typedef struct {
+    int64_t vocab, dim, n_heads, n_kv_heads, head_dim, n_layers, n_experts;
+    float norm_eps, floor_scale, attn_scale, unused;
+    const float *freq;          /* [K/2] RoPE frequencies */
+    const T *embedding;         /* [V, D] */
+    const T *norm;              /* [D] */
+    const T *output;            /* [V, D], the LM head */
+    const layer_t *layers;      /* [n_layers] */
+} model_t;
+
+/* y[b * y_stride + n] = round(w[n] · x[b * x_stride]) for n < N, b < B. An orphaned `omp for` without
+   a barrier: the caller places one before the results are read. */
+static void matvec_rows(const T *w, const T *x, T *y, long B, long N, long K, long x_stride, long y_stride) {
+    #pragma omp for schedule(static) nowait
+    for (long n = 0; n < N; n++) {
+        const T *row = w + n * K;
+        for (long b = 0; b < B; b++) y[b * y_stride + n] = STORE(DOT(row, x + b * x_stride, K));
+    }
+}
+
+/* out = round(round(x · rsqrt(mean(x²) + eps)) · w) as herd.ffn.RMSNorm rounds; w NULL: no weight (QK-norm).
+   out may be x. */
+static void rms_norm(const T *x, const T *w, T *out, long n, float eps) {
+    const float r = 1.0f / sqrtf(mean_square(x, n) + eps);
+    for (long k = 0; k < n; k++) {
+        const float t = ROUND(LOAD(x[k]) * r);
+        out[k] = w ? STORE(t * LOAD(w[k])) : STORE(t);
+    }
+}
+
+/* Interleaved pairs (2i, 2i+1) rotated by position · freq[i] (herd.rope.apply_rope). */
+static void rotate(T *v, int64_t position, const float *freq, long K) {
+    for (long i = 0; i < K / 2; i++) {
+        const float angle = (float)position * freq[i], c = cosf(angle), s = sinf(angle);
+        const float even = LOAD(v[2 * i]), odd = LOAD(v[2 * i + 1]);
+        v[2 * i] = STORE(even * c - odd * s);
+        v[2 * i + 1] = STORE(even * s + odd * c);
+    }
+}
+
+static inline T swiglu(T gate, T up) {
+    const float g = LOAD(gate);
+    return STORE(ROUND(g / (1.0f + expf(-g))) * LOAD(up));
+}
+
+/* R query heads of one kv group against its slots 0 … n-1; scores_RL holds R × n floats. fp32 softmax. */
+static void attend(const T *q_RK, const T *k_LK, const T *v_LK, long n, long R, long K,
+                   float *scores_RL, T *out_RK) {
+    const float scale = 1.0f / sqrtf((float)K);
+    float max_R[R], sum_R[R], acc_RK[R * K];
+    for (long r = 0; r < R; r++) max_R[r] = -INFINITY, sum_R[r] = 0.0f;
+    for (long l = 0; l < n; l++)
+        for (long r = 0; r < R; r++) {
+            const float s = DOT(k_LK + l * K, q_RK + r * K, K) * scale;
+            scores_RL[r * n + l] = s;
+            if (s > max_R[r]) max_R[r] = s;
+        }
+    for (long r = 0; r < R; r++)
+        for (long l = 0; l < n; l++) {
+            const float e = expf(scores_RL[r * n + l] - max_R[r]);
+            scores_RL[r * n + l] = e;
+            sum_R[r] += e;
+        }
+    for (long i = 0; i < R * K; i++) acc_RK[i] = 0.0f;
+    for (long l = 0; l < n; l++) {
+        const T *v = v_LK + l * K;
+        for (long r = 0; r < R; r++) {
+            const float p = scores_RL[r * n + l];
+            float *acc = acc_RK + r * K;
+            for (long k = 0; k < K; k++) acc[k] += p * LOAD(v[k]);
+        }
+    }
+    for (long r = 0; r < R; r++)
+        for (long k = 0; k < K; k++) out_RK[r * K + k] = STORE(acc_RK[r * K + k] / sum_R[r]);
+}
+
+/* The final-norm hidden states go to out [B, D] and, unless logits_BV is NULL, their logits to logits_BV [B, V].
+   Returns 0; -1 when scratch memory cannot be allocated, -2 for a token id outside the vocabulary, -3 for a
+   position outside a layer's cache. Nothing is written on an error. */
+int NAME(const model_t *m, const int64_t *tokens, const int64_t *positions, int64_t B, T *out,
+                     T *logits_BV, int threads) {
+    const long D = m->dim, H = m->n_heads, G = m->n_kv_heads, K = m->head_dim, R = H / G, E = m->n_experts;
+    const long QKV = (H + 2 * G) * K;
+    const float eps = m->norm_eps;
+    long F = 1, L = 1;
+    for (long b = 0; b < B; b++) {
+        if (tokens[b] < 0 || tokens[b] >= m->vocab) return -2;
+        if (positions[b] < 0) return -3;
+    }
+    for (long i = 0; i < m->n_layers; i++) {
+        const layer_t *ly = &m->layers[i];
+        if (ly->hidden > F) F = ly->hidden;
+        if (ly->slots > L) L = ly->slots;
+        for (long b = 0; b < B; b++)
+            if ((ly->chunk ? positions[b] % ly->chunk : positions[b]) >= ly->slots) return -3;
+    }
+    /* x: the residual stream; xn: normed input; xs: the routed experts' (score-scaled) input */
+    T *buf = malloc(sizeof(T) * B * (4 * D + QKV + H * K + 6 * F + (E ? E : 1)));
+    int64_t *expert_B = malloc(sizeof(int64_t) * B);
+    if (!buf || !expert_B) {
+        free(buf), free(expert_B);
+        return -1;
+    }
+    T *x = buf, *xn = x + B * D, *xs = xn + B * D, *shared_out = xs + B * D, *qkv = shared_out + B * D;
+    T *att = qkv + B * QKV, *h13 = att + B * H * K, *h13_routed = h13 + B * 2 * F, *act = h13_routed + B * 2 * F;
+    T *act_routed = act + B * F, *logits = act_routed + B * F;
+    int failed = 0;
+
+    #pragma omp parallel num_threads(threads)
+    {
+        float *scores = malloc(sizeof(float) * R * L);
+        if (!scores) {
+            #pragma omp atomic write
+            failed = 1;
+        }
+        #pragma omp barrier
+        if (!failed) {
+            #pragma omp for
+            for (long b = 0; b < B; b++) memcpy(x + b * D, m->embedding + tokens[b] * D, sizeof(T) * D);
+
+            for (long layer = 0; layer < m->n_layers; layer++) {
+                const layer_t *ly = &m->layers[layer];
+                const long Fl = ly->hidden;
+
+                /* attention */
+                #pragma omp for
+                for (long b = 0; b < B; b++) rms_norm(x + b * D, ly->attention_norm, xn + b * D, D, eps);
+                matvec_rows(ly->wqkv, xn, qkv, B, QKV, D, D, QKV);
+                #pragma omp barrier
+                #pragma omp for
+                for (long i = 0; i < B * (H + G); i++) {  /* q and k heads */
+                    const long b = i / (H + G), j = i % (H + G);
+                    T *v = qkv + b * QKV + j * K;
+                    if (ly->rope) {
+                        rotate(v, positions[b], m->freq, K);
+                        if (ly->qk_norm) rms_norm(v, NULL, v, K, eps);
+                    } else if (ly->temperature && j < H) {
+                        const float floors = floorf(((float)positions[b] + 1.0f) / m->floor_scale);
+                        const float scale = log1pf(floors) * m->attn_scale + 1.0f;
+                        for (long k = 0; k < K; k++) v[k] = STORE(LOAD(v[k]) * scale);
+                    }
+                }
+                #pragma omp for
+                for (long i = 0; i < B * G; i++) {
+                    const long b = i / G, g = i % G, slot = ly->chunk ? positions[b] % ly->chunk : positions[b];
+                    const long at = ((b * G + g) * ly->slots + slot) * K;
+                    memcpy(ly->k_cache + at, qkv + b * QKV + (H + g) * K, sizeof(T) * K);
+                    memcpy(ly->v_cache + at, qkv + b * QKV + (H + G + g) * K, sizeof(T) * K);
+                }
+                #pragma omp for
+                for (long i = 0; i < B * G; i++) {
+                    const long b = i / G, g = i % G, slot = ly->chunk ? positions[b] % ly->chunk : positions[b];
+                    const long base = (b * G + g) * ly->slots * K;
+                    attend(qkv + b * QKV + g * R * K, ly->k_cache + base, ly->v_cache + base, slot + 1, R, K, scores,
+                           att + b * H * K + g * R * K);
+                }
+                #pragma omp for schedule(static)
+                for (long n = 0; n < D; n++)
+                    for (long b = 0; b < B; b++) {
+                        const float o = ROUND(DOT(ly->wo + n * H * K, att + b * H * K, H * K));
+                        x[b * D + n] = STORE(LOAD(x[b * D + n]) + o);
+                    }
+
+                /* feed-forward */
+                #pragma omp for
+                for (long b = 0; b < B; b++) rms_norm(x + b * D, ly->ffn_norm, xn + b * D, D, eps);
+                if (ly->router) {
+                    #pragma omp for
+                    for (long i = 0; i < B * E; i++) logits[i] = STORE(DOT(ly->router + (i % E) * D, xn + (i / E) * D, D));
+                    #pragma omp for
+                    for (long b = 0; b < B; b++) {  /* top-1: the first largest (biased) logit, scored unbiased */
+                        long best = 0;
+                        float best_value = -INFINITY;
+                        for (long e = 0; e < E; e++) {
+                            float value = LOAD(logits[b * E + e]);
+                            if (ly->router_bias) value = ROUND(value + LOAD(ly->router_bias[e]));
+                            if (value > best_value || e == 0) best = e, best_value = value;
+                        }
+                        expert_B[b] = best;
+                        const float score = ROUND(1.0f / (1.0f + expf(-LOAD(logits[b * E + best]))));
+                        for (long k = 0; k < D; k++) xs[b * D + k] = STORE(LOAD(xn[b * D + k]) * score);
+                    }
+                    matvec_rows(ly->shared_w13, xn, h13, B, 2 * Fl, D, D, 2 * F);
+                    for (long b = 0; b < B; b++)
+                        matvec_rows(ly->w13 + expert_B[b] * 2 * Fl * D, xs + b * D, h13_routed + b * 2 * F, 1, 2 * Fl,
+                                    D, D, 2 * F);
+                    #pragma omp barrier
+                    #pragma omp for
+                    for (long i = 0; i < B * Fl; i++) {
+                        const long b = i / Fl, j = i % Fl;
+                        act[b * F + j] = swiglu(h13[b * 2 * F + j], h13[b * 2 * F + Fl + j]);
+                        act_routed[b * F + j] = swiglu(h13_routed[b * 2 * F + j], h13_routed[b * 2 * F + Fl + j]);
+                    }
+                    /* Shared expert, then each row's routed expert over the same rows: static schedules of
+                       equal length give every thread the same n in both loops, so no barrier between. */
+                    matvec_rows(ly->shared_w2, act, shared_out, B, D, Fl, F, D);
+                    for (long b = 0; b < B; b++) {
+                        const T *w2 = ly->w2 + expert_B[b] * D * Fl;
+                        #pragma omp for schedule(static) nowait
+                        for (long n = 0; n < D; n++) {
+                            const float routed = ROUND(DOT(w2 + n * Fl, act_routed + b * F, Fl));
+                            const float ffn = ROUND(LOAD(shared_out[b * D + n]) + routed);
+                            x[b * D + n] = STORE(LOAD(x[b * D + n]) + ffn);
+                        }
+                    }
+                    #pragma omp barrier
+                } else {
+                    matvec_rows(ly->w13, xn, h13, B, 2 * Fl, D, D, 2 * F);
+                    #pragma omp barrier
+                    #pragma omp for
+                    for (long i = 0; i < B * Fl; i++) {
+                        const long b = i / Fl, j = i % Fl;
+                        act[b * F + j] = swiglu(h13[b * 2 * F + j], h13[b * 2 * F + Fl + j]);
+                    }
+                    #pragma omp for schedule(static)
+                    for (long n = 0; n < D; n++)
+                        for (long b = 0; b < B; b++) {
+                            const float o = ROUND(DOT(ly->w2 + n * Fl, act + b * F, Fl));
+                            x[b * D + n] = STORE(LOAD(x[b * D + n]) + o);
+                        }
+                }
+            }
+            #pragma omp for
+            for (long b = 0; b < B; b++) rms_norm(x + b * D, m->norm, out + b * D, D, eps);
+            if (logits_BV) matvec_rows(m->output, out, logits_BV, B, m->vocab, D, D, m->vocab);
+        }
+        free(scores);
+    }
+    free(buf), free(expert_B);
+    return failed ? -1 : 0;
+}
