@@ -17,8 +17,9 @@
 - `CompiledDecode`: the whole decode step, embedding to final norm, as one compiled graph per batch
   size and KV cache size, with static shapes (global layers attend over their whole masked buffer). It
   removes the Python and op dispatch between the ~300 small ops of a step. The LM head runs after
-  it as a standalone compiled row-dot. In bf16 on a CPU with AVX512-BF16 the step is one native call
-  instead (`herd.native_decode`), which reads the layer weights near memory bandwidth.
+  it as a standalone compiled row-dot. On a CPU with AVX512-BF16 the step, LM head included, is one
+  native call instead (`herd.native_decode`, bf16 or fp32), which reads the weights near memory
+  bandwidth without the graph's per-call overheads.
 - `optimize(model)` does all of this, swapping classes in place (weights are shared, not copied),
   and sets `model.fast_decode`, which `herd.engine.Engine` uses; `restore(model)` undoes it.
   `torch.compile` needs a C++ compiler on CPU; without one every path falls back to eager.
@@ -201,8 +202,8 @@ class CompiledDecode:
     no Python or op dispatch between the layers. Shapes are static: one graph per batch size and
     KV cache length, and `herd.engine.Engine` allocates caches in a few lengths (`cache_length`).
     Global layers attend over their whole masked buffer, at most twice the positions in use.
-    Larger batches, or a compile failure, take the eager step. Where `NativeDecode` takes a step (bf16
-    on CPU with AVX512-BF16), it runs that instead of the graph. Set on a model by `optimize`."""
+    Larger batches, or a compile failure, take the eager step. Where `NativeDecode` takes a step (bf16 or
+    fp32 on a CPU with AVX512-BF16), it runs that instead of the graph. Set on a model by `optimize`."""
 
     def __init__(self, model: nn.Module, max_batch: int = 8) -> None:
         self.model, self.max_batch = model, max_batch

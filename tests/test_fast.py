@@ -6,6 +6,7 @@ from hf_oracle import DENSE_LIKE, MAVERICK_LIKE, SCOUT_LIKE
 
 import herd
 import herd.rope
+from herd import cpu_kernels
 from herd.engine import Engine
 from herd.fast import CompiledDecode, matvec, optimize, restore
 from herd.kv_cache import KVCache
@@ -100,19 +101,26 @@ def test_matvec_falls_back_to_linear_past_the_recompile_limit(monkeypatch, caplo
     torch._dynamo.reset()
 
 
+NATIVE = torch.cpu._is_avx512_bf16_supported() and cpu_kernels._compiler() is not None
+
+
+@pytest.mark.parametrize("path", ["graph", pytest.param("native", marks=pytest.mark.skipif(
+    not NATIVE, reason="the native step needs AVX512-BF16 and a C compiler"))])
 @pytest.mark.parametrize("config", [SCOUT_LIKE, MAVERICK_LIKE, DENSE_LIKE], ids=["scout", "maverick", "dense"])
-def test_compiled_decode_step_matches_eager(config):
-    """The whole-step graph against the eager model: two rows at different positions, chunked layers
-    wrapping their ring many times, global layers over a masked buffer of 512 slots."""
+def test_decode_step_matches_eager(config, path):
+    """The whole-step graph, and the native step (herd.native_decode), against the eager model in fp32:
+    two rows at different positions, chunked layers wrapping their ring many times, global layers over a
+    masked buffer of 512 slots."""
     model = herd.build(config, seed=0)
     g = torch.Generator().manual_seed(3)
     prompts = [torch.randint(0, 256, (n,), generator=g).tolist() for n in (250, 37)]
     params = SamplingParams(temperature=0.0, max_new_tokens=16, stop_ids=(), logprobs=0)
     want = Engine(model).generate(prompts, params)
     optimize(model)
-    model.fast_decode.native.enabled = False  # the graph, as where the native step cannot run
+    model.fast_decode.native.enabled = path == "native"  # "graph": as where the native step cannot run
     got = Engine(model).generate(prompts, params)
-    assert model.fast_decode.enabled and model.fast_decode.compiled_steps == 15
+    steps = model.fast_decode.native_steps if path == "native" else model.fast_decode.compiled_steps
+    assert model.fast_decode.enabled and steps == 15
     assert [c.token_ids for c in got] == [c.token_ids for c in want]
     assert max(abs(a - b) for c, d in zip(got, want, strict=True)
                for a, b in zip(c.logprobs, d.logprobs, strict=True)) <= 1e-4
