@@ -32,14 +32,14 @@ from herd.kv_cache import KVCache
 log = logging.getLogger("herd")
 
 
-class _Layer(ctypes.Structure):  # herd_layer in decode_bf16.c
+class _Layer(ctypes.Structure):  # layer_t in decode.h
     _fields_ = [(name, c_void_p) for name in ("attention_norm", "wqkv", "wo", "ffn_norm", "router", "router_bias",
                                              "w13", "w2", "shared_w13", "shared_w2", "k_cache", "v_cache")]
     _fields_ += [("slots", c_int64), ("chunk", c_int64), ("hidden", c_int64), ("rope", c_int32),
                  ("qk_norm", c_int32), ("temperature", c_int32), ("unused", c_int32)]
 
 
-class _Model(ctypes.Structure):  # herd_model in decode_bf16.c
+class _Model(ctypes.Structure):  # model_t in decode.h
     _fields_ = [(name, c_int64) for name in ("vocab", "dim", "n_heads", "n_kv_heads", "head_dim", "n_layers",
                                             "n_experts")]
     _fields_ += [("norm_eps", c_float), ("floor_scale", c_float), ("attn_scale", c_float), ("unused", c_float),
@@ -71,8 +71,8 @@ def _layout_error(name: str, t: torch.Tensor | None, moe: bool, dtype: torch.dty
         return None if name == "router_bias" else f"no fused {name} (run herd.fast.optimize)"
     if name == "router_bias":
         return None
-    if t.dtype != dtype:
-        return f"{name} is {t.dtype}, not {dtype}"
+    if t.dtype != dtype or t.device.type != "cpu":
+        return f"{name} is {t.dtype} on {t.device}, not {dtype} on CPU"
     # routed experts: output-major storage ([E, 2F, D], [E, D, F]) behind input-major views
     stored = t.transpose(1, 2) if moe and name in ("w13", "w2") else t
     return None if stored.is_contiguous() else f"{name} is not stored as the kernel reads it"
@@ -92,16 +92,16 @@ class NativeDecode:
         self._ok = False
         self._keep: list[torch.Tensor] = []
 
-    def _watch(self, cache: KVCache) -> list[tuple[dict, str]]:
-        """Where every tensor the kernel reads is held, as (the dict holding it, key): their addresses key
-        the built pointers. Dicts, not `getattr`: a module attribute lookup costs ~0.6 µs, ~100 per step."""
+    def _watch(self) -> list[tuple[dict, str]]:
+        """Where every weight the kernel reads is held, as (the module dict holding it, key): their addresses
+        key the built pointers. Dicts, not `getattr`: a module attribute lookup costs ~0.6 µs, ~100 per step.
+        (The cache's tensors are read from the cache itself, so that nothing here keeps a freed cache alive.)"""
         m = self.model
         owners: list[tuple[object, str]] = [(m.tok_embeddings, "weight"), (m.norm, "weight"), (m.output, "weight"),
                                             (m, "freq_K2")]
-        for block, layer in zip(m.layers, cache.layers, strict=False):
+        for block in m.layers:
             owners += [(owner, attr) for owner, attr in _fields(block).values()
                        if owner is not None and getattr(owner, attr) is not None]
-            owners += [(layer, "k_BGLK"), (layer, "v_BGLK")]
         out = []
         for owner, attr in owners:
             stores = [getattr(owner, "_parameters", {}), getattr(owner, "_buffers", {}), owner.__dict__]
@@ -122,7 +122,7 @@ class NativeDecode:
         if len(cache.layers) != c.n_layers or cache.batch != rows:
             return f"a cache of {cache.batch} rows for {rows} tokens"
         model_level = (embedding, m.norm.weight, m.output.weight)
-        if not all(t.dtype == dtype and t.is_contiguous() for t in model_level):
+        if not all(t.dtype == dtype and t.is_contiguous() and t.device.type == "cpu" for t in model_level):
             return f"embedding, final norm or LM head not {dtype} and contiguous"
         if m.output.bias is not None:
             return "an LM head with a bias"
@@ -132,8 +132,8 @@ class NativeDecode:
                 if error:
                     return f"layer {i}: {error}"
             for t in (layer.k_BGLK, layer.v_BGLK):
-                if t.dtype != dtype or not t.is_contiguous():
-                    return f"layer {i}: KV cache is {t.dtype}, contiguous={t.is_contiguous()}"
+                if t.dtype != dtype or not t.is_contiguous() or t.device.type != "cpu":
+                    return f"layer {i}: KV cache is {t.dtype} on {t.device}, contiguous={t.is_contiguous()}"
                 if (t.shape[0], t.shape[1], t.shape[3]) != (rows, c.n_kv_heads, c.head_dim):
                     return f"layer {i}: KV cache of shape {tuple(t.shape)} for this model"
         return None
@@ -175,9 +175,10 @@ class NativeDecode:
         if not self.enabled or rows > self.max_batch or tokens_B1.device.type != "cpu" or tokens_B1.shape[1] != 1:
             return False
         if self._cache() is not cache or rows != self._rows:  # a weak reference: a finished request's cache is freed
-            self._cache, self._rows, self._watching = weakref.ref(cache), rows, self._watch(cache)
+            self._cache, self._rows, self._watching = weakref.ref(cache), rows, self._watch()
             self._key = None
-        key = tuple(store[name].data_ptr() for store, name in self._watching)
+        key = (*(store[name].data_ptr() for store, name in self._watching),
+               *(t.data_ptr() for layer in cache.layers for t in (layer.k_BGLK, layer.v_BGLK)))
         if key != self._key:
             self._build(cache, rows)
             self._key = key

@@ -77,15 +77,59 @@ def test_native_step_matches_eager_fp32(config):
         assert (mine.k_BGLK - theirs.k_BGLK).abs().max() <= 1e-4 and (mine.v_BGLK - theirs.v_BGLK).abs().max() <= 1e-4
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+def test_native_step_with_ragged_shapes_and_three_threads(dtype):
+    """Widths that leave masked tails in every dot product (D 72, K 20, F 40) and a thread count that
+    divides neither the rows of any matrix nor rows × kv heads."""
+    config = SCOUT_LIKE.replace(dim=72, head_dim=20, expert_dim=40)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        model = herd.build(config, seed=0, dtype=dtype)
+        eager, _ = _decode(model, dtype, "eager")
+        optimize(model)
+        got, _ = _decode(model, dtype, "native")
+    finally:
+        torch.set_num_threads(threads)
+    if dtype == torch.float32:
+        assert (got - eager).abs().max() <= 1e-4
+    else:
+        assert torch.allclose(got, eager, rtol=2**-6, atol=2**-6), (got - eager).abs().max()
+
+
 def test_engine_uses_the_native_step_in_bf16():
+    """Rows that finish at different steps: the finished row rides along at its last position."""
     model = herd.build(SCOUT_LIKE, seed=0, dtype=torch.bfloat16)
     prompts = [[5, 6, 7, 8, 9, 10], [3, 4]]
     params = SamplingParams(temperature=0.0, max_new_tokens=6, stop_ids=())
-    want = Engine(model).generate(prompts, params)
+    seen: dict[int, int] = {}
+
+    def stop_row_0_early(row: int, token: int) -> bool:
+        seen[row] = seen.get(row, 0) + 1
+        return row == 0 and seen[row] == 2
+
+    want = Engine(model).generate(prompts, params, stop_fn=stop_row_0_early)
+    seen.clear()
     optimize(model)
-    got = Engine(model).generate(prompts, params)
+    got = Engine(model).generate(prompts, params, stop_fn=stop_row_0_early)
     assert model.fast_decode.native_steps == 5 and model.fast_decode.compiled_steps == 0
+    assert [len(c.token_ids) for c in got] == [2, 6]
     assert [c.token_ids for c in got] == [c.token_ids for c in want]
+
+
+def test_a_finished_requests_cache_is_freed():
+    import gc
+    import weakref
+
+    model = optimize(herd.build(SCOUT_LIKE, seed=0, dtype=torch.bfloat16))
+    cache = KVCache(model.config, 1, 64, torch.bfloat16)
+    with torch.no_grad():
+        model.fast_decode(torch.tensor([[1]]), torch.tensor([0]), cache)
+    assert model.fast_decode.native_steps == 1
+    k = weakref.ref(cache.layers[0].k_BGLK)
+    del cache
+    gc.collect()
+    assert k() is None
 
 
 def test_native_logits_are_the_lm_head_of_its_hidden_states():

@@ -76,10 +76,11 @@ static void rms_norm(const T *x, const T *w, T *out, long n, float eps) {
     }
 }
 
-/* Interleaved pairs (2i, 2i+1) rotated by position · freq[i] (herd.rope.apply_rope). */
-static void rotate(T *v, int64_t position, const float *freq, long K) {
+/* Interleaved pairs (2i, 2i+1) rotated by the angles of cos_sin (cos, sin of position · freq[i], computed
+   once per row and step), as herd.rope.apply_rope. */
+static void rotate(T *v, const float *cos_sin, long K) {
     for (long i = 0; i < K / 2; i++) {
-        const float angle = (float)position * freq[i], c = cosf(angle), s = sinf(angle);
+        const float c = cos_sin[2 * i], s = cos_sin[2 * i + 1];
         const float even = LOAD(v[2 * i]), odd = LOAD(v[2 * i + 1]);
         v[2 * i] = STORE(even * c - odd * s);
         v[2 * i + 1] = STORE(even * s + odd * c);
@@ -130,7 +131,7 @@ int NAME(const model_t *m, const int64_t *tokens, const int64_t *positions, int6
     const long D = m->dim, H = m->n_heads, G = m->n_kv_heads, K = m->head_dim, R = H / G, E = m->n_experts;
     const long QKV = (H + 2 * G) * K;
     const float eps = m->norm_eps;
-    long F = 1, L = 1;
+    long F = 1, L = 1;  /* L: the most slots any query attends to in this step */
     for (long b = 0; b < B; b++) {
         if (tokens[b] < 0 || tokens[b] >= m->vocab) return -2;
         if (positions[b] < 0) return -3;
@@ -138,15 +139,18 @@ int NAME(const model_t *m, const int64_t *tokens, const int64_t *positions, int6
     for (long i = 0; i < m->n_layers; i++) {
         const layer_t *ly = &m->layers[i];
         if (ly->hidden > F) F = ly->hidden;
-        if (ly->slots > L) L = ly->slots;
-        for (long b = 0; b < B; b++)
-            if ((ly->chunk ? positions[b] % ly->chunk : positions[b]) >= ly->slots) return -3;
+        for (long b = 0; b < B; b++) {
+            const long slot = ly->chunk ? positions[b] % ly->chunk : positions[b];
+            if (slot >= ly->slots) return -3;
+            if (slot + 1 > L) L = slot + 1;
+        }
     }
     /* x: the residual stream; xn: normed input; xs: the routed experts' (score-scaled) input */
     T *buf = malloc(sizeof(T) * B * (4 * D + QKV + H * K + 6 * F + (E ? E : 1)));
     int64_t *expert_B = malloc(sizeof(int64_t) * B);
-    if (!buf || !expert_B) {
-        free(buf), free(expert_B);
+    float *cos_sin_BK = malloc(sizeof(float) * B * K);
+    if (!buf || !expert_B || !cos_sin_BK) {
+        free(buf), free(expert_B), free(cos_sin_BK);
         return -1;
     }
     T *x = buf, *xn = x + B * D, *xs = xn + B * D, *shared_out = xs + B * D, *qkv = shared_out + B * D;
@@ -164,7 +168,13 @@ int NAME(const model_t *m, const int64_t *tokens, const int64_t *positions, int6
         #pragma omp barrier
         if (!failed) {
             #pragma omp for
-            for (long b = 0; b < B; b++) memcpy(x + b * D, m->embedding + tokens[b] * D, sizeof(T) * D);
+            for (long b = 0; b < B; b++) {
+                memcpy(x + b * D, m->embedding + tokens[b] * D, sizeof(T) * D);
+                for (long i = 0; i < K / 2; i++) {  /* fp32 angles, as herd.rope.angles */
+                    const float angle = (float)positions[b] * m->freq[i];
+                    cos_sin_BK[b * K + 2 * i] = cosf(angle), cos_sin_BK[b * K + 2 * i + 1] = sinf(angle);
+                }
+            }
 
             for (long layer = 0; layer < m->n_layers; layer++) {
                 const layer_t *ly = &m->layers[layer];
@@ -180,7 +190,7 @@ int NAME(const model_t *m, const int64_t *tokens, const int64_t *positions, int6
                     const long b = i / (H + G), j = i % (H + G);
                     T *v = qkv + b * QKV + j * K;
                     if (ly->rope) {
-                        rotate(v, positions[b], m->freq, K);
+                        rotate(v, cos_sin_BK + b * K, K);
                         if (ly->qk_norm) rms_norm(v, NULL, v, K, eps);
                     } else if (ly->temperature && j < H) {
                         const float floors = floorf(((float)positions[b] + 1.0f) / m->floor_scale);
@@ -274,6 +284,6 @@ int NAME(const model_t *m, const int64_t *tokens, const int64_t *positions, int6
         }
         free(scores);
     }
-    free(buf), free(expert_B);
+    free(buf), free(expert_B), free(cos_sin_BK);
     return failed ? -1 : 0;
 }
