@@ -76,7 +76,7 @@ def _open() -> ctypes.CDLL | None:
     if os.environ.get("HERD_CPU_KERNELS", "1") == "0":
         return None
     if not torch.cpu._is_avx512_bf16_supported():
-        log.debug("herd.cpu_kernels: no AVX512-BF16 on this CPU; bf16 matrix-vector products stay in PyTorch")
+        log.debug("herd.cpu_kernels: no AVX512-BF16 on this CPU; the native kernels stay off")
         return None
     try:
         lib = ctypes.CDLL(str(build()))

@@ -66,6 +66,11 @@ def _fields(block: nn.Module) -> dict[str, tuple[nn.Module | None, str]]:
     return out | {"w13": (getattr(ffn, "w13", None), "weight"), "w2": (ffn.w2, "weight")}
 
 
+def _weights(block: nn.Module) -> dict[str, torch.Tensor | None]:
+    """The tensors of `_fields(block)` themselves (None where a projection is not fused, or no bias)."""
+    return {name: getattr(owner, attr) if owner is not None else None for name, (owner, attr) in _fields(block).items()}
+
+
 def _layout_error(name: str, t: torch.Tensor | None, moe: bool, dtype: torch.dtype) -> str | None:
     if t is None:
         return None if name == "router_bias" else f"no fused {name} (run herd.fast.optimize)"
@@ -127,8 +132,8 @@ class NativeDecode:
         if m.output.bias is not None:
             return "an LM head with a bias"
         for i, (block, layer) in enumerate(zip(m.layers, cache.layers, strict=True)):
-            for name, (owner, attr) in _fields(block).items():
-                error = _layout_error(name, getattr(owner, attr) if owner is not None else None, block.is_moe, dtype)
+            for name, t in _weights(block).items():
+                error = _layout_error(name, t, block.is_moe, dtype)
                 if error:
                     return f"layer {i}: {error}"
             for t in (layer.k_BGLK, layer.v_BGLK):
@@ -149,8 +154,7 @@ class NativeDecode:
         self._keep = [freq_K2]
         layers = (_Layer * c.n_layers)()
         for i, (block, layer) in enumerate(zip(m.layers, cache.layers, strict=True)):
-            weights = {name: getattr(owner, attr) if owner is not None else None
-                       for name, (owner, attr) in _fields(block).items()}
+            weights = _weights(block)
             if weights.get("router_bias") is not None:  # the eager model adds it in the logits' dtype
                 weights["router_bias"] = weights["router_bias"].to(m.tok_embeddings.weight.dtype).contiguous()
                 self._keep.append(weights["router_bias"])

@@ -3,10 +3,10 @@
 import pytest
 import torch
 from hf_oracle import DENSE_LIKE, MAVERICK_LIKE, SCOUT_LIKE
+from test_cpu_kernels import NATIVE  # this CPU and compiler can build the native kernels
 
 import herd
 import herd.rope
-from herd import cpu_kernels
 from herd.engine import Engine
 from herd.fast import CompiledDecode, matvec, optimize, restore
 from herd.kv_cache import KVCache
@@ -101,7 +101,6 @@ def test_matvec_falls_back_to_linear_past_the_recompile_limit(monkeypatch, caplo
     torch._dynamo.reset()
 
 
-NATIVE = torch.cpu._is_avx512_bf16_supported() and cpu_kernels._compiler() is not None
 
 
 @pytest.mark.parametrize("path", ["graph", pytest.param("native", marks=pytest.mark.skipif(

@@ -4,6 +4,7 @@ further from the fp32 model than eager bf16 is; fp32 within 1e-4."""
 import pytest
 import torch
 from hf_oracle import DENSE_LIKE, MAVERICK_LIKE, SCOUT_LIKE
+from test_cpu_kernels import NATIVE  # this CPU and compiler can build the native kernels
 
 import herd
 from herd import cpu_kernels
@@ -12,7 +13,6 @@ from herd.fast import optimize
 from herd.kv_cache import KVCache
 from herd.sampling import SamplingParams
 
-NATIVE = torch.cpu._is_avx512_bf16_supported() and cpu_kernels._compiler() is not None
 pytestmark = pytest.mark.skipif(not NATIVE, reason="the native kernels need AVX512-BF16 and a C compiler")
 
 PROMPTS = (25, 7, 16)  # three rows at different positions; chunks of 8 wrap their rings many times

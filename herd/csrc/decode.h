@@ -15,7 +15,7 @@
 
    Why: compiled by inductor, the bf16 step of the benchmark model reads its layer weights at about
    20 GB/s and pays ~0.5 ms of graph-call overhead (guards, Python wrapper, ~160 barriers), where this
-   reads them near bandwidth with ~12 barriers per layer (docs/BENCHMARKS.md).
+   reads them near bandwidth with ~11 barriers per layer (docs/BENCHMARKS.md).
 
    Work is shared by one OpenMP team: matrix-vector products split their weight rows into one contiguous
    range per thread, read in order (see matvec_bf16.c); attention splits rows × kv heads. Phases are
@@ -55,6 +55,11 @@ typedef struct {
     const T *output;            /* [V, D], the LM head */
     const layer_t *layers;      /* [n_layers] */
 } model_t;
+
+/* The cache slot of an absolute position: the chunk ring's, or the position itself in a global layer. */
+static inline long slot_of(const layer_t *ly, int64_t position) {
+    return ly->chunk ? position % ly->chunk : position;
+}
 
 /* y[b * y_stride + n] = round(w[n] · x[b * x_stride]) for n < N, b < B. An orphaned `omp for` without
    a barrier: the caller places one before the results are read. */
@@ -140,7 +145,7 @@ int NAME(const model_t *m, const int64_t *tokens, const int64_t *positions, int6
         const layer_t *ly = &m->layers[i];
         if (ly->hidden > F) F = ly->hidden;
         for (long b = 0; b < B; b++) {
-            const long slot = ly->chunk ? positions[b] % ly->chunk : positions[b];
+            const long slot = slot_of(ly, positions[b]);
             if (slot >= ly->slots) return -3;
             if (slot + 1 > L) L = slot + 1;
         }
@@ -199,16 +204,11 @@ int NAME(const model_t *m, const int64_t *tokens, const int64_t *positions, int6
                     }
                 }
                 #pragma omp for
-                for (long i = 0; i < B * G; i++) {
-                    const long b = i / G, g = i % G, slot = ly->chunk ? positions[b] % ly->chunk : positions[b];
-                    const long at = ((b * G + g) * ly->slots + slot) * K;
-                    memcpy(ly->k_cache + at, qkv + b * QKV + (H + g) * K, sizeof(T) * K);
-                    memcpy(ly->v_cache + at, qkv + b * QKV + (H + G + g) * K, sizeof(T) * K);
-                }
-                #pragma omp for
-                for (long i = 0; i < B * G; i++) {
-                    const long b = i / G, g = i % G, slot = ly->chunk ? positions[b] % ly->chunk : positions[b];
+                for (long i = 0; i < B * G; i++) {  /* a (row, kv group) writes and then reads only its own cache */
+                    const long b = i / G, g = i % G, slot = slot_of(ly, positions[b]);
                     const long base = (b * G + g) * ly->slots * K;
+                    memcpy(ly->k_cache + base + slot * K, qkv + b * QKV + (H + g) * K, sizeof(T) * K);
+                    memcpy(ly->v_cache + base + slot * K, qkv + b * QKV + (H + G + g) * K, sizeof(T) * K);
                     attend(qkv + b * QKV + g * R * K, ly->k_cache + base, ly->v_cache + base, slot + 1, R, K, scores,
                            att + b * H * K + g * R * K);
                 }
