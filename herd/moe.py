@@ -53,16 +53,20 @@ class Experts(nn.Module):
         order_A = torch.argsort(experts_TK.flatten(), stable=True)
         token_A = order_A // k
         counts = torch.bincount(experts_TK.flatten(), minlength=self.w13.shape[0]).tolist()
-        xs_AD = x_TD[token_A] * scores_TK.flatten()[order_A, None]
+        out_AD = self.grouped(x_TD[token_A] * scores_TK.flatten()[order_A, None], counts)
+        if k == 1:  # every token has exactly one row: a permutation, no accumulation needed
+            return out_AD.new_empty(T, out_AD.shape[1]).index_copy_(0, token_A, out_AD)
+        return out_AD.new_zeros(T, out_AD.shape[1]).index_add_(0, token_A, out_AD)
+
+    def grouped(self, xs_AD: torch.Tensor, counts: list[int]) -> torch.Tensor:
+        """Rows sorted by expert (`counts[e]` rows for expert e, in order) through their experts."""
         out_AD = torch.empty_like(xs_AD)
         start = 0
         for e, count in enumerate(counts):
             if count:
                 out_AD[start : start + count] = self.expert(e, xs_AD[start : start + count])
                 start += count
-        if k == 1:  # every token has exactly one row: a permutation, no accumulation needed
-            return out_AD.new_empty(T, out_AD.shape[1]).index_copy_(0, token_A, out_AD)
-        return out_AD.new_zeros(T, out_AD.shape[1]).index_add_(0, token_A, out_AD)
+        return out_AD
 
     def dense(self, x_TD: torch.Tensor, experts_TK: torch.Tensor, scores_TK: torch.Tensor) -> torch.Tensor:
         """Reference path: every token through every expert, scaled by a zero score where not routed."""

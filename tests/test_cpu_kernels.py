@@ -1,5 +1,7 @@
-"""The native bf16 matrix-vector kernel against PyTorch's fp32 product, and its fallbacks."""
+"""The native kernels against PyTorch's products (the bf16 matrix-vector product, the fp32 grouped expert
+products), and their fallbacks."""
 
+import itertools
 import logging
 
 import pytest
@@ -111,3 +113,71 @@ def test_disabled_by_environment(fresh_kernels, monkeypatch):
     monkeypatch.setenv("HERD_CPU_KERNELS", "0")
     assert not cpu_kernels.available()
     assert not (fresh_kernels / "kernels").exists()
+
+
+def _grouped_reference(x_AK: torch.Tensor, w_ENK: torch.Tensor, counts: list[int]) -> torch.Tensor:
+    starts = [sum(counts[:e]) for e in range(len(counts))]
+    return torch.cat([x_AK[s : s + c] @ w_ENK[e].T for e, (s, c) in enumerate(zip(starts, counts, strict=True))])
+
+
+@pytest.mark.skipif(not NATIVE, reason="needs a CPU with AVX512-BF16 and a C compiler")
+@pytest.mark.parametrize(("N", "K"), [(64, 512), (70, 100), (3, 7), (9, 16)])
+@pytest.mark.parametrize("threads", [1, 3])
+def test_grouped_f32_matches_per_group_products(N, K, threads):
+    # Group heights 0-13 cover every pass height (1-6 rows) and the split into near-equal passes; N % 4
+    # rows and K % 16 columns take the tails; 3 threads split the blocks unevenly.
+    counts = [0, 1, 13, 6, 0, 7, 2, 12]
+    g = torch.Generator().manual_seed(N * K)
+    x, w = torch.randn(sum(counts), K, generator=g), torch.randn(len(counts), N, K, generator=g)
+    offsets = torch.tensor([0, *itertools.accumulate(counts)])
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = cpu_kernels.grouped_f32(x, w, offsets)
+    finally:
+        torch.set_num_threads(before)
+    want = _grouped_reference(x, w, counts)
+    assert got.shape == want.shape and (got - want).abs().max().item() <= 1e-5 * max(1.0, K**0.5)
+
+
+@pytest.mark.skipif(not NATIVE, reason="needs a CPU with AVX512-BF16 and a C compiler")
+def test_grouped_f32_rejects_bad_input():
+    x, w = torch.randn(5, 16), torch.randn(2, 8, 16)
+    ok = torch.tensor([0, 2, 5])
+    assert cpu_kernels.grouped_f32(x[:0], w, torch.tensor([0, 0, 0])).shape == (0, 8)
+    for bad in (torch.tensor([0, 2, 4]), torch.tensor([1, 2, 5]), torch.tensor([0, 3, 2, 5]), torch.tensor([0, 4, 2]),
+                ok.int()):
+        with pytest.raises(ValueError, match="offsets"):
+            cpu_kernels.grouped_f32(x, w, bad)
+    with pytest.raises(ValueError, match="fp32"):
+        cpu_kernels.grouped_f32(x.bfloat16(), w, ok)
+    with pytest.raises(ValueError, match=r"\[A, K\] x \[E, N, K\]"):
+        cpu_kernels.grouped_f32(x[:, :8], w, ok)
+    with pytest.raises(ValueError, match="contiguous"):
+        cpu_kernels.grouped_f32(x[:, :8], w[:, :, :8], ok)
+
+
+@pytest.mark.skipif(not NATIVE, reason="needs a CPU with AVX512-BF16 and a C compiler")
+def test_routed_experts_take_the_grouped_kernel_in_fp32_inference(monkeypatch):
+    from herd.moe import MoE
+
+    moe = MoE(dim=48, hidden=40, n_experts=6)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in moe.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    x = torch.randn(2, 37, 48, generator=g)
+    with torch.no_grad():
+        want = moe(x)
+    fast.optimize(moe)
+    assert type(moe.experts) is fast.GatherExperts
+    calls = []
+    real = cpu_kernels.grouped_f32
+    monkeypatch.setattr(cpu_kernels, "grouped_f32", lambda *a: calls.append(1) or real(*a))
+    with torch.no_grad():
+        got = moe(x)
+    assert calls == [1, 1]  # the gate|up and the down projection of every expert, one call each
+    assert (got - want).abs().max().item() <= 1e-5
+    with torch.no_grad():  # bf16: the per-expert loop
+        moe.bfloat16()(x.bfloat16())
+    assert calls == [1, 1]
