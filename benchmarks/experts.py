@@ -1,0 +1,123 @@
+"""The routed experts of an fp32 prefill, herd's native grouped kernel against the per-expert MKL loop.
+
+    python benchmarks/experts.py [--rounds 5] [--tokens 512 2048]
+
+Two measurements, interleaved round by round so that both sides see the same machine phase:
+
+- kernel: one benchmark-model layer's routed experts (16 experts, dim 512, width 1024, output-major
+  weights, 100 MB), T tokens spread over the experts as a random router spreads them. "native" is
+  `herd.cpu_kernels.grouped_f32` for the gate|up and the down projections; "loop" is one `F.linear`
+  per expert and projection (MKL), what `Experts.grouped` does. SwiGLU is left out of both.
+- prefill: `Engine.prefill` of T tokens on the benchmark model (`herd.fast.optimize`, fp32), with
+  `GatherExperts.grouped` (native) against `Experts.grouped` (the loop); all else equal.
+
+Prints per-round figures and a median table with the native/loop speedup (median of per-round ratios).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from bench import THREADS, _prompts, bandwidth, ensure_model, herd_prefill
+
+import herd
+import herd.fast as fast
+from herd import cpu_kernels
+from herd.engine import Engine
+from herd.moe import Experts
+
+E, D, FF = 16, 512, 1024
+
+
+def _median_s(fn, repeat: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def kernel_pair(tokens: int) -> dict[str, callable]:
+    g = torch.Generator().manual_seed(tokens)
+    w13_EOD, w2_EDF = torch.randn(E, 2 * FF, D, generator=g) / 20, torch.randn(E, D, FF, generator=g) / 30
+    counts = torch.bincount(torch.randint(0, E, (tokens,), generator=g), minlength=E)
+    offsets = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
+    x_AD, a_AF = torch.randn(tokens, D, generator=g), torch.randn(tokens, FF, generator=g)
+    bounds = list(zip(offsets[:-1].tolist(), offsets[1:].tolist(), strict=True))
+
+    def native() -> None:
+        cpu_kernels.grouped_f32(x_AD, w13_EOD, offsets)
+        cpu_kernels.grouped_f32(a_AF, w2_EDF, offsets)
+
+    def loop() -> None:
+        for e, (s, t) in enumerate(bounds):
+            if t > s:
+                F.linear(x_AD[s:t], w13_EOD[e])
+                F.linear(a_AF[s:t], w2_EDF[e])
+
+    return {"native": native, "loop": loop}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--tokens", type=int, nargs="+", default=[512, 2048])
+    args = ap.parse_args()
+    torch.set_num_threads(THREADS)
+    if not cpu_kernels.available():
+        raise SystemExit("the native kernels are unavailable here (no AVX512-BF16, or no C compiler)")
+    model = fast.optimize(herd.load(ensure_model(), dtype=torch.float32))
+    engine = Engine(model, prefill_chunk=max(args.tokens))
+    native_grouped = fast.GatherExperts.grouped
+    kernels = {t: kernel_pair(t) for t in args.tokens}
+    prompts = {t: _prompts(1, t)[0] for t in args.tokens}
+
+    def prefill(tokens: int, path: str):
+        def run() -> None:
+            fast.GatherExperts.grouped = native_grouped if path == "native" else Experts.grouped
+            try:
+                herd_prefill(engine, prompts[tokens])
+            finally:
+                fast.GatherExperts.grouped = native_grouped
+        return run
+
+    times: dict[tuple[str, int, str], list[float]] = {}
+    for r in range(args.rounds):
+        cells = [f"probe {bandwidth():.1f} GB/s"]
+        for t in args.tokens:
+            for path in ("native", "loop"):
+                ms = _median_s(kernels[t][path], 5) * 1e3
+                times.setdefault(("kernel", t, path), []).append(ms)
+                cells.append(f"kernel {t} {path} {ms:.2f} ms")
+            for path in ("native", "loop"):
+                ms = _median_s(prefill(t, path), 3) * 1e3
+                times.setdefault(("prefill", t, path), []).append(ms)
+                cells.append(f"prefill {t} {path} {ms:.0f} ms")
+        print(f"round {r + 1}: " + " | ".join(cells), flush=True)
+
+    print("\n| workload | native | loop (MKL per expert) | native / loop speedup (range) |")
+    print("|---|---:|---:|---:|")
+    for what in ("kernel", "prefill"):
+        for t in args.tokens:
+            nat, loop = times[what, t, "native"], times[what, t, "loop"]
+            ratios = [b / a for a, b in zip(nat, loop, strict=True)]
+            if what == "kernel":
+                flops = 2 * t * D * 3 * FF
+                cols = [f"{statistics.median(ms):.2f} ms ({flops / statistics.median(ms) / 1e6:.0f} GFLOP/s)"
+                        for ms in (nat, loop)]
+                name = f"one layer's routed experts, {t} tokens"
+            else:
+                cols = [f"{t / statistics.median(ms) * 1e3:,.0f} tok/s" for ms in (nat, loop)]
+                name = f"prefill {t}, benchmark model"
+            print(f"| {name} | {cols[0]} | {cols[1]} | **{statistics.median(ratios):.2f}×** "
+                  f"({min(ratios):.2f}–{max(ratios):.2f}) |")
+
+
+if __name__ == "__main__":
+    main()
