@@ -6,7 +6,8 @@
   product so that it streams the weight slowly (docs/BENCHMARKS.md). The kernel reads each weight row
   once, in order, at memory bandwidth.
 - `grouped_f32`: the routed experts' products in an fp32 prefill, each expert's rows against its own
-  weight in one call, without the packing pass MKL's GEMM makes over each weight.
+  weight in one call, without the packing pass MKL's GEMM makes over each weight; `linear_f32`, the
+  same with one group, is the fp32 matrix-vector product.
 - `herd_decode_bf16` / `herd_decode_f32`: a whole decode step, bound by `herd.native_decode`.
 
 The sources are `herd/csrc/*.c` (and their headers). They are compiled once per source, compiler and
@@ -162,3 +163,11 @@ def grouped_f32(x_AK: torch.Tensor, w_ENK: torch.Tensor, offsets_E1: torch.Tenso
         lib.herd_grouped_f32(x_AK.data_ptr(), w_ENK.data_ptr(), y_AN.data_ptr(), offsets_E1.data_ptr(), E, N, K,
                              torch.get_num_threads())
     return y_AN
+
+
+def linear_f32(x_MK: torch.Tensor, w_NK: torch.Tensor) -> torch.Tensor:
+    """x @ wᵀ for fp32 CPU tensors ([M, K] × [N, K] → [M, N]): `grouped_f32` with one group. One or two rows
+    stream the weight one row at a time, at memory bandwidth; more go in register blocks."""
+    if w_NK.dim() != 2:
+        raise ValueError(f"linear_f32 needs [M, K] x [N, K], got {tuple(x_MK.shape)} x {tuple(w_NK.shape)}")
+    return grouped_f32(x_MK, w_NK[None], torch.tensor([0, x_MK.shape[0]]))

@@ -4,9 +4,10 @@
   large weight) run as a compiled multiply-and-reduce over the weight's rows. Inductor turns it into
   one streaming pass over the weight with fp32 accumulation, close to memory bandwidth; MKL's GEMV
   reaches about a third of that on the machines measured (see docs/BENCHMARKS.md). In bf16 on a CPU
-  with AVX512-BF16, `herd.cpu_kernels.matvec_bf16` takes its place: inductor's bf16 row-dot is
-  compute-bound near 40 GB/s. Inputs with more than `max_tokens` rows (8; 2 in 16-bit without the
-  native kernel) keep `F.linear`.
+  with AVX512-BF16, native kernels take its place: `herd.cpu_kernels.matvec_bf16` (inductor's bf16
+  row-dot is compute-bound near 40 GB/s) and `linear_f32` in fp32 (level with the row-dot at one
+  row, 10-20% ahead at 4-8, and it compiles nothing per row count). Inputs with more than
+  `max_tokens` rows (8; 2 in 16-bit without the native kernel) keep `F.linear`.
   The LM head, 77% of the bytes a decode step reads in the benchmark model, gains the most.
 - `fuse_projections(model)` gives each attention one q|k|v matmul and each SwiGLU one gate|up
   matmul. The fused weight owns the storage and the original weights become gradient-free views
@@ -58,22 +59,23 @@ RECOMPILE_LIMIT = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_
 
 
 def _native(x_MI: torch.Tensor, w_OI: torch.Tensor) -> bool:
-    """Whether `herd.cpu_kernels.matvec_bf16` takes this product (bf16 on CPU, contiguous weight)."""
-    return (x_MI.dtype == w_OI.dtype == torch.bfloat16 and w_OI.device.type == "cpu" and w_OI.is_contiguous()
-            and cpu_kernels.available())
+    """Whether a native kernel takes this product: `matvec_bf16` in bf16, `linear_f32` in fp32 (on CPU, with
+    a contiguous weight)."""
+    return (x_MI.dtype == w_OI.dtype and x_MI.dtype in (torch.bfloat16, torch.float32)
+            and w_OI.device.type == "cpu" and w_OI.is_contiguous() and cpu_kernels.available())
 
 
 def matvec(x_MI: torch.Tensor, w_OI: torch.Tensor) -> torch.Tensor:
-    """x @ wᵀ for a few rows of x in one pass over w: the native bf16 kernel where it runs, else a
-    compiled row-dot; `F.linear` when compiling is impossible (no C++ compiler, too many shapes).
-    Never the eager broadcast, which would materialise [M, O, I]."""
+    """x @ wᵀ for a few rows of x in one pass over w: a native kernel where one runs (no compile, so no
+    graph per row count), else a compiled row-dot; `F.linear` when compiling is impossible (no C++
+    compiler, too many shapes). Never the eager broadcast, which would materialise [M, O, I]."""
     global _compiled
     if x_MI.shape[-1] != w_OI.shape[-1]:
         return F.linear(x_MI, w_OI)  # raises the usual shape error (a compile error would disable the path)
     if torch.compiler.is_compiling():  # inside a larger compiled graph (the decode step): inline it
         return _rowdot(x_MI, w_OI)
     if _native(x_MI, w_OI):
-        return cpu_kernels.matvec_bf16(x_MI, w_OI)
+        return (cpu_kernels.matvec_bf16 if x_MI.dtype == torch.bfloat16 else cpu_kernels.linear_f32)(x_MI, w_OI)
     if _compiled is None:
         _compiled = torch.compile(_rowdot, dynamic=False, fullgraph=True)
     if _compiled is not F.linear:

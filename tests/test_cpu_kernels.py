@@ -71,16 +71,22 @@ def test_matvec_bf16_edge_cases():
 
 
 @pytest.mark.skipif(not NATIVE, reason="needs a CPU with AVX512-BF16 and a C compiler")
-def test_matvec_takes_the_kernel_in_bf16_and_the_row_dot_otherwise(monkeypatch):
+def test_matvec_takes_the_native_kernels_and_the_row_dot_otherwise(monkeypatch):
     calls = []
-    monkeypatch.setattr(cpu_kernels, "matvec_bf16", lambda x, w: calls.append(1) or _reference(x, w))
+    monkeypatch.setattr(cpu_kernels, "matvec_bf16", lambda x, w: calls.append("bf16") or _reference(x, w))
+    real = cpu_kernels.linear_f32
+    monkeypatch.setattr(cpu_kernels, "linear_f32", lambda x, w: calls.append("f32") or real(x, w))
     g = torch.Generator().manual_seed(1)
     w, x = torch.randn(300, 64, generator=g), torch.randn(1, 64, generator=g)
     fast.matvec(x.bfloat16(), w.bfloat16())
-    assert calls == [1]
-    fast.matvec(x, w)  # fp32: the compiled row-dot, which is already bandwidth-bound
+    assert calls == ["bf16"]
+    for rows in (1, 2, 3, 7):  # no graph per row count
+        x = torch.randn(rows, 64, generator=g)
+        assert (fast.matvec(x, w) - x @ w.T).abs().max().item() <= 1e-4
+    assert calls == ["bf16"] + ["f32"] * 4
     fast.matvec(x[:, :32].bfloat16(), w.bfloat16()[:, :32])  # a strided weight view: the row-dot
-    assert calls == [1]
+    fast.matvec(x[:, :32], w[:, :32])
+    assert len(calls) == 5
 
 
 @pytest.mark.skipif(not NATIVE, reason="needs a CPU with AVX512-BF16 and a C compiler")

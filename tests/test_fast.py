@@ -92,6 +92,7 @@ def test_matvec_falls_back_to_linear_past_the_recompile_limit(monkeypatch, caplo
     import herd.fast as fast
 
     monkeypatch.setattr(fast, "_compiled", None)
+    monkeypatch.setattr(fast, "_native", lambda x, w: False)  # the compiled row-dot, as without the kernels
     torch._dynamo.reset()
     g = torch.Generator().manual_seed(0)
     with torch._dynamo.config.patch({fast.RECOMPILE_LIMIT: 1}):  # (monkeypatch's undo deletes config keys)
@@ -201,6 +202,7 @@ def test_matvec_shape_error_is_the_usual_one_and_leaves_the_compiled_path(monkey
     import herd.fast as fast
 
     monkeypatch.setattr(fast, "_compiled", None)
+    monkeypatch.setattr(fast, "_native", lambda x, w: False)
     x, w = torch.randn(1, 64), torch.randn(40, 32)
     with pytest.raises(RuntimeError, match="cannot be multiplied"):
         fast.matvec(x, w)

@@ -54,17 +54,29 @@ static inline __attribute__((always_inline)) void block(const float *x, const fl
     for (int m = 0; m < rows; m++) _mm_storeu_ps(y + m * ldy, sum4(acc[m][0], acc[m][1], acc[m][2], acc[m][3]));
 }
 
+/* sum_k a[k] * b[k]: two accumulators, the tail masked. */
 static float dot(const float *a, const float *b, long K) {
-    __m512 acc = _mm512_setzero_ps();
-    for (long k = 0; k < K; k += 16) {
-        const __mmask16 mask = K - k >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (K - k)) - 1);
-        acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, a + k), _mm512_maskz_loadu_ps(mask, b + k), acc);
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+    long k = 0;
+    for (; k + 32 <= K; k += 32) {
+        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + k), _mm512_loadu_ps(b + k), a0);
+        a1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + k + 16), _mm512_loadu_ps(b + k + 16), a1);
     }
-    return _mm512_reduce_add_ps(acc);
+    for (; k < K; k += 16) {
+        const __mmask16 mask = K - k >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (K - k)) - 1);
+        a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, a + k), _mm512_maskz_loadu_ps(mask, b + k), a0);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
 }
 
 /* One group: x [M, K] against w [N, K]; this thread's share of the NB-row blocks (static, no barrier). */
 static void group(const float *x, const float *w, float *y, long M, long N, long K) {
+    if (M <= 2) {  /* a matrix-vector product: one weight row at a time, read in order, is bandwidth-bound */
+        #pragma omp for schedule(static) nowait
+        for (long n = 0; n < N; n++)
+            for (long m = 0; m < M; m++) y[m * N + n] = dot(x + m * K, w + n * K, K);
+        return;
+    }
     const long blocks = N / NB;
     #pragma omp for schedule(static) nowait
     for (long b = 0; b < blocks; b++) {
