@@ -5,9 +5,9 @@
   the machines measured; oneDNN's bf16 GEMM uses the dot-product instruction but partitions a one-row
   product so that it streams the weight slowly (docs/BENCHMARKS.md). The kernel reads each weight row
   once, in order, at memory bandwidth.
-- `grouped_f32`: the routed experts' products in an fp32 prefill, each expert's rows against its own
-  weight in one call, without the packing pass MKL's GEMM makes over each weight; `linear_f32`, the
-  same with one group, is the fp32 matrix-vector product.
+- `grouped`: the routed experts' products in a prefill (fp32 or bf16), each expert's rows against its
+  own weight in one call, without the packing pass a GEMM library makes over each weight;
+  `linear_f32`, the same with one group, is the fp32 matrix-vector product.
 - `herd_decode_bf16` / `herd_decode_f32`: a whole decode step, bound by `herd.native_decode`.
 
 The sources are `herd/csrc/*.c` (and their headers). They are compiled once per source, compiler and
@@ -88,8 +88,9 @@ def _open() -> ctypes.CDLL | None:
         return None
     lib.herd_matvec_bf16.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_long] * 3 + [ctypes.c_int]
     lib.herd_matvec_bf16.restype = None
-    lib.herd_grouped_f32.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_long] * 3 + [ctypes.c_int]
-    lib.herd_grouped_f32.restype = None
+    for grouped in (lib.herd_grouped_f32, lib.herd_grouped_bf16):
+        grouped.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_long] * 3 + [ctypes.c_int]
+        grouped.restype = None
     for step in (lib.herd_decode_bf16, lib.herd_decode_f32):
         step.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] + [ctypes.c_void_p] * 2 + [ctypes.c_int]
         step.restype = ctypes.c_int
@@ -140,34 +141,38 @@ def matvec_bf16(x_MK: torch.Tensor, w_NK: torch.Tensor) -> torch.Tensor:
     return y_MN
 
 
-def grouped_f32(x_AK: torch.Tensor, w_ENK: torch.Tensor, offsets_E1: torch.Tensor) -> torch.Tensor:
-    """Rows of x through their group's weight, fp32 on CPU: y[a] = x[a] @ w[e]ᵀ for offsets[e] <= a <
-    offsets[e + 1] ([A, K] × [E, N, K] → [A, N]). `offsets` holds E + 1 int64 row offsets, from 0 to A.
-    Needs `available()`; `w` must be contiguous (x is made so)."""
+def grouped(x_AK: torch.Tensor, w_ENK: torch.Tensor, offsets_E1: torch.Tensor) -> torch.Tensor:
+    """Rows of x through their group's weight, fp32 or bf16 on CPU: y[a] = x[a] @ w[e]ᵀ for offsets[e] <= a <
+    offsets[e + 1] ([A, K] × [E, N, K] → [A, N]), accumulated in fp32 (bf16: rounded once at the end).
+    `offsets` holds E + 1 int64 row offsets, from 0 to A. Needs `available()`; `w` must be contiguous (x is
+    made so)."""
     lib = library()
     if lib is None:
-        raise RuntimeError("herd.cpu_kernels.grouped_f32 is not available on this machine")
-    if x_AK.dtype != torch.float32 or w_ENK.dtype != torch.float32 or x_AK.device.type != "cpu":
-        raise ValueError(f"grouped_f32 takes fp32 CPU tensors, got {x_AK.dtype}/{w_ENK.dtype} on {x_AK.device}")
+        raise RuntimeError("herd.cpu_kernels.grouped is not available on this machine")
+    if (x_AK.dtype != w_ENK.dtype or x_AK.dtype not in (torch.float32, torch.bfloat16)
+            or x_AK.device.type != "cpu" or w_ENK.device.type != "cpu"):
+        raise ValueError(f"grouped takes fp32 or bf16 CPU tensors of one dtype, got {x_AK.dtype}/{w_ENK.dtype} "
+                         f"on {x_AK.device}")
     if x_AK.dim() != 2 or w_ENK.dim() != 3 or x_AK.shape[1] != w_ENK.shape[2]:
-        raise ValueError(f"grouped_f32 needs [A, K] x [E, N, K], got {tuple(x_AK.shape)} x {tuple(w_ENK.shape)}")
+        raise ValueError(f"grouped needs [A, K] x [E, N, K], got {tuple(x_AK.shape)} x {tuple(w_ENK.shape)}")
     E, N, K = w_ENK.shape
     if (offsets_E1.dtype != torch.int64 or offsets_E1.shape != (E + 1,) or int(offsets_E1[0]) != 0
             or int(offsets_E1[-1]) != x_AK.shape[0] or bool((offsets_E1.diff() < 0).any())):
-        raise ValueError(f"grouped_f32 needs {E + 1} non-decreasing int64 offsets from 0 to {x_AK.shape[0]}")
+        raise ValueError(f"grouped needs {E + 1} non-decreasing int64 offsets from 0 to {x_AK.shape[0]}")
     if not w_ENK.is_contiguous():
-        raise ValueError("grouped_f32 needs a contiguous weight")
+        raise ValueError("grouped needs a contiguous weight")
     x_AK, offsets_E1 = x_AK.contiguous(), offsets_E1.contiguous()
-    y_AN = torch.empty(x_AK.shape[0], N, dtype=torch.float32)
+    y_AN = torch.empty(x_AK.shape[0], N, dtype=x_AK.dtype)
     if x_AK.shape[0] and N:
-        lib.herd_grouped_f32(x_AK.data_ptr(), w_ENK.data_ptr(), y_AN.data_ptr(), offsets_E1.data_ptr(), E, N, K,
-                             torch.get_num_threads())
+        fn = lib.herd_grouped_f32 if x_AK.dtype == torch.float32 else lib.herd_grouped_bf16
+        fn(x_AK.data_ptr(), w_ENK.data_ptr(), y_AN.data_ptr(), offsets_E1.data_ptr(), E, N, K, torch.get_num_threads())
     return y_AN
 
 
 def linear_f32(x_MK: torch.Tensor, w_NK: torch.Tensor) -> torch.Tensor:
-    """x @ wᵀ for fp32 CPU tensors ([M, K] × [N, K] → [M, N]): `grouped_f32` with one group. One or two rows
+    """x @ wᵀ for fp32 CPU tensors ([M, K] × [N, K] → [M, N]): `grouped` with one group. One or two rows
     stream the weight one row at a time, at memory bandwidth; more go in register blocks."""
-    if w_NK.dim() != 2:
-        raise ValueError(f"linear_f32 needs [M, K] x [N, K], got {tuple(x_MK.shape)} x {tuple(w_NK.shape)}")
-    return grouped_f32(x_MK, w_NK[None], torch.tensor([0, x_MK.shape[0]]))
+    if x_MK.dtype != torch.float32 or w_NK.dim() != 2:
+        raise ValueError(f"linear_f32 needs fp32 [M, K] x [N, K], got {x_MK.dtype} {tuple(x_MK.shape)} x "
+                         f"{w_NK.dtype} {tuple(w_NK.shape)}")
+    return grouped(x_MK, w_NK[None], torch.tensor([0, x_MK.shape[0]]))

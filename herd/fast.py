@@ -14,9 +14,9 @@
   of it (tied again after `.to()`), so memory does not grow and `herd.save` still writes the
   original names. These are inference paths: train the plain model.
 - Routed experts are stored output-major (`GatherExperts`): the grouped dispatch takes them as
-  transposed GEMM operands, and a compiled graph gathers a token's expert rows by index. In fp32 on a
-  CPU with the native kernels, each projection of all experts is one call to
-  `herd.cpu_kernels.grouped_f32`: ~32 rows per expert in a 512-token prefill is where MKL's GEMM,
+  transposed GEMM operands, and a compiled graph gathers a token's expert rows by index. In fp32 and
+  bf16 on a CPU with the native kernels, each projection of all experts is one call to
+  `herd.cpu_kernels.grouped`: ~32 rows per expert in a 512-token prefill is where a GEMM library,
   which packs each weight before use, reaches about half its peak.
 - `CompiledDecode`: the whole decode step, embedding to final norm, as one compiled graph per batch
   size and KV cache size, with static shapes (global layers attend over their whole masked buffer). It
@@ -196,16 +196,16 @@ class GatherExperts(Experts):
         return super().sparse(x_TD, experts_TK, scores_TK)
 
     def grouped(self, xs_AD: torch.Tensor, counts: list[int]) -> torch.Tensor:
-        """In fp32 on a CPU with the native kernels, each projection of all experts is one call
-        (`cpu_kernels.grouped_f32`), which streams each expert's weight once without MKL's packing."""
+        """In fp32 or bf16 on a CPU with the native kernels, each projection of all experts is one call
+        (`cpu_kernels.grouped`), which streams each expert's weight once without a GEMM's packing pass."""
         w13_EOD, w2_EDF = self.w13.transpose(1, 2), self.w2.transpose(1, 2)
-        if (xs_AD.dtype != torch.float32 or w13_EOD.dtype != torch.float32 or xs_AD.device.type != "cpu"
-                or torch.is_grad_enabled() or not (w13_EOD.is_contiguous() and w2_EDF.is_contiguous())
-                or not cpu_kernels.available()):
+        if (xs_AD.dtype != w13_EOD.dtype or xs_AD.dtype not in (torch.float32, torch.bfloat16)
+                or xs_AD.device.type != "cpu" or torch.is_grad_enabled()
+                or not (w13_EOD.is_contiguous() and w2_EDF.is_contiguous()) or not cpu_kernels.available()):
             return super().grouped(xs_AD, counts)
         offsets_E1 = torch.tensor([0, *itertools.accumulate(counts)])
-        gate_AF, up_AF = cpu_kernels.grouped_f32(xs_AD, w13_EOD, offsets_E1).chunk(2, dim=-1)
-        return cpu_kernels.grouped_f32(F.silu(gate_AF).mul_(up_AF), w2_EDF, offsets_E1)
+        gate_AF, up_AF = cpu_kernels.grouped(xs_AD, w13_EOD, offsets_E1).chunk(2, dim=-1)
+        return cpu_kernels.grouped(F.silu(gate_AF).mul_(up_AF), w2_EDF, offsets_E1)
 
 
 def _relayout(param: nn.Parameter, output_major: bool) -> nn.Parameter:

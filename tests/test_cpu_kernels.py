@@ -1,6 +1,7 @@
 """The native kernels against PyTorch's products (the bf16 matrix-vector product, the fp32 grouped expert
 products), and their fallbacks."""
 
+import copy
 import itertools
 import logging
 
@@ -123,48 +124,59 @@ def test_disabled_by_environment(fresh_kernels, monkeypatch):
 
 def _grouped_reference(x_AK: torch.Tensor, w_ENK: torch.Tensor, counts: list[int]) -> torch.Tensor:
     starts = [sum(counts[:e]) for e in range(len(counts))]
-    return torch.cat([x_AK[s : s + c] @ w_ENK[e].T for e, (s, c) in enumerate(zip(starts, counts, strict=True))])
+    return torch.cat([x_AK[s : s + c].float() @ w_ENK[e].float().T
+                      for e, (s, c) in enumerate(zip(starts, counts, strict=True))]).to(x_AK.dtype)
 
 
 @pytest.mark.skipif(not NATIVE, reason="needs a CPU with AVX512-BF16 and a C compiler")
-@pytest.mark.parametrize(("N", "K"), [(64, 512), (70, 100), (3, 7), (9, 16)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("N", "K"), [(64, 512), (70, 100), (3, 7), (9, 16), (8, 45)])
 @pytest.mark.parametrize("threads", [1, 3])
-def test_grouped_f32_matches_per_group_products(N, K, threads):
-    # Group heights 0-13 cover every pass height (1-6 rows) and the split into near-equal passes; N % 4
-    # rows and K % 16 columns take the tails; 3 threads split the blocks unevenly.
+def test_grouped_matches_per_group_products(dtype, N, K, threads):
+    # Group heights 0-13 cover the matrix-vector path (1-2 rows), every pass height (up to 6 rows) and the
+    # split into near-equal passes; N % 4 rows and K % 16 (bf16: % 32) columns take the tails; 3 threads
+    # split the blocks unevenly.
     counts = [0, 1, 13, 6, 0, 7, 2, 12]
     g = torch.Generator().manual_seed(N * K)
-    x, w = torch.randn(sum(counts), K, generator=g), torch.randn(len(counts), N, K, generator=g)
+    x, w = torch.randn(sum(counts), K, generator=g).to(dtype), torch.randn(len(counts), N, K, generator=g).to(dtype)
     offsets = torch.tensor([0, *itertools.accumulate(counts)])
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        got = cpu_kernels.grouped_f32(x, w, offsets)
+        got = cpu_kernels.grouped(x, w, offsets)
     finally:
         torch.set_num_threads(before)
     want = _grouped_reference(x, w, counts)
-    assert got.shape == want.shape and (got - want).abs().max().item() <= 1e-5 * max(1.0, K**0.5)
+    assert got.shape == want.shape and got.dtype == dtype
+    if dtype == torch.float32:
+        assert (got - want).abs().max().item() <= 1e-5 * max(1.0, K**0.5)
+    else:
+        assert _within_one_rounding(got, want)
 
 
 @pytest.mark.skipif(not NATIVE, reason="needs a CPU with AVX512-BF16 and a C compiler")
-def test_grouped_f32_rejects_bad_input():
+def test_grouped_rejects_bad_input():
     x, w = torch.randn(5, 16), torch.randn(2, 8, 16)
     ok = torch.tensor([0, 2, 5])
-    assert cpu_kernels.grouped_f32(x[:0], w, torch.tensor([0, 0, 0])).shape == (0, 8)
+    assert cpu_kernels.grouped(x[:0], w, torch.tensor([0, 0, 0])).shape == (0, 8)
     for bad in (torch.tensor([0, 2, 4]), torch.tensor([1, 2, 5]), torch.tensor([0, 3, 2, 5]), torch.tensor([0, 4, 2]),
                 ok.int()):
         with pytest.raises(ValueError, match="offsets"):
-            cpu_kernels.grouped_f32(x, w, bad)
-    with pytest.raises(ValueError, match="fp32"):
-        cpu_kernels.grouped_f32(x.bfloat16(), w, ok)
+            cpu_kernels.grouped(x, w, bad)
+    with pytest.raises(ValueError, match="one dtype"):
+        cpu_kernels.grouped(x.bfloat16(), w, ok)
+    with pytest.raises(ValueError, match="one dtype"):
+        cpu_kernels.grouped(x.half(), w.half(), ok)
     with pytest.raises(ValueError, match=r"\[A, K\] x \[E, N, K\]"):
-        cpu_kernels.grouped_f32(x[:, :8], w, ok)
+        cpu_kernels.grouped(x[:, :8], w, ok)
     with pytest.raises(ValueError, match="contiguous"):
-        cpu_kernels.grouped_f32(x[:, :8], w[:, :, :8], ok)
+        cpu_kernels.grouped(x[:, :8], w[:, :, :8], ok)
+    with pytest.raises(ValueError, match="fp32"):
+        cpu_kernels.linear_f32(x.bfloat16(), w[0].bfloat16())
 
 
 @pytest.mark.skipif(not NATIVE, reason="needs a CPU with AVX512-BF16 and a C compiler")
-def test_routed_experts_take_the_grouped_kernel_in_fp32_inference(monkeypatch):
+def test_routed_experts_take_the_grouped_kernel_in_inference(monkeypatch):
     from herd.moe import MoE
 
     moe = MoE(dim=48, hidden=40, n_experts=6)
@@ -175,15 +187,20 @@ def test_routed_experts_take_the_grouped_kernel_in_fp32_inference(monkeypatch):
     x = torch.randn(2, 37, 48, generator=g)
     with torch.no_grad():
         want = moe(x)
+        want16 = copy.deepcopy(moe).bfloat16()(x.bfloat16())
     fast.optimize(moe)
     assert type(moe.experts) is fast.GatherExperts
     calls = []
-    real = cpu_kernels.grouped_f32
-    monkeypatch.setattr(cpu_kernels, "grouped_f32", lambda *a: calls.append(1) or real(*a))
+    real = cpu_kernels.grouped
+    monkeypatch.setattr(cpu_kernels, "grouped", lambda *a: calls.append(a[0].dtype) or real(*a))
     with torch.no_grad():
         got = moe(x)
-    assert calls == [1, 1]  # the gate|up and the down projection of every expert, one call each
+    assert calls == [torch.float32] * 2  # the gate|up and the down projection of every expert, one call each
     assert (got - want).abs().max().item() <= 1e-5
-    with torch.no_grad():  # bf16: the per-expert loop
-        moe.bfloat16()(x.bfloat16())
-    assert calls == [1, 1]
+    with torch.no_grad():
+        got16 = moe.bfloat16()(x.bfloat16())
+    assert calls == [torch.float32] * 2 + [torch.bfloat16] * 2
+    # bf16: the same roundings as the per-expert loop, up to fp32 summation order inside each product
+    assert (got16.float() - want16.float()).abs().max().item() <= 2 * 2**-7 * want16.float().abs().max().item()
+    got = moe.float()(x)  # with gradients (training): the per-expert loop
+    assert calls == [torch.float32] * 2 + [torch.bfloat16] * 2
