@@ -33,7 +33,6 @@ Shapes: M rows (tokens), I in features, O out features.
 
 from __future__ import annotations
 
-import itertools
 import logging
 
 import torch
@@ -195,17 +194,32 @@ class GatherExperts(Experts):
             return _gathered(x_TD, experts_TK, scores_TK, self.w13.transpose(1, 2), self.w2.transpose(1, 2))
         return super().sparse(x_TD, experts_TK, scores_TK)
 
-    def grouped(self, xs_AD: torch.Tensor, counts: list[int]) -> torch.Tensor:
-        """In fp32 or bf16 on a CPU with the native kernels, each projection of all experts is one call
-        (`cpu_kernels.grouped`), which streams each expert's weight once without a GEMM's packing pass."""
+    def grouped(self, xs_AD: torch.Tensor, counts_E: torch.Tensor) -> torch.Tensor:
+        """Each projection of all experts in one call: on a CPU with the native kernels (fp32 or bf16),
+        `cpu_kernels.grouped`, which streams each expert's weight once without a GEMM's packing pass; on
+        a GPU in bf16, `torch._grouped_mm` (grouped GEMM), with the counts kept on the device (no sync)."""
         w13_EOD, w2_EDF = self.w13.transpose(1, 2), self.w2.transpose(1, 2)
-        if (xs_AD.dtype != w13_EOD.dtype or xs_AD.dtype not in (torch.float32, torch.bfloat16)
-                or xs_AD.device.type != "cpu" or torch.is_grad_enabled()
+        if torch.is_grad_enabled() or xs_AD.dtype != w13_EOD.dtype:
+            return super().grouped(xs_AD, counts_E)
+        if xs_AD.is_cuda and xs_AD.dtype == torch.bfloat16 and hasattr(torch, "_grouped_mm"):
+            return grouped_mm(xs_AD, counts_E, self.w13, self.w2)
+        if (xs_AD.dtype not in (torch.float32, torch.bfloat16) or xs_AD.device.type != "cpu"
                 or not (w13_EOD.is_contiguous() and w2_EDF.is_contiguous()) or not cpu_kernels.available()):
-            return super().grouped(xs_AD, counts)
-        offsets_E1 = torch.tensor([0, *itertools.accumulate(counts)])
+            return super().grouped(xs_AD, counts_E)
+        offsets_E1 = F.pad(counts_E.cumsum(0), (1, 0))
         gate_AF, up_AF = cpu_kernels.grouped(xs_AD, w13_EOD, offsets_E1).chunk(2, dim=-1)
         return cpu_kernels.grouped(F.silu(gate_AF).mul_(up_AF), w2_EDF, offsets_E1)
+
+
+def grouped_mm(xs_AD: torch.Tensor, counts_E: torch.Tensor, w13_EDO: torch.Tensor,
+               w2_EFD: torch.Tensor) -> torch.Tensor:
+    """Rows sorted by expert through their SwiGLU experts as two grouped GEMMs (`torch._grouped_mm`, whose
+    offsets are the groups' cumulative end rows, on the device). The weights are the input-major views of
+    output-major storage, the column-major operand the GPU kernel takes. Runs on CPU too (PyTorch's
+    fallback), which is how it is tested here."""
+    offsets_E = counts_E.cumsum(0).to(torch.int32)
+    gate_AF, up_AF = torch._grouped_mm(xs_AD, w13_EDO, offs=offsets_E).chunk(2, dim=-1)
+    return torch._grouped_mm(F.silu(gate_AF) * up_AF, w2_EFD, offs=offsets_E)
 
 
 def _relayout(param: nn.Parameter, output_major: bool) -> nn.Parameter:

@@ -52,17 +52,18 @@ class Experts(nn.Module):
             return self.expert(int(experts_TK), x_TD * scores_TK)
         order_A = torch.argsort(experts_TK.flatten(), stable=True)
         token_A = order_A // k
-        counts = torch.bincount(experts_TK.flatten(), minlength=self.w13.shape[0]).tolist()
-        out_AD = self.grouped(x_TD[token_A] * scores_TK.flatten()[order_A, None], counts)
+        counts_E = torch.bincount(experts_TK.flatten(), minlength=self.w13.shape[0])
+        out_AD = self.grouped(x_TD[token_A] * scores_TK.flatten()[order_A, None], counts_E)
         if k == 1:  # every token has exactly one row: a permutation, no accumulation needed
             return out_AD.new_empty(T, out_AD.shape[1]).index_copy_(0, token_A, out_AD)
         return out_AD.new_zeros(T, out_AD.shape[1]).index_add_(0, token_A, out_AD)
 
-    def grouped(self, xs_AD: torch.Tensor, counts: list[int]) -> torch.Tensor:
-        """Rows sorted by expert (`counts[e]` rows for expert e, in order) through their experts."""
+    def grouped(self, xs_AD: torch.Tensor, counts_E: torch.Tensor) -> torch.Tensor:
+        """Rows sorted by expert (`counts_E[e]` rows for expert e, in order) through their experts. This
+        loop reads the counts on the host (a device sync on a GPU); subclasses may keep them on the device."""
         out_AD = torch.empty_like(xs_AD)
         start = 0
-        for e, count in enumerate(counts):
+        for e, count in enumerate(counts_E.tolist()):
             if count:
                 out_AD[start : start + count] = self.expert(e, xs_AD[start : start + count])
                 start += count

@@ -208,3 +208,26 @@ def test_matvec_shape_error_is_the_usual_one_and_leaves_the_compiled_path(monkey
         fast.matvec(x, w)
     assert fast.matvec(x, torch.randn(40, 64)).shape == (1, 40)
     assert fast._compiled is not None and fast._compiled is not torch.nn.functional.linear
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_grouped_mm_experts_match_the_per_expert_loop(dtype):
+    # The GPU path (torch._grouped_mm), run through PyTorch's CPU fallback on the output-major layout.
+    import herd.fast as fast
+    from herd.moe import Experts
+
+    experts = Experts(5, 32, 24)
+    g = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for p in experts.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    counts_E = torch.tensor([3, 0, 9, 1, 4])
+    xs_AD = torch.randn(int(counts_E.sum()), 32, generator=g).to(dtype)
+    experts = experts.to(dtype)
+    with torch.no_grad():
+        want = experts.grouped(xs_AD, counts_E)
+        fast.optimize(experts)
+        assert type(experts) is fast.GatherExperts and not experts.w13.is_contiguous()  # column-major operands
+        got = fast.grouped_mm(xs_AD, counts_E, experts.w13, experts.w2)
+    tolerance = 1e-5 if dtype == torch.float32 else 2 * 2**-7 * want.float().abs().max().item()
+    assert got.dtype == dtype and (got.float() - want.float()).abs().max().item() <= tolerance
