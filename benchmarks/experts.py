@@ -19,11 +19,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 import torch.nn.functional as F
-from bench import THREADS, _prompts, bandwidth, ensure_model, herd_prefill
+from bench import THREADS, _median_time, _prompts, bandwidth, ensure_model, herd_prefill
 
 import herd
 import herd.fast as fast
@@ -32,16 +31,6 @@ from herd.engine import Engine
 from herd.moe import Experts
 
 E, D, FF = 16, 512, 1024
-
-
-def _median_s(fn, repeat: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def kernel_pair(tokens: int, dtype: torch.dtype) -> dict[str, callable]:
@@ -88,11 +77,11 @@ def measure(dtype: torch.dtype, tokens: list[int], rounds: int) -> None:
         cells = [f"probe {bandwidth():.1f} GB/s"]
         for t in tokens:
             for path in ("native", "loop"):
-                ms = _median_s(kernels[t][path], 5) * 1e3
+                ms = _median_time(kernels[t][path], 5) * 1e3
                 times.setdefault(("kernel", t, path), []).append(ms)
                 cells.append(f"kernel {t} {path} {ms:.2f} ms")
             for path in ("native", "loop"):
-                ms = _median_s(prefill(t, path), 3) * 1e3
+                ms = _median_time(prefill(t, path), 3) * 1e3
                 times.setdefault(("prefill", t, path), []).append(ms)
                 cells.append(f"prefill {t} {path} {ms:.0f} ms")
         print(f"{name} round {r + 1}: " + " | ".join(cells), flush=True)
