@@ -201,7 +201,8 @@ class GatherExperts(Experts):
         w13_EOD, w2_EDF = self.w13.transpose(1, 2), self.w2.transpose(1, 2)
         if torch.is_grad_enabled() or xs_AD.dtype != w13_EOD.dtype:
             return super().grouped(xs_AD, counts_E)
-        if xs_AD.is_cuda and xs_AD.dtype == torch.bfloat16 and hasattr(torch, "_grouped_mm"):
+        if (xs_AD.is_cuda and xs_AD.dtype == torch.bfloat16 and hasattr(torch, "_grouped_mm")
+                and torch.cuda.get_device_capability(xs_AD.device) >= (9, 0)):  # its GPU kernel needs sm90+
             return grouped_mm(xs_AD, counts_E, self.w13, self.w2)
         if (xs_AD.dtype not in (torch.float32, torch.bfloat16) or xs_AD.device.type != "cpu"
                 or not (w13_EOD.is_contiguous() and w2_EDF.is_contiguous()) or not cpu_kernels.available()):
