@@ -141,26 +141,23 @@ def matvec_bf16(x_MK: torch.Tensor, w_NK: torch.Tensor) -> torch.Tensor:
     return y_MN
 
 
-def grouped(x_AK: torch.Tensor, w_ENK: torch.Tensor, offsets_E1: torch.Tensor) -> torch.Tensor:
-    """Rows of x through their group's weight, fp32 or bf16 on CPU: y[a] = x[a] @ w[e]ᵀ for offsets[e] <= a <
-    offsets[e + 1] ([A, K] × [E, N, K] → [A, N]), accumulated in fp32 (bf16: rounded once at the end).
-    `offsets` holds E + 1 int64 row offsets, from 0 to A. Needs `available()`; `w` must be contiguous (x is
-    made so)."""
-    lib = library()
-    if lib is None:
-        raise RuntimeError("herd.cpu_kernels.grouped is not available on this machine")
+def _check_grouped(x_AK: torch.Tensor, w_ENK: torch.Tensor) -> None:
     if (x_AK.dtype != w_ENK.dtype or x_AK.dtype not in (torch.float32, torch.bfloat16)
             or x_AK.device.type != "cpu" or w_ENK.device.type != "cpu"):
         raise ValueError(f"grouped takes fp32 or bf16 CPU tensors of one dtype, got {x_AK.dtype}/{w_ENK.dtype} "
                          f"on {x_AK.device}")
     if x_AK.dim() != 2 or w_ENK.dim() != 3 or x_AK.shape[1] != w_ENK.shape[2]:
         raise ValueError(f"grouped needs [A, K] x [E, N, K], got {tuple(x_AK.shape)} x {tuple(w_ENK.shape)}")
-    E, N, K = w_ENK.shape
-    if (offsets_E1.dtype != torch.int64 or offsets_E1.shape != (E + 1,) or int(offsets_E1[0]) != 0
-            or int(offsets_E1[-1]) != x_AK.shape[0] or bool((offsets_E1.diff() < 0).any())):
-        raise ValueError(f"grouped needs {E + 1} non-decreasing int64 offsets from 0 to {x_AK.shape[0]}")
     if not w_ENK.is_contiguous():
         raise ValueError("grouped needs a contiguous weight")
+
+
+def _grouped(x_AK: torch.Tensor, w_ENK: torch.Tensor, offsets_E1: torch.Tensor) -> torch.Tensor:
+    """`grouped` on checked inputs."""
+    lib = library()
+    if lib is None:
+        raise RuntimeError("herd.cpu_kernels.grouped is not available on this machine")
+    E, N, K = w_ENK.shape
     x_AK, offsets_E1 = x_AK.contiguous(), offsets_E1.contiguous()
     y_AN = torch.empty(x_AK.shape[0], N, dtype=x_AK.dtype)
     if x_AK.shape[0] and N:
@@ -169,10 +166,25 @@ def grouped(x_AK: torch.Tensor, w_ENK: torch.Tensor, offsets_E1: torch.Tensor) -
     return y_AN
 
 
+def grouped(x_AK: torch.Tensor, w_ENK: torch.Tensor, offsets_E1: torch.Tensor) -> torch.Tensor:
+    """Rows of x through their group's weight, fp32 or bf16 on CPU: y[a] = x[a] @ w[e]ᵀ for offsets[e] <= a <
+    offsets[e + 1] ([A, K] × [E, N, K] → [A, N]), accumulated in fp32 (bf16: rounded once at the end).
+    `offsets` holds E + 1 int64 row offsets, from 0 to A. Needs `available()`; `w` must be contiguous (x is
+    made so)."""
+    _check_grouped(x_AK, w_ENK)
+    E = w_ENK.shape[0]
+    if (offsets_E1.dtype != torch.int64 or offsets_E1.shape != (E + 1,) or int(offsets_E1[0]) != 0
+            or int(offsets_E1[-1]) != x_AK.shape[0] or bool((offsets_E1.diff() < 0).any())):
+        raise ValueError(f"grouped needs {E + 1} non-decreasing int64 offsets from 0 to {x_AK.shape[0]}")
+    return _grouped(x_AK, w_ENK, offsets_E1)
+
+
 def linear_f32(x_MK: torch.Tensor, w_NK: torch.Tensor) -> torch.Tensor:
-    """x @ wᵀ for fp32 CPU tensors ([M, K] × [N, K] → [M, N]): `grouped` with one group. One or two rows
-    stream the weight one row at a time, at memory bandwidth; more go in register blocks."""
+    """x @ wᵀ for fp32 CPU tensors ([M, K] × [N, K] → [M, N]): `grouped` with one group, whose offsets need no
+    check. One or two rows stream the weight one row at a time, at memory bandwidth; more go in register
+    blocks."""
     if x_MK.dtype != torch.float32 or w_NK.dim() != 2:
         raise ValueError(f"linear_f32 needs fp32 [M, K] x [N, K], got {x_MK.dtype} {tuple(x_MK.shape)} x "
                          f"{w_NK.dtype} {tuple(w_NK.shape)}")
-    return grouped(x_MK, w_NK[None], torch.tensor([0, x_MK.shape[0]]))
+    _check_grouped(x_MK, w_NK[None])
+    return _grouped(x_MK, w_NK[None], torch.tensor([0, x_MK.shape[0]]))
