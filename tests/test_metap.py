@@ -119,6 +119,7 @@ def test_sweep_report_compares_the_optimum_along_any_axis(tmp_path: Path) -> Non
     assert "optimal LR spread across depths: ×2" in by_depth
     assert "optimal LR spread across batch sizes: ×2" in table(results, "batch_size")
     assert "optimal LR spread across widths: ×1" in table(results)
+    assert "optimal LR spread across tokens: ×1" in table(results, "tokens")
     plot(results, tmp_path / "depth.png", "depth")
     assert (tmp_path / "depth.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ValueError, match="across must be one of"):

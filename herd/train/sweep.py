@@ -176,6 +176,7 @@ def table(results: list[dict[str, Any]], across: str = "width") -> str:
     results = _on_grid(results)
     best = best_lrs(results)
     label = across.replace("_", " ")
+    plural = label if label.endswith("s") else f"{label}s"
     for settings, rows in _panels(results, across):
         lrs = sorted({r["lr"] for r in rows})
         lines += [_title(settings, bold=True), "",
@@ -197,7 +198,7 @@ def table(results: list[dict[str, Any]], across: str = "width") -> str:
             lines.append(f"| {value:,} | " + " | ".join(cells) + (f" | {opt:g} |" if opt else " | - |"))
         found = [o for o in optima if o]
         if found:
-            lines += ["", f"optimal LR spread across {label}s: ×{max(found) / min(found):g}"]
+            lines += ["", f"optimal LR spread across {plural}: ×{max(found) / min(found):g}"]
         lines.append("")
     return "\n".join(lines)
 
