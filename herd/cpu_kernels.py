@@ -186,5 +186,6 @@ def linear_f32(x_MK: torch.Tensor, w_NK: torch.Tensor) -> torch.Tensor:
     if x_MK.dtype != torch.float32 or w_NK.dim() != 2:
         raise ValueError(f"linear_f32 needs fp32 [M, K] x [N, K], got {x_MK.dtype} {tuple(x_MK.shape)} x "
                          f"{w_NK.dtype} {tuple(w_NK.shape)}")
-    _check_grouped(x_MK, w_NK[None])
-    return _grouped(x_MK, w_NK[None], torch.tensor([0, x_MK.shape[0]]))
+    w_1NK = w_NK[None]
+    _check_grouped(x_MK, w_1NK)
+    return _grouped(x_MK, w_1NK, torch.tensor([0, x_MK.shape[0]]))
