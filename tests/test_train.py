@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from train_helpers import debug_config, losses, prepared_data, run_cli, run_in_process
@@ -14,6 +15,7 @@ from train_helpers import debug_config, losses, prepared_data, run_cli, run_in_p
 import herd
 from herd.config import ConfigError
 from herd.train import TrainConfig, read_log
+from herd.train.batches import Batches
 from herd.train.schedule import lr_multiplier
 
 GOLDEN = Path(__file__).parent / "goldens" / "debug_losses.json"
@@ -176,3 +178,20 @@ def test_two_processes_match_one(data: Path, tmp_path: Path) -> None:
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "written by 2 process(es)" in resumed.stderr
     assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), rel=1e-4, abs=1e-4)
+
+
+def test_validation_windows_spread_over_the_split() -> None:
+    """The trainer's validation sample covers the whole held-out split, not only its first documents."""
+    class Stream:  # tokens 0, 1, 2, ...: a window's first token tells where it starts
+        def __len__(self) -> int:
+            return 1001
+
+        def read(self, start: int, n: int) -> np.ndarray:
+            return np.arange(start, start + n, dtype=np.int64)
+
+    batches = Batches(Stream(), seq_len=10, seed=0)  # 100 windows
+    starts = batches.validation(4)[:, 0].tolist()
+    assert starts == [0, 250, 500, 750]
+    every_NS = batches.validation(None)
+    assert every_NS.shape == (100, 11) and every_NS[:, 0].tolist() == list(range(0, 1000, 10))
+    assert batches.validation(10**9).shape == (100, 11)

@@ -20,8 +20,8 @@ def run(args: argparse.Namespace) -> int:
     result = run_demo(steps=args.steps, retrain=args.retrain, samples=args.samples)
     print(f"\nherd-10m after {result['steps']} steps ({result['tokens']:,} tokens, "
           f"{result['train_seconds'] / 60:.1f} min of training)")
-    print(f"validation loss {result['val_loss']:.3f} nats/token (perplexity {result['perplexity']:.1f}); "
-          f"unigram baseline {result['unigram_baseline']:.3f}")
+    print(f"validation loss {result['val_loss']:.3f} nats/token (perplexity {result['perplexity']:.1f}) over "
+          f"{result['val_tokens']:,} held-out tokens; unigram baseline {result['unigram_baseline']:.3f}")
     for prompt, text in result["samples"]:
         print("\n----- " + repr(prompt) + " -----")
         print(prompt + text)

@@ -71,6 +71,7 @@ class TrainConfig:
             (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}"),
             (self.grad_clip >= 0, "grad_clip must be >= 0"),
             (self.keep_checkpoints >= 1, "keep_checkpoints must be >= 1"),
+            (self.eval_batches >= 1, "eval_batches must be >= 1"),
             (self.ckpt_every > 0 and self.eval_every > 0 and self.log_every > 0, "*_every must be > 0"),
         ]
         for ok, message in checks:

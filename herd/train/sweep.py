@@ -23,16 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-import torch.nn.functional as F
-
 import herd
 from herd.data.shards import TokenShards
 from herd.files import write_text_atomic
 from herd.formats.hf import text_config_to_hf
 from herd.train import metap
-from herd.train.batches import Batches
 from herd.train.config import TrainConfig
+from herd.train.evaluate import split_loss
 from herd.train.loop import read_log, train
 from herd.train.metap import pyplot
 
@@ -90,21 +87,13 @@ def run_point(point: Point, out: Path, data: str, base: str, seq_len: int, vocab
             "val_loss": val, "diverged": diverged}
 
 
-@torch.no_grad()
-def validation_loss(model_dir: Path, data: str, seq_len: int, batch: int = 16) -> float:
-    """Mean next-token loss of a saved model over all validation windows (cached next to it)."""
+def validation_loss(model_dir: Path, data: str, seq_len: int) -> float:
+    """Mean next-token loss of a saved model over every validation window (cached next to it)."""
     cache = model_dir.parent / "eval.json"
     if cache.exists():
         return json.loads(cache.read_text())["val_loss"]
-    model = herd.load(model_dir)
-    windows = Batches(TokenShards(data, "val"), seq_len, seed=0).validation(1 << 30)
-    total = 0.0
-    for i in range(0, len(windows), batch):
-        chunk = windows[i:i + batch]
-        logits = model(chunk[:, :-1])
-        total += float(F.cross_entropy(logits.flatten(0, 1), chunk[:, 1:].flatten(), reduction="sum"))
-    loss = total / (len(windows) * seq_len)
-    write_text_atomic(cache, json.dumps({"val_loss": loss, "tokens": len(windows) * seq_len}))
+    loss, n_tokens = split_loss(herd.load(model_dir), TokenShards(data, "val"), seq_len)
+    write_text_atomic(cache, json.dumps({"val_loss": loss, "tokens": n_tokens}))
     return loss
 
 
