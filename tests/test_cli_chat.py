@@ -24,7 +24,10 @@ class Terminal:
     def __init__(self, argv: list[str]) -> None:
         self.master, slave = pty.openpty()
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        self.proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, env=env, start_new_session=True)
+        # A shell starts background jobs with SIGINT ignored, and Python keeps that: give the child the
+        # default disposition a terminal user's process has, whatever ran this test.
+        self.proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, env=env, start_new_session=True,
+                                     preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         os.close(slave)
         self.seen = ""
 
@@ -104,13 +107,14 @@ def test_ctrl_c_dropped_by_python_is_still_seen(capsys):
     class Thing:
         pass
 
+    before = signal.getsignal(signal.SIGINT)  # default_int_handler; SIG_IGN when run as a background job
     with interruptible() as ctrl_c:
         thing = Thing()
         ref = weakref.ref(thing, lambda _: os.kill(os.getpid(), signal.SIGINT))
         del thing  # the callback's KeyboardInterrupt is dropped by Python, as when torch's compiler runs one
     assert ref() is None and ctrl_c.is_set()
     assert "Exception ignored" not in capsys.readouterr().err
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is before
 
 
 def test_chat_missing_model_is_a_clear_error(tmp_path):
