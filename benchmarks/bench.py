@@ -92,10 +92,10 @@ def _prompts(n: int, length: int) -> list[list[int]]:
 
 def herd_prefill(engine, prompt: list[int]) -> None:
     """One prefill of `prompt` into a fresh cache, to the last position's logits."""
-    from herd.kv_cache import KVCache
+    from herd.infer.kv_pool import KVPool
 
     model = engine.model
-    engine.prefill(KVCache(model.config, 1, len(prompt) + 1, model.output.weight.dtype), 0, prompt)
+    engine.prefill(KVPool(model.config, 1, len(prompt) + 1, model.output.weight.dtype), 0, prompt)
 
 
 def herd_decode(engine, prompts: list[list[int]], params) -> tuple[float, float]:
@@ -109,15 +109,17 @@ def herd_decode(engine, prompts: list[list[int]], params) -> tuple[float, float]
 
 def worker_herd(dtype: torch.dtype, prefills: list[int], decode_tokens: int, compile_decode: bool) -> dict:
     import herd
-    from herd.engine import Engine
-    from herd.sampling import SamplingParams
+    from herd.infer.engine import Engine
+    from herd.infer.sampling import SamplingParams
 
     model = herd.load(ensure_model(), dtype=dtype)
+    step = None
     if compile_decode:
         from herd.fast import optimize
+        from herd.infer.steps import FastDecode
 
-        optimize(model)
-    engine = Engine(model, prefill_chunk=2048)
+        step = FastDecode(optimize(model))
+    engine = Engine(model, prefill_chunk=2048, step=step)
     results: dict = {}
     for S in prefills:
         prompt = _prompts(1, S)[0]

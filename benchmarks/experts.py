@@ -27,7 +27,7 @@ from bench import THREADS, _median_time, _prompts, bandwidth, ensure_model, herd
 import herd
 import herd.fast as fast
 from herd import cpu_kernels
-from herd.engine import Engine
+from herd.infer.engine import Engine
 from herd.moe import Experts
 
 E, D, FF = 16, 512, 1024

@@ -16,8 +16,8 @@ import torch
 from bench import THREADS, ensure_model
 
 import herd
-from herd.engine import Engine
-from herd.kv_cache import KVCache
+from herd.infer.engine import Engine
+from herd.infer.kv_pool import KVPool
 
 
 def main() -> None:
@@ -30,14 +30,14 @@ def main() -> None:
     dtype = getattr(torch, args.dtype)
     model = herd.load(ensure_model(), dtype=dtype)
     prompt = torch.randint(0, 200000, (args.length,), generator=torch.Generator().manual_seed(0)).tolist()
-    cache = KVCache(model.config, 1, args.length + 1, dtype)
+    pool = KVPool(model.config, 1, args.length + 1, dtype)
     start = time.perf_counter()
-    Engine(model, prefill_chunk=args.piece).prefill(cache, 0, prompt)
+    Engine(model, prefill_chunk=args.piece).prefill(pool, 0, prompt)
     elapsed = time.perf_counter() - start
     with open("/proc/self/status") as f:
         peak = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM"))
     print(f"{args.length} tokens ({args.dtype}, pieces of {args.piece}): {elapsed:.1f} s, "
-          f"{args.length / elapsed:.0f} tok/s, peak RSS {peak / 1e9:.2f} GB, KV cache {cache.nbytes() / 1e9:.2f} GB")
+          f"{args.length / elapsed:.0f} tok/s, peak RSS {peak / 1e9:.2f} GB, KV cache {pool.nbytes() / 1e9:.2f} GB")
 
 
 if __name__ == "__main__":

@@ -34,13 +34,15 @@ GGUF_TYPE = {"float32": "f32", "bfloat16": "bf16"}
 def herd_workloads(dtype: torch.dtype, prefill: int, tokens: int) -> dict[str, Callable[[], float]]:
     """Functions measuring herd's tok/s on a loaded, compiled and warmed-up model."""
     import herd
-    from herd.engine import Engine
     from herd.fast import optimize
-    from herd.kv_cache import KVCache
-    from herd.sampling import SamplingParams
+    from herd.infer.engine import Engine
+    from herd.infer.kv_pool import KVPool, bucket
+    from herd.infer.sampling import SamplingParams
+    from herd.infer.steps import FastDecode
 
     model = optimize(herd.load(bench.ensure_model(), dtype=dtype))
-    engine = Engine(model, prefill_chunk=2048)
+    step = FastDecode(model)
+    engine = Engine(model, prefill_chunk=2048, step=step)
     long_prompt, prompts = bench._prompts(1, prefill)[0], bench._prompts(1, 64)
     greedy = SamplingParams(temperature=0.0, max_new_tokens=tokens, stop_ids=())
 
@@ -50,13 +52,13 @@ def herd_workloads(dtype: torch.dtype, prefill: int, tokens: int) -> dict[str, C
     @torch.no_grad()
     def forward_only() -> float:
         """tok/s of the decode step alone, one token after another, as llama-bench's tg runs."""
-        step, start = model.fast_decode, len(prompts[0])
-        cache = KVCache(model.config, 1, step.cache_length(start + tokens, model.config.max_seq_len), dtype)
-        engine.prefill(cache, 0, prompts[0])
-        tokens_11 = torch.tensor([[prompts[0][-1]]])
+        start = len(prompts[0])
+        pool = KVPool(model.config, 1, bucket(start + tokens, model.config.max_seq_len), dtype)
+        engine.prefill(pool, 0, prompts[0])
+        tokens_11, slots_1 = torch.tensor([[prompts[0][-1]]]), torch.tensor([0])
         began = time.perf_counter()
         for i in range(tokens):
-            step(tokens_11, torch.tensor([start + i]), cache)
+            step(tokens_11, torch.tensor([start + i]), slots_1, pool)
         return tokens / (time.perf_counter() - began)
 
     prefill_once()

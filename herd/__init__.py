@@ -7,9 +7,9 @@ import torch
 from herd import chat, config
 from herd.checkpoint import CheckpointError, load, save
 from herd.config import ConfigError, ModelConfig, TextConfig, VisionConfig
-from herd.engine import Engine
+from herd.infer.engine import Engine
+from herd.infer.sampling import SamplingParams
 from herd.model import Transformer
-from herd.sampling import SamplingParams
 from herd.tokenizer import StreamDecoder, Tokenizer, TokenizerError, load_tokenizer
 
 __all__ = [

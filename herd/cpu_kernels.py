@@ -8,7 +8,7 @@
 - `grouped`: the routed experts' products in a prefill (fp32 or bf16), each expert's rows against its
   own weight in one call, without the packing pass a GEMM library makes over each weight;
   `linear_f32`, the same with one group, is the fp32 matrix-vector product.
-- `herd_decode_bf16` / `herd_decode_f32`: a whole decode step, bound by `herd.native_decode`.
+- `herd_decode_bf16` / `herd_decode_f32`: a whole decode step, bound by `herd.infer.native`.
 
 The sources are `herd/csrc/*.c` (and their headers). They are compiled once per source, compiler and
 flags into one library in `<cache>/kernels/` (the cache of `herd.files.cache_dir`) and loaded with
@@ -92,7 +92,7 @@ def _open() -> ctypes.CDLL | None:
         grouped.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_long] * 3 + [ctypes.c_int]
         grouped.restype = None
     for step in (lib.herd_decode_bf16, lib.herd_decode_f32):
-        step.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] + [ctypes.c_void_p] * 2 + [ctypes.c_int]
+        step.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 2 + [ctypes.c_void_p] * 2 + [ctypes.c_int]
         step.restype = ctypes.c_int
     return lib
 

@@ -24,9 +24,9 @@ import herd
 from herd.data.prepare import prepare
 from herd.data.shards import TokenShards
 from herd.data.sources import read_corpus
-from herd.engine import Engine
 from herd.files import cache_dir
-from herd.sampling import SamplingParams
+from herd.infer.engine import Engine
+from herd.infer.sampling import SamplingParams
 from herd.tokenizer import load_tokenizer
 from herd.tokenizer_train import train_tokenizer
 from herd.train import TrainConfig, train

@@ -18,15 +18,10 @@
   bf16 on a CPU with the native kernels, each projection of all experts is one call to
   `herd.cpu_kernels.grouped`: ~32 rows per expert in a 512-token prefill is where a GEMM library,
   which packs each weight before use, reaches about half its peak.
-- `CompiledDecode`: the whole decode step, embedding to final norm, as one compiled graph per batch
-  size and KV cache size, with static shapes (global layers attend over their whole masked buffer). It
-  removes the Python and op dispatch between the ~300 small ops of a step. The LM head runs after
-  it as a standalone compiled row-dot. On a CPU with AVX512-BF16 the step, LM head included, is one
-  native call instead (`herd.native_decode`, bf16 or fp32), which reads the weights near memory
-  bandwidth without the graph's per-call overheads.
-- `optimize(model)` does all of this, swapping classes in place (weights are shared, not copied),
-  and sets `model.fast_decode`, which `herd.engine.Engine` uses; `restore(model)` undoes it.
-  `torch.compile` needs a C++ compiler on CPU; without one every path falls back to eager.
+- `optimize(model)` does all of this, swapping classes in place (weights are shared, not copied);
+  `restore(model)` undoes it. The decode steps that run such a model whole (a compiled graph, the
+  native call) are in `herd.infer.steps`. `torch.compile` needs a C++ compiler on CPU; without one
+  every path falls back to eager.
 
 Shapes: M rows (tokens), I in features, O out features.
 """
@@ -41,7 +36,6 @@ from torch import nn
 
 from herd import cpu_kernels
 from herd.moe import Experts
-from herd.native_decode import NativeDecode
 
 log = logging.getLogger("herd")
 
@@ -138,10 +132,26 @@ class _Tied:
         return self
 
 
-_tied_classes: dict[type, type] = {}
+class _FusedAttention(_Tied):
+    """One matmul for q | k | v."""
+
+    def project(self, x_BSD: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        kv = self.n_kv_heads * self.head_dim
+        return self.wqkv(x_BSD).split([self.n_heads * self.head_dim, kv, kv], dim=-1)
 
 
-def _fuse(module: nn.Module, fused_name: str) -> None:
+class _FusedFeedForward(_Tied):
+    """One matmul for gate | up."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.w13(x).chunk(2, dim=-1)
+        return self.w2(F.silu(gate) * up)
+
+
+_fused_classes: dict[type, type] = {}
+
+
+def _fuse(module: nn.Module, fused_name: str, mixin: type) -> None:
     parts = [getattr(module, name) for name in _FUSED[fused_name]]
     with torch.no_grad():
         weight = torch.cat([p.weight for p in parts], dim=0)
@@ -150,7 +160,9 @@ def _fuse(module: nn.Module, fused_name: str) -> None:
     setattr(module, fused_name, fused)
     _tie(module)
     base = type(module)
-    module.__class__ = _tied_classes.setdefault(base, type(f"Fused{base.__name__}", (_Tied, base), {}))
+    if base not in _fused_classes:
+        _fused_classes[base] = type(f"Fused{base.__name__}", (mixin, base), {"_plain_class": base})
+    module.__class__ = _fused_classes[base]
 
 
 def fuse_projections(model: nn.Module) -> nn.Module:
@@ -160,10 +172,10 @@ def fuse_projections(model: nn.Module) -> nn.Module:
     from herd.model import Attention
 
     for module in list(model.modules()):
-        if isinstance(module, Attention) and getattr(module, "wqkv", None) is None:
-            _fuse(module, "wqkv")
-        elif isinstance(module, FeedForward) and getattr(module, "w13", None) is None:
-            _fuse(module, "w13")
+        if isinstance(module, Attention) and not isinstance(module, _Tied):
+            _fuse(module, "wqkv", _FusedAttention)
+        elif isinstance(module, FeedForward) and not isinstance(module, _Tied):
+            _fuse(module, "w13", _FusedFeedForward)
     return model
 
 
@@ -230,63 +242,15 @@ def _relayout(param: nn.Parameter, output_major: bool) -> nn.Parameter:
     return nn.Parameter(t, requires_grad=param.requires_grad)
 
 
-class CompiledDecode:
-    """One decode step of the whole model (token ids [B, 1] → logits [B, V]) compiled as one graph:
-    no Python or op dispatch between the layers. Shapes are static: one graph per batch size and
-    KV cache length, and `herd.engine.Engine` allocates caches in a few lengths (`cache_length`).
-    Global layers attend over their whole masked buffer, at most twice the positions in use.
-    Larger batches, or a compile failure, take the eager step. Where `NativeDecode` takes a step (bf16 or
-    fp32 on a CPU with AVX512-BF16), it runs that instead of the graph. Set on a model by `optimize`."""
-
-    def __init__(self, model: nn.Module, max_batch: int = 8) -> None:
-        self.model, self.max_batch = model, max_batch
-        self.enabled = True
-        self.compiled_steps = self.native_steps = 0
-        self.native = NativeDecode(model, max_batch)
-        self._compiled = torch.compile(self._hidden, fullgraph=True, dynamic=False)
-
-    def _hidden(self, tokens_B1: torch.Tensor, positions_B: torch.Tensor, cache) -> torch.Tensor:
-        return self.model.hidden(tokens_B1, cache=cache, positions_B=positions_B)[:, -1]
-
-    @staticmethod
-    def cache_length(length: int, max_length: int) -> int:
-        """The KV cache to allocate for `length` positions, at most `max_length`: a power of two from
-        256 to 8192, then a multiple of 8192, so that requests of similar lengths share one compiled
-        graph while long contexts waste at most 8191 slots."""
-        if length > 8192:
-            return min(max_length, -(-length // 8192) * 8192)
-        return min(max_length, max(256, 1 << (length - 1).bit_length()))
-
-    def __call__(self, tokens_B1: torch.Tensor, positions_B: torch.Tensor, cache) -> torch.Tensor:
-        if not torch.is_grad_enabled() and self.native.takes(tokens_B1, cache):
-            self.native_steps += 1
-            return self.native(tokens_B1, positions_B, cache)  # the LM head included
-        hidden_BD = None
-        if self.enabled and tokens_B1.shape[0] <= self.max_batch and not torch.is_grad_enabled():
-            try:
-                hidden_BD = self._compiled(tokens_B1, positions_B, cache)
-                self.compiled_steps += 1
-            except Exception as err:  # no C++ compiler, or an unsupported op: the eager step is exact
-                log.warning("herd.fast: compiled decode step unavailable (%s: %s); decoding eagerly",
-                            type(err).__name__, str(err).splitlines()[0] if str(err) else "")
-                self.enabled = False
-        if hidden_BD is None:
-            hidden_BD = self._hidden(tokens_B1, positions_B, cache)
-        # The LM head stays outside the graph: inside it, inductor fuses the head's reduction with
-        # the last layer and picks loop orders that run it 20-50x slower than the standalone kernel.
-        return self.model.output(hidden_BD)
-
-
-def optimize(model: nn.Module, max_tokens: int = 8, compile_decode: bool = True) -> nn.Module:
-    """Turn on the inference fast paths of a built model (in place; returns it)."""
+def optimize(model: nn.Module, max_tokens: int = 8) -> nn.Module:
+    """Turn on the inference fast paths of a built model (in place; returns it). The decode step that runs
+    it fastest is `herd.infer.steps.FastDecode(model)`, handed to the engine."""
     fuse_projections(model)
     GatherExperts.max_tokens = max_tokens
     for module in model.modules():
         if type(module) is Experts:
             module.w13, module.w2 = _relayout(module.w13, True), _relayout(module.w2, True)
             module.__class__ = GatherExperts
-    if compile_decode:
-        model.fast_decode = CompiledDecode(model)
     # One compiled kernel per weight shape, row count and dtype: allow enough of them.
     setattr(torch._dynamo.config, RECOMPILE_LIMIT, max(getattr(torch._dynamo.config, RECOMPILE_LIMIT), 256))
     MatvecLinear.max_tokens = max_tokens
@@ -298,8 +262,7 @@ def optimize(model: nn.Module, max_tokens: int = 8, compile_decode: bool = True)
 
 def restore(model: nn.Module) -> nn.Module:
     """Undo `optimize`: plain `nn.Linear`s, unfused modules (the parts keep their weights),
-    input-major experts and no compiled decode step."""
-    model.__dict__.pop("fast_decode", None)
+    and input-major experts."""
     for module in model.modules():
         if type(module) is MatvecLinear:
             module.__class__ = nn.Linear
@@ -313,5 +276,5 @@ def restore(model: nn.Module) -> nn.Module:
                     for name in part_names:
                         part = getattr(module, name)
                         part.weight = nn.Parameter(part.weight.detach().clone())
-            module.__class__ = type(module).__mro__[2]
+            module.__class__ = module._plain_class
     return model

@@ -34,8 +34,4 @@ class FeedForward(nn.Module):
         self.w2 = nn.Linear(hidden, dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        fused = getattr(self, "w13", None)  # set by herd.fast.fuse_projections: one matmul for gate | up
-        if fused is not None:
-            gate, up = fused(x).chunk(2, dim=-1)
-            return self.w2(F.silu(gate) * up)
         return self.w2(F.silu(self.w1(x)) * self.w3(x))

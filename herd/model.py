@@ -11,8 +11,9 @@
   token embeddings at `<|patch|>` positions, in order; the decoder then treats them as tokens.
 
 The model knows nothing of checkpoints, devices, compile or parallelism: build it on the meta
-device and call `init_weights()`, or fill it with `herd.checkpoint.load`. With a `KVCache` it
-either prefills one row from `start_pos` or decodes one token for every row at its own position.
+device and call `init_weights()`, or fill it with `herd.checkpoint.load`. Attention with a KV cache goes
+through a view (`kv`, from `herd.infer.kv_pool`): the view says where the tokens sit and how their keys are
+stored and attended, so prefill, decode and the fast steps that own their attention look the same here.
 
 Shapes: B batch, S sequence, D model dim, H heads, G kv heads, K head dim, V vocab.
 """
@@ -20,7 +21,7 @@ Shapes: B batch, S sequence, D model dim, H heads, G kv heads, K head dim, V voc
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -28,7 +29,6 @@ from torch import nn
 from herd.attention import causal_attention
 from herd.config import TextConfig, VisionConfig
 from herd.ffn import FeedForward, RMSNorm, rms_normalize
-from herd.kv_cache import KVCache
 from herd.moe import MoE
 from herd.rope import angles, apply_rope, inv_freq
 from herd.vision import VisionModel
@@ -51,11 +51,7 @@ class Attention(nn.Module):
         self.wo = nn.Linear(c.n_heads * c.head_dim, c.dim, bias=False)
 
     def project(self, x_BSD: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        fused = getattr(self, "wqkv", None)  # set by herd.fast.fuse_projections: one matmul for q | k | v
-        if fused is None:
-            return self.wq(x_BSD), self.wk(x_BSD), self.wv(x_BSD)
-        kv = self.n_kv_heads * self.head_dim
-        return fused(x_BSD).split([self.n_heads * self.head_dim, kv, kv], dim=-1)
+        return self.wq(x_BSD), self.wk(x_BSD), self.wv(x_BSD)
 
     def forward(self, x_BSD: torch.Tensor, pos: Positions) -> torch.Tensor:
         B, S, _ = x_BSD.shape
@@ -72,12 +68,10 @@ class Attention(nn.Module):
         elif self.temperature_tuning:
             q_BSHK = (q_BSHK * pos.temperature_BS[:, :, None, None]).to(q_BSHK.dtype)
         q_BHSK, k_BGSK, v_BGSK = q_BSHK.transpose(1, 2), k_BSGK.transpose(1, 2), v_BSGK.transpose(1, 2)
-        if pos.cache is None:
+        if pos.kv is None:
             out_BHSK = causal_attention(q_BHSK, k_BGSK, v_BGSK, start_pos=pos.start, chunk_size=self.chunk_size)
-        elif pos.row is not None:
-            out_BHSK = pos.cache.layers[self.layer].prefill(pos.row, pos.start, q_BHSK, k_BGSK, v_BGSK)
         else:
-            out_BHSK = pos.cache.layers[self.layer].decode(q_BHSK, k_BGSK, v_BGSK, pos.positions_BS[:, 0])
+            out_BHSK = pos.kv.attend(self.layer, q_BHSK, k_BGSK, v_BGSK)
         return self.wo(out_BHSK.transpose(1, 2).reshape(B, S, -1))
 
 
@@ -99,13 +93,22 @@ class Block(nn.Module):
         return h_BSD + self.feed_forward(self.ffn_norm(h_BSD))
 
 
+class KVView(Protocol):
+    """Where a forward's tokens sit and how attention reaches the cached past (`herd.infer.kv_pool`)."""
+
+    def positions_BS(self, S: int, device: torch.device) -> torch.Tensor: ...
+
+    def attend(self, layer: int, q_BHSK: torch.Tensor, k_BGSK: torch.Tensor, v_BGSK: torch.Tensor) -> torch.Tensor:
+        ...
+
+
 class Positions:
     """What one forward shares across layers: absolute positions, RoPE angles, temperature
-    scales, and how attention reaches its keys (no cache; cache prefill of `row`; cache decode)."""
+    scales, and how attention reaches its keys (causal over the tokens alone, or through `kv`)."""
 
     def __init__(self, config: TextConfig, freq_K2: torch.Tensor, positions_BS: torch.Tensor, start: int,
-                 cache: KVCache | None = None, row: int | None = None) -> None:
-        self.positions_BS, self.start, self.cache, self.row = positions_BS, start, cache, row
+                 kv: KVView | None = None) -> None:
+        self.positions_BS, self.start, self.kv = positions_BS, start, kv
         self.cos_BSK2, self.sin_BSK2 = angles(positions_BS, freq_K2)
         floors_BS = torch.floor((positions_BS.float() + 1.0) / config.floor_scale)
         self.temperature_BS = torch.log1p(floors_BS) * config.attn_scale + 1.0
@@ -201,29 +204,23 @@ class Transformer(nn.Module):
         *,
         start_pos: int = 0,
         last_only: bool = False,
-        cache: KVCache | None = None,
-        row: int | None = None,
-        positions_B: torch.Tensor | None = None,
+        kv: KVView | None = None,
         image_features_FD: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The final normalized hidden states [B, S, D] for tokens at absolute positions start_pos…;
-        `last_only` keeps the last one.
+        """The final normalized hidden states [B, S, D]; `last_only` keeps the last position.
 
-        With `cache`: either `row` (prefill tokens [1, S] of that row from start_pos, writing its
-        cache) or `positions_B` (decode tokens [B, 1], row b at position positions_B[b]).
+        Without `kv` the tokens sit at absolute positions start_pos… and attend causally among themselves.
+        With `kv` (a view of a KV cache) the view gives their positions and holds their past: prefill of one
+        slot's tokens [1, S], or decode of one token per row [B, 1] (`herd.infer.kv_pool`).
         `image_features_FD` (from `encode_images`) fills the `<|patch|>` positions of `tokens_BS`.
         """
         S = tokens_BS.shape[1]
         device = tokens_BS.device
-        if cache is not None and (row is None) == (positions_B is None):
-            raise ValueError("with a cache, pass exactly one of row= (prefill) or positions_B= (decode)")
-        if positions_B is not None:
-            if S != 1:
-                raise ValueError(f"decode takes one token per row, got {S}")
-            positions_BS = positions_B.to(device)[:, None]
+        if kv is not None:
+            positions_BS = kv.positions_BS(S, device)
         else:
             positions_BS = torch.arange(start_pos, start_pos + S, device=device)[None, :]
-        pos = Positions(self.config, self.freq_K2, positions_BS, start_pos, cache, row)
+        pos = Positions(self.config, self.freq_K2, positions_BS, start_pos, kv)
         x_BSD = self.embed(tokens_BS, image_features_FD)
         for block in self.layers:
             x_BSD = block(x_BSD, pos)

@@ -5,9 +5,9 @@ import torch
 from hf_oracle import DENSE_LIKE, MAVERICK_LIKE, SCOUT_LIKE, causal_lm, save_hf
 
 import herd
-from herd.engine import Engine
-from herd.kv_cache import KVCache
-from herd.sampling import SamplingParams
+from herd.infer.engine import Engine
+from herd.infer.kv_pool import KVPool
+from herd.infer.sampling import SamplingParams
 
 SHAPES = {"scout": SCOUT_LIKE, "maverick": MAVERICK_LIKE, "dense": DENSE_LIKE}
 GREEDY = SamplingParams(temperature=0.0, max_new_tokens=8)
@@ -24,14 +24,14 @@ def test_incremental_decode_equals_full_forward(shape, prefill_chunk):
     temperature floor (4); every step's logits equal a full forward of the whole sequence."""
     model = herd.build(SHAPES[shape], seed=0)
     tokens = _prompt(45)
-    cache = KVCache(model.config, batch=1, length=len(tokens), dtype=torch.float32)
+    pool = KVPool(model.config, slots=2, max_context=len(tokens), dtype=torch.float32)
     engine = Engine(model, prefill_chunk=prefill_chunk)
     with torch.no_grad():
         full_SV = model(torch.tensor([tokens]))[0]
-        step = engine.prefill(cache, 0, tokens[:13])
+        step = engine.prefill(pool, 1, tokens[:13])
         assert (step - full_SV[12]).abs().max().item() <= 1e-4
         for p in range(13, len(tokens)):
-            step = model(torch.tensor([[tokens[p]]]), cache=cache, positions_B=torch.tensor([p]))[0, -1]
+            step = model(torch.tensor([[tokens[p]]]), kv=pool.decode(torch.tensor([1]), torch.tensor([p])))[0, -1]
             assert (step - full_SV[p]).abs().max().item() <= 1e-4, f"position {p}"
 
 
@@ -85,29 +85,29 @@ def test_stop_tokens_and_stream():
 
 def test_chunked_cache_memory_is_bounded():
     config = SCOUT_LIKE  # chunk 8; layer 3 global
-    short = KVCache(config, batch=2, length=16, dtype=torch.float32)
-    long = KVCache(config, batch=2, length=4096, dtype=torch.float32)
+    short = KVPool(config, slots=2, max_context=16, dtype=torch.float32)
+    long = KVPool(config, slots=2, max_context=4096, dtype=torch.float32)
     for layer in range(config.n_layers):
-        slots = long.layers[layer].k_BGLK.shape[2]
+        positions = long.layers[layer].k_SGLK.shape[2]
         if config.chunk_size(layer):
-            assert slots == 8 and short.layers[layer].k_BGLK.shape[2] == 8
+            assert positions == 8 and short.layers[layer].k_SGLK.shape[2] == 8
         else:
-            assert slots == 4096
+            assert positions == 4096
     # Decoding far past the chunk keeps the ring at 8 slots and stays exact.
     model = herd.build(config.replace(max_seq_len=4096), seed=0)
     tokens = _prompt(40)
     with torch.no_grad():
         full_SV = model(torch.tensor([tokens]))[0]
-        cache = KVCache(model.config, batch=1, length=40, dtype=torch.float32)
-        Engine(model, prefill_chunk=3).prefill(cache, 0, tokens[:2])
+        pool = KVPool(model.config, slots=1, max_context=40, dtype=torch.float32)
+        Engine(model, prefill_chunk=3).prefill(pool, 0, tokens[:2])
         for p in range(2, 40):
-            step = model(torch.tensor([[tokens[p]]]), cache=cache, positions_B=torch.tensor([p]))[0, -1]
+            step = model(torch.tensor([[tokens[p]]]), kv=pool.decode(torch.tensor([0]), torch.tensor([p])))[0, -1]
             assert (step - full_SV[p]).abs().max().item() <= 1e-4
-    assert all(c.k_BGLK.shape[2] == 8 for i, c in enumerate(cache.layers) if config.chunk_size(i))
+    assert all(c.k_SGLK.shape[2] == 8 for i, c in enumerate(pool.layers) if config.chunk_size(i))
 
 
 def test_sampling_filters():
-    from herd.sampling import filter_logits
+    from herd.infer.sampling import filter_logits
 
     logits = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05]))
     kept = lambda p: torch.isfinite(filter_logits(logits, p)).nonzero().flatten().tolist()
@@ -120,7 +120,7 @@ def test_sampling_filters():
 
 
 def test_argmax_is_torchs_first_maximum():
-    from herd.sampling import argmax
+    from herd.infer.sampling import argmax
 
     g = torch.Generator().manual_seed(0)
     for n in (5, 4096, 4097, 202048):
@@ -134,7 +134,7 @@ def test_argmax_is_torchs_first_maximum():
 
 
 def test_penalties():
-    from herd.sampling import apply_penalties
+    from herd.infer.sampling import apply_penalties
 
     logits = torch.tensor([2.0, -2.0, 1.0, 0.5])
     seen, out = torch.tensor([0, 1]), torch.tensor([2, 2])
@@ -194,7 +194,7 @@ def test_rows_finishing_at_the_context_limit():
 def test_fast_sampling_matches_the_reference_distribution(params):
     """`choose` draws from the same kept set, with the same frequencies, as the full-vocabulary
     `filter_logits` reference (χ²-style check over many draws)."""
-    from herd.sampling import choose, filter_logits
+    from herd.infer.sampling import choose, filter_logits
 
     logits = torch.randn(5000, generator=torch.Generator().manual_seed(0)) * 2
     want = torch.softmax(filter_logits(logits, params), dim=-1)

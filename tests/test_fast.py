@@ -7,10 +7,11 @@ from test_cpu_kernels import NATIVE  # this CPU and compiler can build the nativ
 
 import herd
 import herd.rope
-from herd.engine import Engine
-from herd.fast import CompiledDecode, matvec, optimize, restore
-from herd.kv_cache import KVCache
-from herd.sampling import SamplingParams
+from herd.fast import matvec, optimize, restore
+from herd.infer.engine import Engine
+from herd.infer.kv_pool import KVPool, bucket
+from herd.infer.sampling import SamplingParams
+from herd.infer.steps import FastDecode
 
 
 def test_matvec_equals_linear():
@@ -34,7 +35,7 @@ def test_optimized_model_matches_plain():
     optimize(model)
     with torch.no_grad():
         assert (model(tokens) - want_logits).abs().max().item() <= 1e-4
-    got = Engine(model).generate(tokens.tolist(), params)
+    got = Engine(model, step=FastDecode(model)).generate(tokens.tolist(), params)
     assert [c.token_ids for c in got] == [c.token_ids for c in want]
     assert max(abs(a - b) for c, d in zip(got, want, strict=True) for a, b in zip(c.logprobs, d.logprobs,
                                                                                  strict=True)) <= 1e-4
@@ -108,29 +109,34 @@ def test_matvec_falls_back_to_linear_past_the_recompile_limit(monkeypatch, caplo
     not NATIVE, reason="the native step needs AVX512-BF16 and a C compiler"))])
 @pytest.mark.parametrize("config", [SCOUT_LIKE, MAVERICK_LIKE, DENSE_LIKE], ids=["scout", "maverick", "dense"])
 def test_decode_step_matches_eager(config, path):
-    """The whole-step graph, and the native step (herd.native_decode), against the eager model in fp32:
-    two rows at different positions, chunked layers wrapping their ring many times, global layers over a
-    masked buffer of 512 slots."""
+    """The whole-step graph, and the native step (herd.infer.native), against the eager model in fp32:
+    two rows at different positions in slots of a larger pool, chunked layers wrapping their ring many
+    times, global layers over a masked span of 512 positions."""
     model = herd.build(config, seed=0)
     g = torch.Generator().manual_seed(3)
     prompts = [torch.randint(0, 256, (n,), generator=g).tolist() for n in (250, 37)]
     params = SamplingParams(temperature=0.0, max_new_tokens=16, stop_ids=(), logprobs=0)
     want = Engine(model).generate(prompts, params)
     optimize(model)
-    model.fast_decode.native.enabled = path == "native"  # "graph": as where the native step cannot run
-    got = Engine(model).generate(prompts, params)
-    steps = model.fast_decode.native_steps if path == "native" else model.fast_decode.compiled_steps
-    assert model.fast_decode.enabled and steps == 15
+    step = FastDecode(model)
+    step.native.enabled = path == "native"  # "graph": as where the native step cannot run
+    engine = Engine(model, step=step, max_slots=4, max_context=1024)
+    engine.generate([[5, 6, 7]], params)  # the prompts' rows then sit in other slots than 0 and 1
+    step.native_steps = step.compiled_steps = 0
+    got = engine.generate(prompts, params)
+    steps = step.native_steps if path == "native" else step.compiled_steps
+    # row 0 decodes alone while row 1 prefills, then both, then row 1 alone
+    assert step.enabled and steps == 16
     assert [c.token_ids for c in got] == [c.token_ids for c in want]
     assert max(abs(a - b) for c, d in zip(got, want, strict=True)
                for a, b in zip(c.logprobs, d.logprobs, strict=True)) <= 1e-4
 
 
-def test_kv_cache_lengths_come_in_few_sizes():
-    sizes = [CompiledDecode.cache_length(n, 3000) for n in (1, 3, 256, 257, 600, 1024, 2049, 3000)]
+def test_attended_spans_come_in_few_sizes():
+    sizes = [bucket(n, 3000) for n in (1, 3, 256, 257, 600, 1024, 2049, 3000)]
     assert sizes == [256, 256, 256, 512, 1024, 1024, 3000, 3000]
-    assert CompiledDecode.cache_length(5, 100) == 100
-    assert [CompiledDecode.cache_length(n, 10**6) for n in (8192, 8193, 20000)] == [8192, 16384, 24576]
+    assert bucket(5, 100) == 100
+    assert [bucket(n, 10**6) for n in (8192, 8193, 20000)] == [8192, 16384, 24576]
 
 
 def test_compiled_decode_falls_back_to_eager(monkeypatch, caplog):
@@ -140,23 +146,23 @@ def test_compiled_decode_falls_back_to_eager(monkeypatch, caplog):
     params = SamplingParams(temperature=0.0, max_new_tokens=4, stop_ids=(), logprobs=0)
     want = Engine(model).generate(prompts, params)
     optimize(model)
-    model.fast_decode.native.enabled = False
-    model.fast_decode.max_batch = 1
-    assert [c.token_ids for c in Engine(model).generate(prompts, params)] == [c.token_ids for c in want]
-    assert model.fast_decode.compiled_steps == 0
+    step = FastDecode(model, max_batch=1)
+    step.native.enabled = False
+    assert [c.token_ids for c in Engine(model, step=step).generate(prompts, params)] == [c.token_ids for c in want]
+    assert step.compiled_steps == 2  # row 0 alone while row 1 prefills, and row 1 alone after row 0 ends
 
     def broken(*args, **kwargs):
         raise RuntimeError("no compiler here")
 
-    monkeypatch.setattr(model.fast_decode, "_compiled", broken)
+    monkeypatch.setattr(step, "_compiled", broken)
     with caplog.at_level("WARNING", logger="herd"):
-        got = Engine(model).generate(prompts[0], params)
+        got = Engine(model, step=step).generate(prompts[0], params)
     assert got[0].token_ids == want[0].token_ids
-    assert not model.fast_decode.enabled and "decoding eagerly" in caplog.text
+    assert not step.enabled and "decoding eagerly" in caplog.text
 
 
 def test_experts_are_stored_output_major_and_restore(tmp_path):
-    model = optimize(herd.build(SCOUT_LIKE, seed=0), compile_decode=False)
+    model = optimize(herd.build(SCOUT_LIKE, seed=0))
     experts = model.layers[0].feed_forward.experts
     assert experts.w13.transpose(1, 2).is_contiguous() and experts.w2.transpose(1, 2).is_contiguous()
     tokens = torch.randint(0, 256, (1, 12), generator=torch.Generator().manual_seed(4))
@@ -171,7 +177,7 @@ def test_experts_are_stored_output_major_and_restore(tmp_path):
         assert (herd.load(tmp_path)(tokens) - model(tokens)).abs().max().item() <= 1e-2
     restore(model)
     assert type(experts).__name__ == "Experts" and experts.w13.is_contiguous()
-    assert getattr(model, "fast_decode", None) is None
+    assert type(model.layers[0].attention).__name__ == "Attention"
 
 
 def test_compiled_decode_step_in_bf16_is_as_accurate_as_eager():
@@ -180,21 +186,24 @@ def test_compiled_decode_step_in_bf16_is_as_accurate_as_eager():
     prompt = torch.randint(0, 256, (1, 40), generator=torch.Generator().manual_seed(4))
     tokens_11, positions_1 = torch.tensor([[7]]), torch.tensor([40])
 
-    def step(m: torch.nn.Module, dtype: torch.dtype, compiled: bool) -> torch.Tensor:
-        cache = KVCache(m.config, 1, 256, dtype)
-        with torch.no_grad():
-            m(prompt, cache=cache, row=0, last_only=True)
-            if compiled:
-                return m.fast_decode(tokens_11, positions_1, cache).float()
-            return m(tokens_11, cache=cache, positions_B=positions_1)[:, -1].float()
+    slots_1 = torch.tensor([0])
 
-    want = step(model, torch.float32, compiled=False)
+    def step(m: torch.nn.Module, dtype: torch.dtype, fast: FastDecode | None) -> torch.Tensor:
+        pool = KVPool(m.config, 1, 256, dtype)
+        with torch.no_grad():
+            m(prompt, kv=pool.prefill(0, 0), last_only=True)
+            if fast is not None:
+                return fast(tokens_11, positions_1, slots_1, pool).float()
+            return m(tokens_11, kv=pool.decode(slots_1, positions_1))[:, -1].float()
+
+    want = step(model, torch.float32, None)
     model.to(torch.bfloat16)
-    eager_error = (step(model, torch.bfloat16, compiled=False) - want).abs().max().item()
+    eager_error = (step(model, torch.bfloat16, None) - want).abs().max().item()
     optimize(model)
-    model.fast_decode.native.enabled = False  # the compiled graph, as on CPUs without AVX512-BF16
-    compiled_error = (step(model, torch.bfloat16, compiled=True) - want).abs().max().item()
-    assert model.fast_decode.compiled_steps == 1
+    fast = FastDecode(model)
+    fast.native.enabled = False  # the compiled graph, as on CPUs without AVX512-BF16
+    compiled_error = (step(model, torch.bfloat16, fast) - want).abs().max().item()
+    assert fast.compiled_steps == 1
     assert compiled_error <= 1.5 * eager_error, (compiled_error, eager_error)
 
 

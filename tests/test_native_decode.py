@@ -8,39 +8,44 @@ from test_cpu_kernels import NATIVE  # this CPU and compiler can build the nativ
 
 import herd
 from herd import cpu_kernels
-from herd.engine import Engine
 from herd.fast import optimize
-from herd.kv_cache import KVCache
-from herd.sampling import SamplingParams
+from herd.infer.engine import Engine
+from herd.infer.kv_pool import KVPool
+from herd.infer.native import NativeDecode
+from herd.infer.sampling import SamplingParams
+from herd.infer.steps import FastDecode
 
 pytestmark = pytest.mark.skipif(not NATIVE, reason="the native kernels need AVX512-BF16 and a C compiler")
 
 PROMPTS = (25, 7, 16)  # three rows at different positions; chunks of 8 wrap their rings many times
+SLOTS = (3, 0, 4)
 STEPS = 20
 
 
-def _decode(model, dtype: torch.dtype, mode: str, rows: int = 3) -> tuple[torch.Tensor, KVCache]:
-    """Teacher-forced decode: hidden states [STEPS, B, D] (fp32) after prefilling each row eagerly."""
+def _decode(model, dtype: torch.dtype, mode: str, rows: int = 3) -> tuple[torch.Tensor, KVPool]:
+    """Teacher-forced decode: hidden states [STEPS, B, D] (fp32) after prefilling each row eagerly; row b
+    sits in pool slot SLOTS[b] of five."""
     g = torch.Generator().manual_seed(3)
     prompts = [torch.randint(0, 256, (n,), generator=g) for n in PROMPTS[:rows]]
     follow_BS = torch.randint(0, 256, (rows, STEPS), generator=g)
-    cache = KVCache(model.config, rows, 64, dtype)
+    pool = KVPool(model.config, 5, 64, dtype)
+    slots_B = torch.tensor(SLOTS[:rows])
+    native = NativeDecode(model)
     out = []
     with torch.no_grad():
         for b, prompt in enumerate(prompts):
-            model(prompt[None], cache=cache, row=b, last_only=True)
+            model(prompt[None], kv=pool.prefill(SLOTS[b], 0), last_only=True)
         positions_B = torch.tensor(PROMPTS[:rows])
         for s in range(STEPS):
             tokens_B1 = follow_BS[:, s : s + 1]
             if mode == "native":
-                native = model.fast_decode.native
-                assert native.takes(tokens_B1, cache), native.reason
-                hidden_BD = native(tokens_B1, positions_B, cache, logits=False)
+                assert native.takes(tokens_B1, pool), native.reason
+                hidden_BD = native(tokens_B1, positions_B, slots_B, pool, logits=False)
             else:
-                hidden_BD = model.hidden(tokens_B1, cache=cache, positions_B=positions_B)[:, -1]
+                hidden_BD = model.hidden(tokens_B1, kv=pool.decode(slots_B, positions_B))[:, -1]
             out.append(hidden_BD.float())
             positions_B = positions_B + 1
-    return torch.stack(out), cache
+    return torch.stack(out), pool
 
 
 @pytest.mark.parametrize("config", [SCOUT_LIKE, MAVERICK_LIKE, DENSE_LIKE,
@@ -62,8 +67,8 @@ def test_native_step_matches_eager_bf16(config):
     assert (got - want).abs().max() <= 1.25 * (eager - want).abs().max()
     assert (got - want).abs().mean() <= 1.1 * (eager - want).abs().mean()
     for mine, theirs in zip(got_cache.layers, eager_cache.layers, strict=True):  # post-RoPE keys, values
-        assert torch.allclose(mine.k_BGLK.float(), theirs.k_BGLK.float(), rtol=2**-6, atol=2**-6)
-        assert torch.allclose(mine.v_BGLK.float(), theirs.v_BGLK.float(), rtol=2**-6, atol=2**-6)
+        assert torch.allclose(mine.k_SGLK.float(), theirs.k_SGLK.float(), rtol=2**-6, atol=2**-6)
+        assert torch.allclose(mine.v_SGLK.float(), theirs.v_SGLK.float(), rtol=2**-6, atol=2**-6)
 
 
 @pytest.mark.parametrize("config", [SCOUT_LIKE, MAVERICK_LIKE, DENSE_LIKE], ids=["scout", "maverick", "dense"])
@@ -74,7 +79,7 @@ def test_native_step_matches_eager_fp32(config):
     got, got_cache = _decode(model, torch.float32, "native")
     assert (got - want).abs().max() <= 1e-4
     for mine, theirs in zip(got_cache.layers, want_cache.layers, strict=True):
-        assert (mine.k_BGLK - theirs.k_BGLK).abs().max() <= 1e-4 and (mine.v_BGLK - theirs.v_BGLK).abs().max() <= 1e-4
+        assert (mine.k_SGLK - theirs.k_SGLK).abs().max() <= 1e-4 and (mine.v_SGLK - theirs.v_SGLK).abs().max() <= 1e-4
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
@@ -98,7 +103,7 @@ def test_native_step_with_ragged_shapes_and_three_threads(dtype):
 
 
 def test_engine_uses_the_native_step_in_bf16():
-    """Rows that finish at different steps: the finished row rides along at its last position."""
+    """Rows that finish at different steps: the finished row leaves the batch."""
     model = herd.build(SCOUT_LIKE, seed=0, dtype=torch.bfloat16)
     prompts = [[5, 6, 7, 8, 9, 10], [3, 4]]
     params = SamplingParams(temperature=0.0, max_new_tokens=6, stop_ids=())
@@ -111,35 +116,36 @@ def test_engine_uses_the_native_step_in_bf16():
     want = Engine(model).generate(prompts, params, stop_fn=stop_row_0_early)
     seen.clear()
     optimize(model)
-    got = Engine(model).generate(prompts, params, stop_fn=stop_row_0_early)
-    assert model.fast_decode.native_steps == 5 and model.fast_decode.compiled_steps == 0
+    step = FastDecode(model)
+    got = Engine(model, step=step).generate(prompts, params, stop_fn=stop_row_0_early)
+    assert step.native_steps == 6 and step.compiled_steps == 0  # row 0's second token while row 1 prefills, then 5
     assert [len(c.token_ids) for c in got] == [2, 6]
     assert [c.token_ids for c in got] == [c.token_ids for c in want]
 
 
-def test_a_finished_requests_cache_is_freed():
+def test_a_dropped_pool_is_freed():
     import gc
     import weakref
 
     model = optimize(herd.build(SCOUT_LIKE, seed=0, dtype=torch.bfloat16))
-    cache = KVCache(model.config, 1, 64, torch.bfloat16)
+    step, pool = FastDecode(model), KVPool(model.config, 1, 64, torch.bfloat16)
     with torch.no_grad():
-        model.fast_decode(torch.tensor([[1]]), torch.tensor([0]), cache)
-    assert model.fast_decode.native_steps == 1
-    k = weakref.ref(cache.layers[0].k_BGLK)
-    del cache
+        step(torch.tensor([[1]]), torch.tensor([0]), torch.tensor([0]), pool)
+    assert step.native_steps == 1
+    k = weakref.ref(pool.layers[0].k_SGLK)
+    del pool
     gc.collect()
     assert k() is None
 
 
 def test_native_logits_are_the_lm_head_of_its_hidden_states():
     model = optimize(herd.build(MAVERICK_LIKE, seed=0, dtype=torch.bfloat16))
-    native, cache = model.fast_decode.native, KVCache(model.config, 2, 64, torch.bfloat16)
-    tokens_B1, positions_B = torch.tensor([[3], [4]]), torch.tensor([0, 5])
-    assert native.takes(tokens_B1, cache)
+    native, pool = NativeDecode(model), KVPool(model.config, 2, 64, torch.bfloat16)
+    tokens_B1, positions_B, slots_B = torch.tensor([[3], [4]]), torch.tensor([0, 5]), torch.tensor([1, 0])
+    assert native.takes(tokens_B1, pool)
     with torch.no_grad():
-        logits_BV = native(tokens_B1, positions_B, cache)
-        hidden_BD = native(tokens_B1, positions_B, cache, logits=False)  # the same step again: same cache writes
+        logits_BV = native(tokens_B1, positions_B, slots_B, pool)
+        hidden_BD = native(tokens_B1, positions_B, slots_B, pool, logits=False)  # again: the same cache writes
         want_BV = (hidden_BD.float() @ model.output.weight.float().T).bfloat16()
     assert logits_BV.shape == (2, model.config.vocab_size)
     assert torch.allclose(logits_BV.float(), want_BV.float(), rtol=2**-7, atol=1e-6)
@@ -147,28 +153,31 @@ def test_native_logits_are_the_lm_head_of_its_hidden_states():
 
 def test_native_step_refuses_what_it_does_not_compute():
     model = optimize(herd.build(SCOUT_LIKE, seed=0, dtype=torch.float16))
-    native, tokens_11 = model.fast_decode.native, torch.tensor([[1]])
-    assert not native.takes(tokens_11, KVCache(model.config, 1, 64, torch.float16))
+    native, tokens_11 = NativeDecode(model, max_batch=8), torch.tensor([[1]])
+    assert not native.takes(tokens_11, KVPool(model.config, 1, 64, torch.float16))
     assert "not bf16 or fp32" in native.reason
     model.to(torch.bfloat16)
-    assert native.takes(tokens_11, KVCache(model.config, 1, 64, torch.bfloat16))  # rebuilt after the cast
-    assert not native.takes(torch.ones(9, 1, dtype=torch.long), KVCache(model.config, 9, 64, torch.bfloat16))
-    assert not native.takes(tokens_11, KVCache(model.config, 2, 64, torch.bfloat16))  # rows differ
+    assert native.takes(tokens_11, KVPool(model.config, 1, 64, torch.bfloat16))  # rebuilt after the cast
+    assert not native.takes(torch.ones(9, 1, dtype=torch.long), KVPool(model.config, 9, 64, torch.bfloat16))
+    assert not native.takes(tokens_11, KVPool(model.config, 2, 64, torch.float32))  # the pool's dtype differs
     top2 = optimize(herd.build(SCOUT_LIKE.replace(top_k=2), seed=0, dtype=torch.bfloat16))
-    assert not top2.fast_decode.native.takes(tokens_11, KVCache(top2.config, 1, 64, torch.bfloat16))
-    assert "top-2" in top2.fast_decode.native.reason
+    native2 = NativeDecode(top2)
+    assert not native2.takes(tokens_11, KVPool(top2.config, 1, 64, torch.bfloat16))
+    assert "top-2" in native2.reason
 
 
 def test_native_step_rejects_bad_tokens_and_positions():
     model = optimize(herd.build(SCOUT_LIKE, seed=0, dtype=torch.bfloat16))
-    native, cache = model.fast_decode.native, KVCache(model.config, 1, 64, torch.bfloat16)
-    assert native.takes(torch.tensor([[1]]), cache)
+    native, pool, slot_1 = NativeDecode(model), KVPool(model.config, 2, 64, torch.bfloat16), torch.tensor([1])
+    assert native.takes(torch.tensor([[1]]), pool)
     with pytest.raises(ValueError, match="outside the vocabulary"):
-        native(torch.tensor([[256]]), torch.tensor([3]), cache)
+        native(torch.tensor([[256]]), torch.tensor([3]), slot_1, pool)
     with pytest.raises(ValueError, match="outside the KV cache"):
-        native(torch.tensor([[1]]), torch.tensor([64]), cache)  # the global layer holds 64 positions
+        native(torch.tensor([[1]]), torch.tensor([64]), slot_1, pool)  # the global layer holds 64 positions
+    with pytest.raises(ValueError, match="outside the KV pool"):
+        native(torch.tensor([[1]]), torch.tensor([3]), torch.tensor([2]), pool)
     with pytest.raises(ValueError, match="positions of shape"):
-        native(torch.tensor([[1]]), torch.tensor([3, 4]), cache)
+        native(torch.tensor([[1]]), torch.tensor([3, 4]), slot_1, pool)
 
 
 def test_native_step_off_without_kernels(monkeypatch):
@@ -176,8 +185,9 @@ def test_native_step_off_without_kernels(monkeypatch):
     cpu_kernels.reset()
     try:
         model = optimize(herd.build(SCOUT_LIKE, seed=0, dtype=torch.bfloat16))
-        assert not model.fast_decode.native.takes(torch.tensor([[1]]), KVCache(model.config, 1, 64, torch.bfloat16))
-        assert "no native kernels" in model.fast_decode.native.reason
+        native = NativeDecode(model)
+        assert not native.takes(torch.tensor([[1]]), KVPool(model.config, 1, 64, torch.bfloat16))
+        assert "no native kernels" in native.reason
     finally:
         monkeypatch.delenv("HERD_CPU_KERNELS")
         cpu_kernels.reset()

@@ -136,17 +136,17 @@ def test_meta_vision_weights_load(hf_pair, tmp_path, n_shards):
 def test_engine_prefill_pieces_with_images(hf_pair):
     """Images are encoded once; prefill pieces that split an image's patch run still place every
     feature right: logits equal the one-shot fused forward."""
-    from herd.engine import Engine
-    from herd.kv_cache import KVCache
-    from herd.sampling import SamplingParams
+    from herd.infer.engine import Engine
+    from herd.infer.kv_pool import KVPool
+    from herd.infer.sampling import SamplingParams
 
     _, model = hf_pair
     tokens_BS, images = _prompt_and_pixels()
     with torch.no_grad():
         want = model(tokens_BS, image_features_FD=model.encode_images(images))[0, -1]
     for piece in (3, 7, 64):
-        cache = KVCache(model.config, 1, tokens_BS.shape[1], torch.float32)
-        got = Engine(model, prefill_chunk=piece).prefill(cache, 0, tokens_BS[0].tolist(), images)
+        pool = KVPool(model.config, 1, tokens_BS.shape[1], torch.float32)
+        got = Engine(model, prefill_chunk=piece).prefill(pool, 0, tokens_BS[0].tolist(), images)
         assert (got - want).abs().max().item() <= TOL
     params = SamplingParams(temperature=0.0, max_new_tokens=5, stop_ids=())
     out = Engine(model).generate([tokens_BS[0].tolist(), [1, 2, 3]], params, images=[images, None])

@@ -23,12 +23,11 @@ from herd.cli.common import (
     DTYPES,
     add_fast_flag,
     add_sampling_flags,
+    engine_for,
     image_collector,
     load_with_tokenizer,
-    prepare,
     sampling_params,
 )
-from herd.engine import Engine
 from herd.image import ImageError, preprocess
 from herd.tokenizer import StreamDecoder
 
@@ -98,7 +97,7 @@ def interruptible() -> Iterator[threading.Event]:
 
 def run(args: argparse.Namespace) -> int:
     model, tokenizer = load_with_tokenizer(args.model, args.dtype)
-    engine = Engine(prepare(model, args))
+    engine = engine_for(model, args)
     params = sampling_params(args)
     system = [{"role": "system", "content": args.system}] if args.system else []
     history: list[dict] = list(system)

@@ -11,8 +11,11 @@ import torch
 import herd
 from herd import chat
 from herd.checkpoint import CheckpointError
+from herd.fast import optimize
+from herd.infer.engine import Engine
+from herd.infer.sampling import SamplingParams
+from herd.infer.steps import FastDecode
 from herd.model import Transformer
-from herd.sampling import SamplingParams
 from herd.tokenizer import Tokenizer, TokenizerError, load_tokenizer
 
 log = logging.getLogger("herd")
@@ -36,19 +39,18 @@ def add_fast_flag(parser: argparse.ArgumentParser) -> None:
                         help="fused projections and compiled matrix-vector products for decode (default on)")
 
 
-def prepare(model: Transformer, args: argparse.Namespace) -> Transformer:
-    """The model as the command runs it: with herd.fast's inference paths unless --no-fast,
+def engine_for(model: Transformer, args: argparse.Namespace) -> Engine:
+    """The engine the command runs: with herd.fast's inference paths and decode step unless --no-fast,
     compiled up front so that the reported tokens/s is the steady rate."""
-    if args.fast:
-        from herd.engine import Engine
-        from herd.fast import optimize
-
-        optimize(model)
-        start = time.perf_counter()
-        log.info("compiling the decode kernels (once per process) ...")
-        Engine(model).generate([0], SamplingParams(temperature=0.0, max_new_tokens=2, stop_ids=()))
-        log.info("compiled in %.1fs", time.perf_counter() - start)
-    return model
+    if not args.fast:
+        return Engine(model)
+    optimize(model)
+    start = time.perf_counter()
+    log.info("compiling the decode kernels (once per process) ...")
+    warm = Engine(model, step=FastDecode(model))
+    warm.generate([0], SamplingParams(temperature=0.0, max_new_tokens=2, stop_ids=()))
+    log.info("compiled in %.1fs", time.perf_counter() - start)
+    return Engine(model, step=warm.step)
 
 
 def image_collector(model: Transformer, max_tiles: int) -> chat.ImageCollector | None:

@@ -12,13 +12,12 @@ from herd.cli.common import (
     DTYPES,
     add_fast_flag,
     add_sampling_flags,
+    engine_for,
     image_collector,
-    prepare,
     sampling_params,
     tokenizer_for,
 )
 from herd.config import PRESETS, preset
-from herd.engine import Engine
 from herd.image import ImageError
 from herd.model import Transformer
 from herd.tokenizer import TextStream, Tokenizer
@@ -89,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
         params = sampling_params(args)
     except ValueError as err:
         return _fail(str(err))
-    engine = Engine(prepare(model, args))
+    engine = engine_for(model, args)
     text = TextStream(tokenizer, args.stop) if tokenizer is not None else None
     count, start = 0, time.perf_counter()
     try:

@@ -7,10 +7,10 @@
      mean_square  mean(x²) of n elements in fp32
      NAME         the exported function
 
-   The same computation as herd.model.Transformer.hidden for one new token per row (row b at absolute
-   position positions[b]), followed by the LM head, rounding to T where the eager model rounds: after
-   every projection, norm, activation and residual add. RoPE, norms, softmax and the router's sigmoid run
-   in fp32. The caller (herd/native_decode.py) checks shapes, dtypes and layouts and keeps the tensors
+   The same computation as herd.model.Transformer.hidden for one new token per row (row b in KV slot
+   slots[b] at absolute position positions[b]), followed by the LM head, rounding to T where the eager
+   model rounds: after every projection, norm, activation and residual add. RoPE, norms, softmax and the router's sigmoid run
+   in fp32. The caller (herd/infer/native.py) checks shapes, dtypes and layouts and keeps the tensors
    alive. The structs' layout is mirrored by ctypes there.
 
    Why: compiled by inductor, the bf16 step of the benchmark model reads its layer weights at about
@@ -22,7 +22,7 @@
    separated by barriers.
 
    Shapes: B rows, D model dim, H heads, G kv heads (R = H / G per group), K head dim, E experts, F the
-   SwiGLU hidden size of a layer, L cache slots, V vocab. */
+   SwiGLU hidden size of a layer, L positions a layer keeps per KV slot, V vocab. */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -39,8 +39,8 @@ typedef struct {
     const T *w2;                /* MoE: [E, D, F]; dense: [D, F] */
     const T *shared_w13;        /* [2F, D], MoE layers */
     const T *shared_w2;         /* [D, F] */
-    T *k_cache, *v_cache;       /* [B, G, L, K], post-RoPE keys */
-    int64_t slots;              /* L */
+    T *k_cache, *v_cache;       /* [S, G, L, K] for the pool's S slots, post-RoPE keys */
+    int64_t length;             /* L: positions per slot (the context, or the ring of `chunk`) */
     int64_t chunk;              /* ring of `chunk` slots; 0: global (slot = position) */
     int64_t hidden;             /* F */
     int32_t rope, qk_norm, temperature, unused;
@@ -130,9 +130,9 @@ static void attend(const T *q_RK, const T *k_LK, const T *v_LK, long n, long R, 
 
 /* The final-norm hidden states go to out [B, D] and, unless logits_BV is NULL, their logits to logits_BV [B, V].
    Returns 0; -1 when scratch memory cannot be allocated, -2 for a token id outside the vocabulary, -3 for a
-   position outside a layer's cache. Nothing is written on an error. */
-int NAME(const model_t *m, const int64_t *tokens, const int64_t *positions, int64_t B, T *out,
-                     T *logits_BV, int threads) {
+   position outside a layer's cache, -4 for a slot outside the pool of n_slots. Nothing is written on an error. */
+int NAME(const model_t *m, const int64_t *tokens, const int64_t *positions, const int64_t *slots, int64_t n_slots,
+         int64_t B, T *out, T *logits_BV, int threads) {
     const long D = m->dim, H = m->n_heads, G = m->n_kv_heads, K = m->head_dim, R = H / G, E = m->n_experts;
     const long QKV = (H + 2 * G) * K;
     const float eps = m->norm_eps;
@@ -140,13 +140,14 @@ int NAME(const model_t *m, const int64_t *tokens, const int64_t *positions, int6
     for (long b = 0; b < B; b++) {
         if (tokens[b] < 0 || tokens[b] >= m->vocab) return -2;
         if (positions[b] < 0) return -3;
+        if (slots[b] < 0 || slots[b] >= n_slots) return -4;
     }
     for (long i = 0; i < m->n_layers; i++) {
         const layer_t *ly = &m->layers[i];
         if (ly->hidden > F) F = ly->hidden;
         for (long b = 0; b < B; b++) {
             const long slot = slot_of(ly, positions[b]);
-            if (slot >= ly->slots) return -3;
+            if (slot >= ly->length) return -3;
             if (slot + 1 > L) L = slot + 1;
         }
     }
@@ -206,7 +207,7 @@ int NAME(const model_t *m, const int64_t *tokens, const int64_t *positions, int6
                 #pragma omp for
                 for (long i = 0; i < B * G; i++) {  /* a (row, kv group) writes and then reads only its own cache */
                     const long b = i / G, g = i % G, slot = slot_of(ly, positions[b]);
-                    const long base = (b * G + g) * ly->slots * K;
+                    const long base = (slots[b] * G + g) * ly->length * K;
                     memcpy(ly->k_cache + base + slot * K, qkv + b * QKV + (H + g) * K, sizeof(T) * K);
                     memcpy(ly->v_cache + base + slot * K, qkv + b * QKV + (H + G + g) * K, sizeof(T) * K);
                     attend(qkv + b * QKV + g * R * K, ly->k_cache + base, ly->v_cache + base, slot + 1, R, K, scores,

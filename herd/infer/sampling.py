@@ -6,7 +6,9 @@
   so the token that crosses the threshold is kept (spec §8).
 - Temperature 0 is greedy (argmax after penalties). Each request draws from its own seeded
   `torch.Generator`, so a seed reproduces its output whatever else is in the batch.
-- Log-probabilities are those of the model's own distribution (raw logits), as vLLM reports.
+- Log-probabilities are those of the model's own distribution (raw logits), as vLLM reports;
+  `sampling_logprob` gives the chosen token's under the distribution it was drawn from (after penalties,
+  temperature and the filters), which RL's importance ratios need.
 - `filter_logits` is the plain full-vocabulary reference. `choose` gets the same result from the
   top candidates: top-k, min-p and top-p only ever keep a prefix of the sorted vocabulary, so a
   `topk` of 1024 (or k) suffices whenever that prefix ends inside it, and it falls back to the full
@@ -35,6 +37,7 @@ class SamplingParams:
     seed: int | None = None
     stop_ids: tuple[int, ...] | None = None  # None: the model's eos ids
     logprobs: int | None = None  # None: none; N: the chosen token's and the top-N alternatives'
+    sampling_logprobs: bool = False  # also the chosen token's log-probability under the sampling distribution
 
     def __post_init__(self) -> None:
         checks = {
@@ -139,3 +142,11 @@ def logprobs_of(logits_V: torch.Tensor, token: int, n: int) -> tuple[float, list
     top = torch.topk(logp_V, n) if n else None
     alternatives = list(zip(top.indices.tolist(), top.values.tolist(), strict=True)) if top is not None else []
     return float(logp_V[token]), alternatives
+
+
+def sampling_logprob(logits_V: torch.Tensor, p: SamplingParams, token: int) -> float:
+    """The log-probability of `token` under the distribution `choose` draws from, given penalised logits:
+    temperature, top-k, min-p and top-p applied (0 for greedy, which is deterministic)."""
+    if p.temperature == 0:
+        return 0.0
+    return float(torch.log_softmax(filter_logits(logits_V.float(), p), dim=-1)[token])

@@ -6,12 +6,12 @@ thread barriers. The native step reads them near memory bandwidth with a few bar
 (docs/BENCHMARKS.md). It computes what `Transformer.hidden` computes for one token per row, rounding to
 bf16 where the eager bf16 model rounds, and is tested against it.
 
-The LM head runs in the same call. `NativeDecode.takes()` says whether it can run a step: the model is
-bf16 or fp32 on CPU and laid out by `herd.fast.optimize` (fused q|k|v and gate|up, output-major
-experts), MoE layers route top-1, the cache has the weights' dtype and one row per token, and the
-kernels are available (`herd.cpu_kernels`). `CompiledDecode` asks first and keeps its compiled path
-otherwise. The pointers handed to C are rebuilt whenever a weight or cache tensor moves (a cast, a new
-request), checked by address on every step.
+The LM head runs in the same call. Each row names its KV slot in the pool (`herd.infer.kv_pool.KVPool`).
+`NativeDecode.takes()` says whether it can run a step: the model is bf16 or fp32 on CPU and laid out by
+`herd.fast.optimize` (fused q|k|v and gate|up, output-major experts), MoE layers route top-1, the pool has
+the weights' dtype, and the kernels are available (`herd.cpu_kernels`). `herd.infer.steps.FastDecode` asks
+first and keeps its compiled path otherwise. The pointers handed to C are rebuilt whenever a weight or pool
+tensor moves (a cast, a new pool), checked by address on every step.
 
 Shapes: B rows, D model dim, V vocab.
 """
@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from herd import cpu_kernels
-from herd.kv_cache import KVCache
+from herd.infer.kv_pool import KVPool
 
 log = logging.getLogger("herd")
 
@@ -35,7 +35,7 @@ log = logging.getLogger("herd")
 class _Layer(ctypes.Structure):  # layer_t in decode.h
     _fields_ = [(name, c_void_p) for name in ("attention_norm", "wqkv", "wo", "ffn_norm", "router", "router_bias",
                                              "w13", "w2", "shared_w13", "shared_w2", "k_cache", "v_cache")]
-    _fields_ += [("slots", c_int64), ("chunk", c_int64), ("hidden", c_int64), ("rope", c_int32),
+    _fields_ += [("length", c_int64), ("chunk", c_int64), ("hidden", c_int64), ("rope", c_int32),
                  ("qk_norm", c_int32), ("temperature", c_int32), ("unused", c_int32)]
 
 
@@ -49,7 +49,7 @@ class _Model(ctypes.Structure):  # model_t in decode.h
 
 _STEPS = {torch.bfloat16: "herd_decode_bf16", torch.float32: "herd_decode_f32"}  # the kernel per weight dtype
 _ERRORS = {-1: "out of memory for scratch buffers", -2: "a token id outside the vocabulary",
-           -3: "a position outside the KV cache"}
+           -3: "a position outside the KV cache", -4: "a slot outside the KV pool"}
 
 
 def _fields(block: nn.Module) -> dict[str, tuple[nn.Module | None, str]]:
@@ -86,13 +86,12 @@ def _layout_error(name: str, t: torch.Tensor | None, moe: bool, dtype: torch.dty
 class NativeDecode:
     """The native decode step for a model laid out by `herd.fast.optimize`; see the module doc."""
 
-    def __init__(self, model: nn.Module, max_batch: int = 8) -> None:
+    def __init__(self, model: nn.Module, max_batch: int = 64) -> None:
         self.model, self.max_batch = model, max_batch
         self.enabled = True
         self.reason = "not checked yet"  # why the last check refused, for logs and tests
         self._key: tuple | None = None
-        self._cache: weakref.ref = lambda: None
-        self._rows = 0
+        self._pool: weakref.ref = lambda: None
         self._watching: list[tuple[dict, str]] = []
         self._ok = False
         self._keep: list[torch.Tensor] = []
@@ -100,7 +99,7 @@ class NativeDecode:
     def _watch(self) -> list[tuple[dict, str]]:
         """Where every weight the kernel reads is held, as (the module dict holding it, key): their addresses
         key the built pointers. Dicts, not `getattr`: a module attribute lookup costs ~0.6 µs, ~100 per step.
-        (The cache's tensors are read from the cache itself, so that nothing here keeps a freed cache alive.)"""
+        (The pool's tensors are read from the pool itself, so that nothing here keeps a dropped pool alive.)"""
         m = self.model
         owners: list[tuple[object, str]] = [(m.tok_embeddings, "weight"), (m.norm, "weight"), (m.output, "weight"),
                                             (m, "freq_K2")]
@@ -113,8 +112,8 @@ class NativeDecode:
             out.append(next((store, attr) for store in stores if attr in store))
         return out
 
-    def _check(self, cache: KVCache, rows: int) -> str | None:
-        """Why the kernel cannot take steps for this model and cache, or None."""
+    def _check(self, pool: KVPool) -> str | None:
+        """Why the kernel cannot take steps for this model and pool, or None."""
         m, c = self.model, self.model.config
         if not cpu_kernels.available():
             return "no native kernels here (herd.cpu_kernels)"
@@ -124,36 +123,36 @@ class NativeDecode:
             return f"weights are {dtype} on {embedding.device}, not bf16 or fp32 on CPU"
         if c.n_experts and c.top_k != 1:
             return f"top-{c.top_k} routing (the kernel routes top-1)"
-        if len(cache.layers) != c.n_layers or cache.batch != rows:
-            return f"a cache of {cache.batch} rows for {rows} tokens"
+        if len(pool.layers) != c.n_layers:
+            return f"a KV pool of {len(pool.layers)} layers for {c.n_layers}"
         model_level = (embedding, m.norm.weight, m.output.weight)
         if not all(t.dtype == dtype and t.is_contiguous() and t.device.type == "cpu" for t in model_level):
             return f"embedding, final norm or LM head not {dtype} and contiguous"
         if m.output.bias is not None:
             return "an LM head with a bias"
-        for i, (block, layer) in enumerate(zip(m.layers, cache.layers, strict=True)):
+        for i, (block, layer) in enumerate(zip(m.layers, pool.layers, strict=True)):
             for name, t in _weights(block).items():
                 error = _layout_error(name, t, block.is_moe, dtype)
                 if error:
                     return f"layer {i}: {error}"
-            for t in (layer.k_BGLK, layer.v_BGLK):
+            for t in (layer.k_SGLK, layer.v_SGLK):
                 if t.dtype != dtype or not t.is_contiguous() or t.device.type != "cpu":
                     return f"layer {i}: KV cache is {t.dtype} on {t.device}, contiguous={t.is_contiguous()}"
-                if (t.shape[0], t.shape[1], t.shape[3]) != (rows, c.n_kv_heads, c.head_dim):
+                if (t.shape[1], t.shape[3]) != (c.n_kv_heads, c.head_dim):
                     return f"layer {i}: KV cache of shape {tuple(t.shape)} for this model"
         return None
 
-    def _build(self, cache: KVCache, rows: int) -> None:
+    def _build(self, pool: KVPool) -> None:
         m, c = self.model, self.model.config
-        self.reason = self._check(cache, rows) or ""
+        self.reason = self._check(pool) or ""
         self._ok = not self.reason
         if not self._ok:
-            log.debug("herd.native_decode: not used: %s", self.reason)
+            log.debug("herd.infer.native: not used: %s", self.reason)
             return
         freq_K2 = m.freq_K2.float().contiguous()
         self._keep = [freq_K2]
         layers = (_Layer * c.n_layers)()
-        for i, (block, layer) in enumerate(zip(m.layers, cache.layers, strict=True)):
+        for i, (block, layer) in enumerate(zip(m.layers, pool.layers, strict=True)):
             weights = _weights(block)
             if weights.get("router_bias") is not None:  # the eager model adds it in the logits' dtype
                 weights["router_bias"] = weights["router_bias"].to(m.tok_embeddings.weight.dtype).contiguous()
@@ -161,8 +160,8 @@ class NativeDecode:
             for name, t in weights.items():
                 setattr(layers[i], name, t.data_ptr() if t is not None else None)
             attention = block.attention
-            layers[i].k_cache, layers[i].v_cache = layer.k_BGLK.data_ptr(), layer.v_BGLK.data_ptr()
-            layers[i].slots, layers[i].chunk = layer.k_BGLK.shape[2], layer.chunk or 0
+            layers[i].k_cache, layers[i].v_cache = layer.k_SGLK.data_ptr(), layer.v_SGLK.data_ptr()
+            layers[i].length, layers[i].chunk = layer.k_SGLK.shape[2], layer.chunk or 0
             layers[i].hidden = weights["w2"].shape[1]  # experts' w2 is [E, F, D] as the module sees it, dense [D, F]
             layers[i].rope, layers[i].qk_norm = attention.use_rope, attention.use_qk_norm
             layers[i].temperature = attention.temperature_tuning
@@ -173,36 +172,40 @@ class NativeDecode:
                              freq=freq_K2.data_ptr(), embedding=m.tok_embeddings.weight.data_ptr(),
                              norm=m.norm.weight.data_ptr(), output=m.output.weight.data_ptr(), layers=layers)
 
-    def takes(self, tokens_B1: torch.Tensor, cache: KVCache) -> bool:
+    def takes(self, tokens_B1: torch.Tensor, pool: KVPool) -> bool:
         """Whether the native kernel runs this step (checked again whenever a tensor has moved)."""
         rows = tokens_B1.shape[0]
         if not self.enabled or rows > self.max_batch or tokens_B1.device.type != "cpu" or tokens_B1.shape[1] != 1:
             return False
-        if self._cache() is not cache or rows != self._rows:  # a weak reference: a finished request's cache is freed
-            self._cache, self._rows, self._watching = weakref.ref(cache), rows, self._watch()
+        if self._pool() is not pool:  # a weak reference: a dropped pool is freed
+            self._pool, self._watching = weakref.ref(pool), self._watch()
             self._key = None
         key = (*(store[name].data_ptr() for store, name in self._watching),
-               *(t.data_ptr() for layer in cache.layers for t in (layer.k_BGLK, layer.v_BGLK)))
+               *(t.data_ptr() for layer in pool.layers for t in (layer.k_SGLK, layer.v_SGLK)))
         if key != self._key:
-            self._build(cache, rows)
+            self._build(pool)
             self._key = key
         return self._ok
 
-    def __call__(self, tokens_B1: torch.Tensor, positions_B: torch.Tensor, cache: KVCache,
+    def __call__(self, tokens_B1: torch.Tensor, positions_B: torch.Tensor, slots_B: torch.Tensor, pool: KVPool,
                  logits: bool = True) -> torch.Tensor:
         """The logits [B, V] (or with `logits=False` the final-norm hidden states [B, D]) of one token per
-        row, row b at position positions_B[b], its KV cache row written; call after `takes()` said yes."""
+        row, row b in slot slots_B[b] at position positions_B[b], its keys written to the pool; call after
+        `takes()` said yes for this pool."""
         tokens_B = tokens_B1.reshape(-1).to(torch.int64).contiguous()
         positions_B = positions_B.to(device="cpu", dtype=torch.int64).contiguous()
+        slots_B = slots_B.to(device="cpu", dtype=torch.int64).contiguous()
         rows, c, dtype = tokens_B.shape[0], self.model.config, self.model.tok_embeddings.weight.dtype
-        if positions_B.shape != (rows,):
-            raise ValueError(f"{rows} tokens but positions of shape {tuple(positions_B.shape)}")
+        if positions_B.shape != (rows,) or slots_B.shape != (rows,):
+            raise ValueError(f"{rows} tokens but positions of shape {tuple(positions_B.shape)} and slots of shape "
+                             f"{tuple(slots_B.shape)}")
         hidden_BD = torch.empty(rows, c.dim, dtype=dtype)
         logits_BV = torch.empty(rows, c.vocab_size, dtype=dtype) if logits else None
         status = getattr(cpu_kernels.library(), _STEPS[dtype])(
-            ctypes.byref(self._model), tokens_B.data_ptr(), positions_B.data_ptr(), rows, hidden_BD.data_ptr(),
-            logits_BV.data_ptr() if logits else None, torch.get_num_threads())
+            ctypes.byref(self._model), tokens_B.data_ptr(), positions_B.data_ptr(), slots_B.data_ptr(),
+            c_int64(pool.slots), rows, hidden_BD.data_ptr(), logits_BV.data_ptr() if logits else None,
+            torch.get_num_threads())
         if status:
-            raise ValueError(f"native decode step refused: {_ERRORS.get(status, status)} "
-                             f"(tokens {tokens_B.tolist()}, positions {positions_B.tolist()})")
+            raise ValueError(f"native decode step refused: {_ERRORS.get(status, status)} (tokens "
+                             f"{tokens_B.tolist()}, positions {positions_B.tolist()}, slots {slots_B.tolist()})")
         return logits_BV if logits else hidden_BD
