@@ -5,18 +5,20 @@
     .venv/bin/python benchmarks/serving.py --baseline /tmp/herd-per-batch   # against its per-batch engine
 
 Workload, the same for every engine: `concurrency` clients, each sending a request as soon as its last
-one finished (the per-batch engine: batches of `concurrency` requests, one after another), 2 x concurrency
-requests in all (at least 8), prompts of random ids with lengths log-uniform in 64-2,048, 64 greedy output
+one finished (the per-batch engine: batches of `concurrency` requests, one after another), 3 x concurrency
+requests in all (at least 8), prompts of random ids with lengths log-uniform in 64-2,048, 128 greedy output
 tokens each with EOS ignored. Prefill in pieces of 512. Figures:
 
 - output tok/s: every generated token over the wall time of the whole workload, prefill included;
-- decode tok/s: tokens of decode-only steps over their time (continuous batching: steps that ran no
-  prefill piece; per-batch: from a batch's last first token to its end), the figure bench.py's decode_bN
-  reports for a batch of N;
+- decode tok/s: the rate while all `concurrency` rows decode and nothing is prefilled (continuous
+  batching: steps with no prefill piece and every slot decoding; per-batch: from a batch's last first
+  token to its end), the figure bench.py's decode_bN reports for a batch of N;
 - TTFT: from the moment a request is sent (its batch starts, per-batch) to its first token, p50 / p90.
 
-Each engine and dtype runs in its own process, 2 threads. herd uses `herd.fast.optimize` and its fast
-decode step (the native one on CPUs with AVX512-BF16).
+Each engine and dtype runs in its own process (2 threads), kept alive across rounds; the engines take
+turns level by level, round by round (this machine's memory bandwidth drifts from minute to minute), and
+the table gives medians. herd uses `herd.fast.optimize` and its fast decode step (the native one on CPUs
+with AVX512-BF16).
 """
 
 from __future__ import annotations
@@ -35,14 +37,14 @@ from pathlib import Path
 import torch
 from bench import THREADS, ensure_model
 
-OUT_TOKENS = 64
+OUT_TOKENS = 128
 PIECE = 512
 
 
 def workload(concurrency: int, seed: int = 0) -> list[list[int]]:
-    """2 x concurrency prompts (at least 8) of random ids, lengths log-uniform in 64-2,048."""
+    """3 x concurrency prompts (at least 8) of random ids, lengths log-uniform in 64-2,048."""
     rng = random.Random(seed * 1000 + concurrency)
-    n = max(8, 2 * concurrency)
+    n = max(8, 3 * concurrency)
     lengths = [round(math.exp(rng.uniform(math.log(64), math.log(2048)))) for _ in range(n)]
     return [[rng.randrange(200000) for _ in range(length)] for length in lengths]
 
@@ -75,7 +77,7 @@ def run_continuous(model, step, prompts: list[list[int]], concurrency: int) -> d
         prefilled, began = scheduler.prefilled_tokens, time.perf_counter()
         events = scheduler.step()
         now = time.perf_counter()
-        if scheduler.prefilled_tokens == prefilled:
+        if scheduler.prefilled_tokens == prefilled and len(events) == concurrency:
             decode_time, decode_tokens = decode_time + now - began, decode_tokens + len(events)
         for event in events:
             tokens += 1
@@ -111,7 +113,8 @@ def run_per_batch(engine, prompts: list[list[int]], concurrency: int) -> dict:
     return _summary(tokens, time.perf_counter() - start, decode_tokens, decode_time, ttfts)
 
 
-def worker(engine: str, dtype_name: str, levels: list[int]) -> dict:
+def worker(engine: str, dtype_name: str) -> None:
+    """Load the model, warm up, then answer each concurrency read from stdin with a JSON line of figures."""
     import herd
     from herd.fast import optimize
 
@@ -121,55 +124,80 @@ def worker(engine: str, dtype_name: str, levels: list[int]) -> dict:
         from herd.infer.steps import FastDecode
 
         step = FastDecode(model)
-        run_continuous(model, step, workload(2, seed=99)[:2], 2)  # warm-up: kernels built, caches touched
-        return {str(c): run_continuous(model, step, workload(c), c) for c in levels}
-    from herd.engine import Engine  # the baseline checkout: optimize() set model.fast_decode, Engine uses it
+        run = lambda prompts, c: run_continuous(model, step, prompts, c)
+    else:
+        from herd.engine import Engine  # the baseline checkout: optimize() set model.fast_decode, Engine uses it
 
-    old = Engine(model, prefill_chunk=PIECE)
-    run_per_batch(old, workload(2, seed=99)[:2], 2)
-    return {str(c): run_per_batch(old, workload(c), c) for c in levels}
+        old = Engine(model, prefill_chunk=PIECE)
+        run = lambda prompts, c: run_per_batch(old, prompts, c)
+    run(workload(2, seed=99)[:2], 2)  # warm-up: kernels built, caches touched
+    print("ready", flush=True)
+    for line in sys.stdin:
+        c = int(line)
+        print(json.dumps(run(workload(c), c)), flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
     parser.add_argument("--concurrency", nargs="+", type=int, default=[1, 4, 8, 16])
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--baseline", type=Path, help="a herd checkout before continuous batching (per-batch engine)")
     parser.add_argument("--worker", choices=["continuous", "per-batch"], help=argparse.SUPPRESS)
     parser.add_argument("--dtype", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.dtype, args.concurrency)))
-        return
+        return worker(args.worker, args.dtype)
     ensure_model()
     engines = ["continuous"] + (["per-batch"] if args.baseline else [])
-    results: dict[tuple[str, str], dict] = {}
+    results: dict[tuple[str, str, int], list[dict]] = {}
     for dtype in args.dtypes:
-        for engine in engines:
+        workers = {}
+        for engine in engines:  # one process each, alive for every round, so that rounds interleave
             env = dict(os.environ)
             if engine == "per-batch":
                 env["PYTHONPATH"] = str(args.baseline.resolve())
-            cmd = [sys.executable, __file__, "--worker", engine, "--dtype", dtype, "--concurrency",
-                   *map(str, args.concurrency)]
-            print(f"running {engine} {dtype} ...", file=sys.stderr, flush=True)
-            out = subprocess.run(cmd, capture_output=True, text=True, env=env)
-            if out.returncode:
-                sys.exit(f"{engine} {dtype} failed:\n{out.stderr[-3000:]}")
-            results[(engine, dtype)] = json.loads(out.stdout.strip().splitlines()[-1])
+            cmd = [sys.executable, __file__, "--worker", engine, "--dtype", dtype]
+            workers[engine] = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+            if workers[engine].stdout.readline().strip() != "ready":
+                sys.exit(f"the {engine} {dtype} worker failed to start")
+        for r in range(args.rounds):
+            for c in args.concurrency:
+                for engine in engines if r % 2 == 0 else engines[::-1]:
+                    print(f"round {r + 1}: {engine} {dtype}, {c} concurrent ...", file=sys.stderr, flush=True)
+                    workers[engine].stdin.write(f"{c}\n")
+                    workers[engine].stdin.flush()
+                    line = workers[engine].stdout.readline()
+                    if not line:
+                        sys.exit(f"the {engine} {dtype} worker died")
+                    results.setdefault((engine, dtype, c), []).append(json.loads(line))
+        for w in workers.values():
+            w.stdin.close()
+            w.wait()
+    _report(results, args, engines)
+
+
+def _report(results: dict, args: argparse.Namespace, engines: list[str]) -> None:
+    metrics = ("output_tps", "decode_tps", "ttft_p50_ms", "ttft_p90_ms")
+    print(f"\nmedians over {args.rounds} interleaved rounds; ratios are medians of the per-round ratios")
     print("\n| dtype | concurrent | requests | engine | output tok/s | decode tok/s | TTFT p50 | TTFT p90 |")
     print("|---|---:|---:|---|---:|---:|---:|---:|")
     for dtype in args.dtypes:
         for c in args.concurrency:
             for engine in engines:
-                r = results[(engine, dtype)][str(c)]
-                print(f"| {dtype} | {c} | {len(workload(c))} | {engine} | {r['output_tps']:,.1f} | "
-                      f"{r['decode_tps']:,.1f} | {r['ttft_p50_ms']:,.0f} ms | {r['ttft_p90_ms']:,.0f} ms |")
+                runs = results[(engine, dtype, c)]
+                m = {k: statistics.median(r[k] for r in runs) for k in metrics}
+                print(f"| {dtype} | {c} | {len(workload(c))} | {engine} | {m['output_tps']:,.1f} | "
+                      f"{m['decode_tps']:,.1f} | {m['ttft_p50_ms']:,.0f} ms | {m['ttft_p90_ms']:,.0f} ms |")
             if len(engines) == 2:
-                new, old = results[("continuous", dtype)][str(c)], results[("per-batch", dtype)][str(c)]
-                print(f"| {dtype} | {c} | | continuous / per-batch | {new['output_tps'] / old['output_tps']:.2f}x | "
-                      f"{new['decode_tps'] / old['decode_tps']:.2f}x | "
-                      f"{old['ttft_p50_ms'] / new['ttft_p50_ms']:.2f}x faster | "
-                      f"{old['ttft_p90_ms'] / new['ttft_p90_ms']:.2f}x faster |")
+                pairs = list(zip(results[("continuous", dtype, c)], results[("per-batch", dtype, c)], strict=True))
+
+                def ratio(key: str, invert: bool = False, pairs: list = pairs) -> str:
+                    values = [(o[key] / n[key]) if invert else (n[key] / o[key]) for n, o in pairs if n[key] and o[key]]
+                    return f"{statistics.median(values):.2f}x" if values else "-"
+
+                print(f"| {dtype} | {c} | | continuous / per-batch | {ratio('output_tps')} | {ratio('decode_tps')} | "
+                      f"{ratio('ttft_p50_ms', True)} faster | {ratio('ttft_p90_ms', True)} faster |")
 
 
 if __name__ == "__main__":

@@ -52,6 +52,7 @@ def test_errors_are_clear(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_console_entry_point():
     out = subprocess.run([sys.executable, "-m", "herd.cli.main", "info", "debug"], capture_output=True, text=True,
                          check=True).stdout

@@ -65,6 +65,7 @@ def chat_model(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_chat_session(chat_model):
     term = Terminal([sys.executable, "-m", "herd.cli.main", "chat", "--model", str(chat_model), "--dtype",
                      "float32", "--temperature", "0", "--max-new-tokens", "6", "--system", "Be brief."])
@@ -83,6 +84,7 @@ def test_chat_session(chat_model):
     assert term.close() == 0
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_a_reply_not_the_session(chat_model):
     term = Terminal([sys.executable, "-m", "herd.cli.main", "chat", "--model", str(chat_model), "--dtype",
                      "float32", "--temperature", "1.0", "--max-new-tokens", "100000", "--seed", "0"])
@@ -117,12 +119,14 @@ def test_ctrl_c_dropped_by_python_is_still_seen(capsys):
     assert signal.getsignal(signal.SIGINT) is before
 
 
+@pytest.mark.slow
 def test_chat_missing_model_is_a_clear_error(tmp_path):
     out = subprocess.run([sys.executable, "-m", "herd.cli.main", "chat", "--model", str(tmp_path / "nope")],
                          capture_output=True, text=True)
     assert out.returncode == 2 and "does not exist" in out.stderr
 
 
+@pytest.mark.slow
 def test_generate_text_and_chat_prompt(chat_model):
     run = lambda *a: subprocess.run([sys.executable, "-m", "herd.cli.main", *a], capture_output=True, text=True)
     out = run("generate", "--model", str(chat_model), "--prompt", "def f():", "--max-new-tokens", "5",
@@ -162,6 +166,7 @@ def _photo(name: str = "dog.jpg") -> str:
     return str(path)
 
 
+@pytest.mark.slow
 def test_generate_with_images(chat_model):
     run = lambda *a: subprocess.run([sys.executable, "-m", "herd.cli.main", *a], capture_output=True, text=True)
     base = ["generate", "--model", str(chat_model), "--max-new-tokens", "3", "--temperature", "0"]
@@ -180,6 +185,7 @@ def test_generate_with_images(chat_model):
     assert out.returncode == 2 and "nonexistent" in out.stderr
 
 
+@pytest.mark.slow
 def test_chat_attaches_an_image(chat_model):
     term = Terminal([sys.executable, "-m", "herd.cli.main", "chat", "--model", str(chat_model), "--dtype",
                      "float32", "--temperature", "0", "--max-new-tokens", "4"])

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from train_helpers import synthetic_corpus
 from transformers import Llama4ForCausalLM
@@ -16,6 +17,7 @@ import herd
 from herd.cli.main import main
 
 
+@pytest.mark.slow
 def test_tokenizer_data_train_generate(tmp_path: Path, capsys) -> None:
     corpus = synthetic_corpus(tmp_path / "corpus")
     assert main(["tokenizer", "train", str(corpus), "--out", str(tmp_path / "tok"), "--vocab-size", "320"]) == 0
@@ -46,6 +48,7 @@ def test_train_reports_bad_input(tmp_path: Path, capsys) -> None:
     assert "warmup" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_demo_trains_then_reuses_its_cache(tmp_path: Path) -> None:
     env = os.environ | {"HERD_CACHE": str(tmp_path)}
     cmd = [sys.executable, "-m", "herd", "demo", "--steps", "3", "--samples", "1"]

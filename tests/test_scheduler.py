@@ -96,6 +96,7 @@ def _check_against_alone(model, jobs, events, aborted_at, last_step):
 
 
 BASES = (_ids(30, 100), _ids(30, 101))
+PIXELS = tuple(torch.rand(1, 3, 56, 56, generator=torch.Generator().manual_seed(s)) * 2 - 1 for s in (1, 2))
 
 
 @st.composite
@@ -104,26 +105,55 @@ def schedules(draw):
     for _ in range(draw(st.integers(2, 6))):
         base = BASES[draw(st.integers(0, 1))]
         shared = draw(st.integers(0, 30))
+        image = draw(st.sampled_from([None, None, 0, 1]))  # one single-tile image (4 <|patch|>) after the prefix
         tail = draw(st.lists(st.integers(0, 239), min_size=1 if shared == 0 else 0, max_size=12))
+        prompt = base[:shared] + ([PATCH_ID] * 4 if image is not None else []) + tail
         kind = draw(st.sampled_from([GREEDY, SAMPLED, PENALISED, MIN_P]))
         params = SamplingParams(**{**kind.__dict__, "max_new_tokens": draw(st.integers(1, 9)),
                                    "seed": None if kind.seed is None else draw(st.integers(0, 5))})
         abort = draw(st.none() | st.integers(0, 8)) if draw(st.booleans()) else None
-        jobs.append(Job(base[:shared] + tail, params, draw(st.integers(0, 12)), abort))
+        images = [PIXELS[image]] if image is not None else None
+        jobs.append(Job(prompt, params, draw(st.integers(0, 12)), abort, images))
     return jobs, draw(st.integers(1, 4))
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                   HealthCheck.too_slow])
 @given(schedules())
-def test_continuous_batching_equals_each_request_alone(scout, schedule):
+def test_continuous_batching_equals_each_request_alone(multimodal, schedule):
     """Random arrivals, prompt lengths across chunk and piece boundaries, shared prefixes (reused from free
-    and busy slots), mixed sampling settings and seeds, aborts: every request's tokens are those it gets
-    alone (greedy and seeded), logprobs within 1e-4; every slot is free at the end."""
+    and busy slots), images, mixed sampling settings and seeds, aborts: every request's tokens are those it
+    gets alone (greedy and seeded), logprobs within 1e-4; every slot is free at the end."""
     jobs, slots = schedule
-    events, last_step, aborted_at, scheduler = _run(scout, jobs, slots)
-    _check_against_alone(scout, jobs, events, aborted_at, last_step)
+    events, last_step, aborted_at, scheduler = _run(multimodal, jobs, slots)
+    _check_against_alone(multimodal, jobs, events, aborted_at, last_step)
     assert scheduler.pool.n_free == slots and not scheduler.has_work()
+
+
+def test_requests_submitted_from_another_thread(scout):
+    """A client thread submits while the engine thread steps (as a server does): every request completes
+    with the tokens it gets alone."""
+    import threading
+
+    scheduler = Scheduler(scout, KVPool(scout.config, 3, 64, torch.float32), prefill_chunk=PIECE)
+    prompts = [_ids(2 + 3 * i, 40 + i) for i in range(12)]
+    ids: dict[int, int] = {}
+
+    def client() -> None:
+        for i, prompt in enumerate(prompts):
+            ids[scheduler.submit(prompt, GREEDY)] = i
+            threading.Event().wait(0.002 * (i % 3))
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    out: dict[int, list[int]] = defaultdict(list)
+    while thread.is_alive() or scheduler.has_work():
+        for event in scheduler.step():
+            out[event.request].append(event.token)
+    thread.join()
+    assert len(out) == 12 and scheduler.pool.n_free == 3
+    for request, tokens in out.items():
+        assert tokens == _alone(scout, prompts[ids[request]], GREEDY).token_ids
 
 
 def test_images_and_prefix_reuse_never_cross_images(multimodal):
@@ -322,3 +352,19 @@ def test_engine_reuses_its_pool_across_calls(scout):
     # the prompt and the reply but its last token (never fed back) are cached: 25 positions
     assert engine.pool is pool and engine.scheduler.reused_tokens == 25
     assert again.token_ids == _alone(scout, follow, GREEDY).token_ids
+
+
+def test_two_open_streams_of_one_engine(scout):
+    """Streams opened together on one engine interleave: each gets its own tokens, none waits forever."""
+    engine = Engine(scout, prefill_chunk=PIECE, max_slots=4, max_context=64)
+    first, second = engine.stream(_ids(5, 1), GREEDY), engine.stream([_ids(7, 2), _ids(9, 3)], GREEDY)
+    got = defaultdict(list)
+    for a, b in zip(first, second, strict=False):
+        got["a"].append(a.token)
+        got[b.row].append(b.token)
+    for b in second:
+        got[b.row].append(b.token)
+    assert got["a"] == _alone(scout, _ids(5, 1), GREEDY).token_ids
+    assert got[0] == _alone(scout, _ids(7, 2), GREEDY).token_ids
+    assert got[1] == _alone(scout, _ids(9, 3), GREEDY).token_ids
+    assert engine.pool.n_free == 4 and not engine._mail

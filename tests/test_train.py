@@ -101,6 +101,7 @@ def test_activation_checkpointing_matches(data: Path, tmp_path: Path) -> None:
     assert losses(tmp_path / "ac") == pytest.approx(losses(tmp_path / "plain"), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_compiled_blocks_match(data: Path, tmp_path: Path) -> None:
     """--compile compiles each block around the (eager) sparse MoE dispatch: same losses, no recompile storm."""
     run_in_process(config(data, tmp_path / "eager", steps=4))
@@ -140,6 +141,7 @@ def test_bfloat16_autocast_trains(data: Path, tmp_path: Path) -> None:
     assert all(math.isfinite(x) for x in got) and got[-1] < got[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fault", ["step:7", "save:6"])
 def test_resume_after_sigkill_is_exact(data: Path, tmp_path: Path, fault: str) -> None:
     """Killed mid-step (after the backward) or mid-save, then resumed: the same losses, bit for bit."""
@@ -156,6 +158,7 @@ def test_resume_after_sigkill_is_exact(data: Path, tmp_path: Path, fault: str) -
     assert left == ["step-00000008", "step-00000010"]  # keep_checkpoints=2, no temporary directory
 
 
+@pytest.mark.slow
 def test_resume_refuses_other_hyperparameters(data: Path, tmp_path: Path) -> None:
     first = config(data, tmp_path, steps=2, ckpt_every=1)
     run_in_process(first)
@@ -165,6 +168,7 @@ def test_resume_refuses_other_hyperparameters(data: Path, tmp_path: Path) -> Non
     assert proc.returncode == 2 and "lr" in proc.stderr
 
 
+@pytest.mark.slow
 def test_two_processes_match_one(data: Path, tmp_path: Path) -> None:
     """torchrun with 2 processes (gloo, FSDP2) gives the losses of 1 process on the same global batch,
     and its checkpoint, written by 2 processes, resumes in 1."""

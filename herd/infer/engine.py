@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import numbers
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -67,6 +68,7 @@ class Engine:
         self.step = step or EagerStep(model)
         self.fixed = max_slots is not None or max_context is not None
         self.scheduler: Scheduler | None = None
+        self._mail: dict[tuple[int, int], deque[TokenEvent]] = {}  # (scheduler, request) -> events not yet yielded
         if self.fixed:
             self._allocate(max_slots or 1, max_context or model.config.max_seq_len)
 
@@ -141,17 +143,22 @@ class Engine:
         for b, prompt in enumerate(rows):
             row_stop = None if stop_fn is None else (lambda _sample, token, b=b: stop_fn(b, token))
             row_of[scheduler.submit(prompt, params, images=images[b], stop_fn=row_stop)] = b
+        mine = [self._mail.setdefault((id(scheduler), r), deque()) for r in row_of]
         left = len(rows)
         try:
             while left:
-                for event in scheduler.step():
-                    row = row_of.get(event.request)
-                    if row is None:
-                        continue
-                    if event.finish_reason is not None:
-                        left -= 1
-                    yield dataclasses.replace(event, request=row)
+                if not any(mine):  # another open stream of this engine may have stepped for us
+                    for event in scheduler.step():
+                        self._mail.get((id(scheduler), event.request), deque()).append(event)
+                for request_id, box in zip(row_of, mine, strict=True):
+                    while box:
+                        event = box.popleft()
+                        if event.finish_reason is not None:
+                            left -= 1
+                        yield dataclasses.replace(event, request=row_of[request_id])
         finally:
+            for request_id in row_of:
+                self._mail.pop((id(scheduler), request_id), None)
             if left:  # closed early, or an error: nothing of this call keeps a slot
                 for request_id in row_of:
                     scheduler.abort(request_id)

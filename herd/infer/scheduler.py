@@ -2,9 +2,11 @@
 
 - `submit()` queues a request (prompt ids, its own `SamplingParams`, images, a stop callback, n samples)
   at any time, from any thread; the queue is FIFO with a bound (`max_queue`, `QueueFull` past it).
-- `step()` runs one batched decode over every running sequence, then at most one prefill piece of
-  `prefill_chunk` tokens of the request being admitted (chunked prefill interleaved with decode: a long
-  prompt stalls the running streams by at most one piece per step). It returns the step's `TokenEvent`s.
+- `step()` runs one batched decode over every running sequence, then prefills at most `prefill_chunk`
+  prompt tokens: a piece of the request being admitted, and when its prompt ends inside the budget, the
+  start of the next ones (chunked prefill interleaved with decode: a long prompt stalls the running
+  streams by at most one piece per step, and short prompts do not cost a step each). It returns the
+  step's `TokenEvent`s.
 - A request is admitted when the pool has a free slot for each of its n samples. Its prompt is prefilled
   once, then its cache is copied into the other n-1 slots, and every sample decodes on its own.
 - Finished sequences free their slot at once. `abort()` (client gone) takes effect at the start of the next
@@ -214,13 +216,17 @@ class Scheduler:
 
     @torch.no_grad()
     def step(self) -> list[TokenEvent]:
-        """One decode over every running sequence and at most one prefill piece; the tokens they produced."""
+        """One decode over every running sequence, then up to `prefill_chunk` prompt tokens; the tokens they
+        produced."""
         self.apply_aborts()
         events = self._decode() if self._running else []
-        if self._prefilling is None:
-            self._admit()
-        if self._prefilling is not None:
-            events += self._prefill()
+        budget = self.prefill_chunk
+        while budget > 0:
+            if self._prefilling is None:
+                self._admit()
+                if self._prefilling is None:
+                    break
+            budget -= self._prefill(budget, events)
         return events
 
     def apply_aborts(self) -> None:
@@ -274,10 +280,12 @@ class Scheduler:
         self._cached[slot] = self._cached[best_slot][:best] if best else []
         return slot, best
 
-    def _prefill(self) -> list[TokenEvent]:
+    def _prefill(self, budget: int, events: list[TokenEvent]) -> int:
+        """Prefill up to `budget` tokens of the admitted request (its first tokens go to `events` when its
+        prompt is done); returns the tokens computed."""
         request = self._prefilling
         slot, start = request.slots[0], request.done
-        end = min(start + self.prefill_chunk, len(request.prompt))
+        end = min(start + budget, len(request.prompt))
         piece = request.prompt[start:end]
         features_FD = None
         if request.images:
@@ -292,12 +300,11 @@ class Scheduler:
         request.done = end
         self.prefilled_tokens += end - start
         if end < len(request.prompt):
-            return []
+            return end - start
         self._prefilling, request.features_FD = None, None
         for extra in request.slots[1:]:  # n samples: the prompt's cache copied, not prefilled again
             self.pool.copy(slot, extra, end)
             self._cached[extra] = list(self._cached[slot])
-        events = []
         request.live = request.n
         for i, s in enumerate(request.slots):
             seed = request.params.seed
@@ -305,7 +312,7 @@ class Scheduler:
             seq = _Sequence(request, i, s, list(request.prompt), generator)
             self._running.append(seq)
             events.append(self._sample(seq, logits_V))
-        return events
+        return end - start
 
     def _decode(self) -> list[TokenEvent]:
         seqs, device = list(self._running), self.pool.device
