@@ -179,7 +179,7 @@ def main() -> None:
 
 def _report(results: dict, args: argparse.Namespace, engines: list[str]) -> None:
     metrics = ("output_tps", "decode_tps", "ttft_p50_ms", "ttft_p90_ms")
-    print(f"\nmedians over {args.rounds} interleaved rounds; ratios are medians of the per-round ratios")
+    print(f"\nmedians over {args.rounds} interleaved rounds; ratios are medians (and ranges) of the per-round ratios")
     print("\n| dtype | concurrent | requests | engine | output tok/s | decode tok/s | TTFT p50 | TTFT p90 |")
     print("|---|---:|---:|---|---:|---:|---:|---:|")
     for dtype in args.dtypes:
@@ -194,7 +194,9 @@ def _report(results: dict, args: argparse.Namespace, engines: list[str]) -> None
 
                 def ratio(key: str, invert: bool = False, pairs: list = pairs) -> str:
                     values = [(o[key] / n[key]) if invert else (n[key] / o[key]) for n, o in pairs if n[key] and o[key]]
-                    return f"{statistics.median(values):.2f}x" if values else "-"
+                    if not values:
+                        return "-"
+                    return f"{statistics.median(values):.2f}x ({min(values):.2f}-{max(values):.2f})"
 
                 print(f"| {dtype} | {c} | | continuous / per-batch | {ratio('output_tps')} | {ratio('decode_tps')} | "
                       f"{ratio('ttft_p50_ms', True)} faster | {ratio('ttft_p90_ms', True)} faster |")
