@@ -7,13 +7,13 @@ import logging
 import sys
 
 from herd.checkpoint import CheckpointError
-from herd.cli import chat, data, demo, generate, info, metap, tokenize, tokenizer, train
+from herd.cli import chat, data, demo, generate, info, metap, serve, tokenize, tokenizer, train
 from herd.config import ConfigError
 from herd.tokenizer import TokenizerError
 
 COMMANDS = {
     "demo": demo, "info": info, "generate": generate, "chat": chat, "tokenize": tokenize, "tokenizer": tokenizer,
-    "data": data, "train": train, "metap": metap,
+    "data": data, "train": train, "metap": metap, "serve": serve,
 }
 
 
