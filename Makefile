@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # on a machine without a local CPU wheel. Override with e.g. TORCH_SPEC="torch>=2.6".
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup demo test lint clean
+.PHONY: setup browser demo test lint clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,7 +19,13 @@ setup: $(BIN)/.installed
 demo: setup
 	$(BIN)/herd demo
 
-test: setup
+# The chat page's browser test drives Debian's chromium: installed here when missing and run as root.
+browser:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+		echo "make: chromium is missing; install it (apt-get install chromium) for tests/test_serve_page.py"
+
+test: setup browser
 	$(BIN)/ruff check herd tests benchmarks
 	$(BIN)/python -m pytest -q
 

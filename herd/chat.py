@@ -119,7 +119,7 @@ def render(
     for i, message in enumerate(messages):
         try:
             _render_message(tokenizer, message, tool_format, image_tokens, out)
-        except (KeyError, TypeError, ValueError) as e:
+        except (AttributeError, KeyError, TypeError, ValueError) as e:  # a message of the wrong shape
             raise ValueError(f"messages[{i}]: {e}") from e
     if add_generation_prompt:
         _extend(out, _header(tokenizer, "assistant"), False)

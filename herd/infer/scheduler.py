@@ -18,6 +18,8 @@
   rounded down to a chunk boundary otherwise. At least the last prompt token is always computed (its
   logits give the first output). Image placeholder tokens are the same for every image, so positions of
   images are keyed by the images' content: a prefix never crosses different images.
+- Constrained decoding: a request's `constraint` (`herd.infer.guided`, llguidance) masks each sample's
+  logits to what its grammar allows and ends the sample when the grammar is complete.
 - Sampling is per sequence: its own seeded generator (sample i of a request with seed s draws from
   seed s + i), penalties over its own history; log-probabilities of the raw model distribution (OpenAI's
   semantics) and, on request, under the sampling distribution (after penalties, temperature, top-k/p, min-p).
@@ -37,6 +39,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from herd.infer.guided import Constraint
 from herd.infer.kv_pool import KVPool
 from herd.infer.sampling import SamplingParams, apply_penalties, choose, logprobs_of, sampling_logprob
 from herd.infer.steps import DecodeStep, EagerStep
@@ -74,6 +77,7 @@ class _Request:
     stop_fn: Callable[[int, int], bool] | None
     n: int
     stop: frozenset[int]
+    constraint: Callable[[], Constraint] | None = None  # a fresh grammar state per sample
     slots: list[int] = field(default_factory=list)  # the prefill slot first, then one per further sample
     done: int = 0  # prompt positions cached in slots[0]
     features_FD: torch.Tensor | None = None
@@ -87,6 +91,7 @@ class _Sequence:
     slot: int
     history: list[int]  # prompt + output; every token but the last has its keys in the slot
     generator: torch.Generator | None
+    constraint: Constraint | None = None
 
 
 def usable_prefix(shared: int, cached: int, prompt: int, chunk: int | None) -> int:
@@ -180,16 +185,18 @@ class Scheduler:
         return prompt
 
     def submit(self, prompt: Sequence[int], params: SamplingParams, *, images: Sequence[torch.Tensor] | None = None,
-               stop_fn: Callable[[int, int], bool] | None = None, n: int = 1) -> int:
+               stop_fn: Callable[[int, int], bool] | None = None, n: int = 1,
+               constraint: Callable[[], Constraint] | None = None) -> int:
         """Queue a request and return its id. `stop_fn(sample, token)` ends that sample with "stop" (stop
-        strings); `images` are the pixel tiles of the prompt's images in order. Thread-safe."""
+        strings); `images` are the pixel tiles of the prompt's images in order; `constraint()` makes each
+        sample's grammar state (`herd.infer.guided`), which masks its logits. Thread-safe."""
         prompt = self.check(prompt, params, images, n)
         stop = frozenset(params.stop_ids if params.stop_ids is not None else self.model.config.eos_ids)
         with self._lock:
             if self.max_queue is not None and len(self._queue) >= self.max_queue:
                 raise QueueFull(f"the queue holds its limit of {self.max_queue} waiting requests")
             request = _Request(next(self._ids), prompt, _image_keys(prompt, images, self._patch_id), params,
-                               list(images) if images else None, stop_fn, n, stop)
+                               list(images) if images else None, stop_fn, n, stop, constraint)
             self._queue.append(request)
         return request.id
 
@@ -309,7 +316,8 @@ class Scheduler:
         for i, s in enumerate(request.slots):
             seed = request.params.seed
             generator = None if seed is None else torch.Generator(logits_V.device).manual_seed(seed + i)
-            seq = _Sequence(request, i, s, list(request.prompt), generator)
+            constraint = request.constraint() if request.constraint is not None else None
+            seq = _Sequence(request, i, s, list(request.prompt), generator, constraint)
             self._running.append(seq)
             events.append(self._sample(seq, logits_V))
         return end - start
@@ -333,11 +341,15 @@ class Scheduler:
             penalized_V = apply_penalties(logits_V.float(), params, seen, seen[len(request.prompt):])
         else:
             penalized_V = logits_V
+        if seq.constraint is not None:
+            penalized_V = seq.constraint.mask(penalized_V)
         token = choose(penalized_V, params, seq.generator)  # greedy takes the first maximum, as in fp32
         seq.history.append(token)
         done = None
         if token in request.stop or (request.stop_fn is not None and request.stop_fn(seq.sample, token)):
             done = "stop"
+        elif seq.constraint is not None and seq.constraint.advance(token):
+            done = "stop"  # the grammar is complete
         elif len(seq.history) - len(request.prompt) >= params.max_new_tokens or len(seq.history) >= self.limit:
             done = "length"
         event = TokenEvent(request=request.id, token=token, finish_reason=done, sample=seq.sample)

@@ -1,6 +1,8 @@
 """The HTTP app of `herd serve` (FastAPI): routes, authentication, errors and metrics around the engine
 thread. The OpenAI translation itself is in `herd.serve.openai`.
 
+- `GET /`: a chat page (`chat.html`, plain HTML and JavaScript: streaming replies, image upload, a system
+  prompt, a stop button).
 - `POST /v1/chat/completions`, `POST /v1/completions` (streamed as server-sent events when asked),
   `GET /v1/models`, `GET /health` (503 while the model loads), `GET /metrics` (Prometheus),
   `POST /tokenize`, `POST /detokenize` (vLLM's field names).
@@ -19,11 +21,12 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -130,6 +133,12 @@ def create_app(state: State) -> FastAPI:
         log.exception("herd serve: unexpected error on %s", request.url.path)
         return _error(ApiError(500, "internal server error", "server_error"))
 
+    page = (Path(__file__).with_name("chat.html")).read_text()
+
+    @app.get("/", include_in_schema=False)
+    async def chat_page() -> HTMLResponse:
+        return HTMLResponse(page)
+
     @app.get("/health")
     async def health() -> Response:
         state.ready()
@@ -160,9 +169,10 @@ def create_app(state: State) -> FastAPI:
             raise ApiError(400, "give exactly one of prompt and messages")
         if body.messages is not None:
             try:
-                ids = chat.render(served.tokenizer, body.messages, add_generation_prompt=body.add_generation_prompt).ids
-            except ValueError as err:
-                raise ApiError(400, str(err), param="messages") from None
+                ids = chat.render(served.tokenizer, body.messages, add_generation_prompt=body.add_generation_prompt,
+                                  image_tokens=lambda part: []).ids
+            except Exception as err:  # a malformed message is the client's to fix
+                raise ApiError(400, f"invalid messages: {err}", param="messages") from None
         else:
             ids = served.tokenizer.encode(body.prompt, bos=body.add_special_tokens)
         return {"tokens": ids, "count": len(ids), "max_model_len": served.context}
@@ -181,11 +191,12 @@ def create_app(state: State) -> FastAPI:
         served, runner = state.ready()
         _check_model(served, body.model)
         ids, images = await run_in_threadpool(oa.chat_prompt, body, served)
+        constraint = await run_in_threadpool(oa.chat_constraint, body, served)
         top = (body.top_logprobs or 0) if body.logprobs else None
         params = oa.sampling(body, served, len(ids), body.max_completion_tokens or body.max_tokens, top)
         stop = oa.stop_strings(body.stop)
         stop_fn = oa.stop_callback(served.tokenizer, stop, body.n)
-        request_id, queue = _submit(state, runner, ids, params, images, stop_fn, body.n)
+        request_id, queue = _submit(state, runner, ids, params, images, stop_fn, body.n, constraint)
         outputs = oa.choices(served.tokenizer, body.n, stop)
         meta = {"id": oa.new_id("chatcmpl"), "created": int(time.time()), "model": served.name}
         tools = bool(body.tools) and body.tool_choice != "none"
@@ -245,7 +256,7 @@ def create_app(state: State) -> FastAPI:
                 request_id, queue = _submit(state, runner, ids, params[p], None,
                                             oa.stop_callback(served.tokenizer, stop, body.n), body.n)
                 await _collect(state, runner, request, request_id, queue, outputs, len(ids))
-            prompt_text = served.tokenizer.decode(ids) if body.echo else ""
+            prompt_text = served.tokenizer.decode(ids) if body.echo else ""  # so that text_offset matches tokens
             for c in outputs:
                 generated += len(c.token_ids)
                 choice: dict[str, Any] = {"index": p * body.n + c.index, "text": prompt_text + c.shown,
@@ -278,9 +289,9 @@ def _check_model(served: oa.Served, name: str | None) -> None:
 
 
 def _submit(state: State, runner: Runner, ids: list[int], params: Any, images: Any, stop_fn: Any,
-            n: int) -> tuple[int, asyncio.Queue]:
+            n: int, constraint: Any = None) -> tuple[int, asyncio.Queue]:
     try:
-        return runner.submit(ids, params, images=images or None, stop_fn=stop_fn, n=n)
+        return runner.submit(ids, params, images=images or None, stop_fn=stop_fn, n=n, constraint=constraint)
     except QueueFull as err:
         state.metrics.requests.labels("429").inc()
         raise ApiError(429, str(err), "rate_limit_error", headers={"Retry-After": "1"}) from None

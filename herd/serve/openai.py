@@ -8,6 +8,8 @@ bodies. No HTTP here (that is `herd.serve.app`), no model calls (that is the eng
   in the engine thread); the response text is cut by a second `TextStream` fed the same tokens.
 - Generated ids become the assistant message through `herd.chat.parse_assistant`: tool calls in any of
   Llama 4's forms land in `tool_calls` with their argument types kept, never in `content`.
+- `tool_choice` 'required' or a named function, and `response_format` json_object / json_schema, constrain
+  decoding with llguidance (`herd.infer.guided`): the call, or the JSON, parses by construction.
 - Log-probabilities: chat's `logprobs.content` list; completions' legacy arrays (`tokens`,
   `token_logprobs`, `top_logprobs`, `text_offset`), with the prompt's when `echo` is set.
 """
@@ -25,6 +27,7 @@ import torch
 
 from herd import chat
 from herd.image import ImageError
+from herd.infer.guided import Constraint, guided_tokenizer, schema_of, tool_call_schema
 from herd.infer.sampling import SamplingParams
 from herd.infer.scheduler import TokenEvent
 from herd.serve.protocol import ChatCompletionRequest, CompletionRequest, Sampling
@@ -72,14 +75,7 @@ def _image_part(part: dict[str, Any], media_dir: Path | None) -> dict[str, Any]:
 
 def chat_prompt(req: ChatCompletionRequest, served: Served) -> tuple[list[int], list[torch.Tensor]]:
     """The prompt ids and the images' pixel tiles of a chat request."""
-    if req.response_format and req.response_format.get("type") not in (None, "text"):
-        raise BadRequest("response_format json_object / json_schema is not supported yet", "response_format")
-    tools = req.tools
-    if req.tool_choice not in (None, "auto", "none"):
-        raise BadRequest("tool_choice 'required' or a named function is not supported yet; use 'auto'",
-                         "tool_choice")
-    if req.tool_choice == "none":
-        tools = None
+    tools = req.tools if req.tool_choice != "none" else None
     for tool in tools or []:
         if not isinstance(tool, dict) or tool.get("type", "function") != "function" or not isinstance(
                 tool.get("function"), dict) or not isinstance(tool["function"].get("name"), str):
@@ -105,14 +101,49 @@ def chat_prompt(req: ChatCompletionRequest, served: Served) -> tuple[list[int], 
         raise
     except ImageError as err:
         raise BadRequest(f"invalid image: {err}", "messages") from None
-    except ValueError as err:
+    except Exception as err:  # any malformed message or tool structure is the client's to fix
         cause = err.__cause__
         if isinstance(cause, BadRequest):
             raise cause from None
         if isinstance(cause, ImageError):
             raise BadRequest(f"invalid image: {cause}", "messages") from None
-        raise BadRequest(str(err), "messages") from None
+        raise BadRequest(f"invalid messages or tools: {err}", "messages") from None
     return rendered.ids, list(collector.pixels) if collector is not None else []
+
+
+def _named_tool(tool_choice: str | dict[str, Any] | None) -> tuple[bool, str | None]:
+    """Whether `tool_choice` forces a call, and the function it names (None: any)."""
+    if tool_choice in (None, "auto", "none"):
+        return False, None
+    if tool_choice == "required":
+        return True, None
+    fn = tool_choice.get("function") if isinstance(tool_choice, dict) else None
+    if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+        raise BadRequest("tool_choice is 'auto', 'none', 'required' or {'type': 'function', 'function': "
+                         "{'name': ...}}", "tool_choice")
+    return True, fn["name"]
+
+
+def chat_constraint(req: ChatCompletionRequest, served: Served) -> Callable[[], Constraint] | None:
+    """The grammar a chat request's output must follow, as a factory of per-sample states: a tool call when
+    `tool_choice` is 'required' or names a function, JSON under `response_format`; None when free."""
+    forced, name = _named_tool(req.tool_choice)
+    try:
+        if forced:
+            if not req.tools:
+                raise BadRequest("tool_choice asks for a call but no tools were given", "tool_choice")
+            schema = tool_call_schema(req.tools, name)
+        else:
+            schema = schema_of(req.response_format or {})
+        if schema is None:
+            return None
+        guided = guided_tokenizer(served.tokenizer)
+        grammar = guided.json_schema(schema)
+    except BadRequest:
+        raise
+    except (ValueError, TypeError, KeyError) as err:
+        raise BadRequest(str(err), "tool_choice" if forced else "response_format") from None
+    return lambda: guided.constraint(grammar)
 
 
 def stop_strings(stop: str | list[str] | None) -> list[str]:

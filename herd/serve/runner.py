@@ -47,13 +47,15 @@ class Runner:
         self._thread.start()
 
     def submit(self, prompt: list[int], params: Any, *, images: list[torch.Tensor] | None = None,
-               stop_fn: Callable[[int, int], bool] | None = None, n: int = 1) -> tuple[int, asyncio.Queue]:
+               stop_fn: Callable[[int, int], bool] | None = None, n: int = 1,
+               constraint: Callable[[], Any] | None = None) -> tuple[int, asyncio.Queue]:
         """Queue a request; raises the scheduler's ValueError / QueueFull. Call from the event loop."""
         if self._stopping:
             raise RuntimeError("the server is shutting down")
         queue: asyncio.Queue = asyncio.Queue()
         with self._lock:  # registered before the engine thread can produce its first event
-            request_id = self.scheduler.submit(prompt, params, images=images, stop_fn=stop_fn, n=n)
+            request_id = self.scheduler.submit(prompt, params, images=images, stop_fn=stop_fn, n=n,
+                                               constraint=constraint)
             self._queues[request_id] = (asyncio.get_running_loop(), queue)
         self._wake.set()
         return request_id, queue
