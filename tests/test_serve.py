@@ -11,9 +11,6 @@ import json
 import os
 import re
 import signal
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,58 +18,25 @@ import httpx
 import openai
 import pytest
 import torch
+from serve_helpers import SHARED, TOKENIZER, debug_checkpoint, live_server
 
 import herd
-from herd.config import preset
 from herd.infer import Engine, SamplingParams
 from herd.tokenizer import load_tokenizer
 
-TOKENIZER = Path(__file__).resolve().parents[1] / ".." / "shared" / "llama4" / "tokenizer.model"
-IMAGE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "images" / "dog.jpg"
+IMAGE = SHARED / "data" / "images" / "dog.jpg"
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name three colours."}]
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    assert TOKENIZER.exists(), f"the shared tokenizer is missing: {TOKENIZER} (CI keeps ../shared beside the repo)"
-    path = tmp_path_factory.mktemp("serve") / "debug-model"
-    herd.save(herd.build(preset("debug"), seed=0), path)
-    (path / "tokenizer.model").write_bytes(TOKENIZER.read_bytes())
-    return path
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return debug_checkpoint(tmp_path_factory.mktemp("serve") / "debug-model")
 
 
 @pytest.fixture(scope="module")
 def server(checkpoint):
-    port = _free_port()
-    cmd = [sys.executable, "-m", "herd", "serve", "--model", str(checkpoint), "--port", str(port), "--dtype",
-           "float32", "--max-slots", "4", "--max-context", "1024", "--api-key", "sekret"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert proc.poll() is None, proc.stdout.read()
-        time.sleep(0.25)
-    else:
-        proc.kill()
-        pytest.fail("herd serve did not become healthy in 120 s")
-    yield base, proc
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        pytest.fail("herd serve did not stop on SIGTERM")
+    with live_server(checkpoint, "--max-slots", "4", "--max-context", "1024", "--api-key", "sekret") as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
@@ -246,18 +210,7 @@ def test_tool_calls_keep_their_types():
 
 @pytest.mark.slow
 def test_sigterm_ends_open_streams_with_an_error_chunk(checkpoint):
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "herd", "serve", "--model", str(checkpoint), "--port", str(port),
-                             "--dtype", "float32", "--max-slots", "2", "--max-context", "2048", "--no-fast"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(400):
-            try:
-                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.25)
+    with live_server(checkpoint, "--max-slots", "2", "--max-context", "2048", "--no-fast") as (base, proc):
         body = {"messages": MESSAGES, "max_tokens": 2000, "temperature": 1.0, "stream": True}
         lines = []
         with httpx.stream("POST", f"{base}/v1/chat/completions", json=body, timeout=60) as r:
@@ -267,6 +220,3 @@ def test_sigterm_ends_open_streams_with_an_error_chunk(checkpoint):
                     os.kill(proc.pid, signal.SIGTERM)
         assert any('"error"' in line for line in lines[6:]), lines[-3:]
         assert proc.wait(timeout=30) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once shut down
-    finally:
-        if proc.poll() is None:
-            proc.kill()

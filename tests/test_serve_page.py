@@ -5,47 +5,21 @@ from __future__ import annotations
 
 import re
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import httpx
 import pytest
+from serve_helpers import SHARED, debug_checkpoint, live_server
 
-import herd
-from herd.config import preset
-
-SHARED = Path(__file__).resolve().parents[1] / ".." / "shared"
-TOKENIZER, IMAGE = SHARED / "llama4" / "tokenizer.model", SHARED / "data" / "images" / "dog.jpg"
+IMAGE = SHARED / "data" / "images" / "dog.jpg"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    assert TOKENIZER.exists(), f"the shared tokenizer is missing: {TOKENIZER} (CI keeps ../shared beside the repo)"
-    path = tmp_path_factory.mktemp("page") / "debug-model"
-    herd.save(herd.build(preset("debug"), seed=0), path)
-    (path / "tokenizer.model").write_bytes(TOKENIZER.read_bytes())
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "herd", "serve", "--model", str(path), "--port", str(port),
-                             "--dtype", "float32", "--max-slots", "2", "--max-context", "512", "--max-tiles", "1"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(480):
-        try:
-            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.25)
-    yield base
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=30)
+    checkpoint = debug_checkpoint(tmp_path_factory.mktemp("page") / "debug-model")
+    with live_server(checkpoint, "--max-slots", "2", "--max-context", "512", "--max-tiles", "1") as (base, _):
+        yield base
 
 
 @pytest.mark.slow

@@ -10,40 +10,24 @@ import io
 import json
 import random
 import re
-import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import httpx
 import pytest
-import torch
 from fastapi.testclient import TestClient
 from PIL import Image
+from serve_helpers import SHARED, TOKENIZER, debug_checkpoint, in_process_state, live_server
 
-import herd
-from herd.config import preset
-from herd.infer import EagerStep, KVPool, Scheduler
-from herd.serve.app import State, create_app
-from herd.serve.openai import Served
-from herd.serve.runner import Runner
+from herd.serve.app import create_app
 from herd.tokenizer import load_tokenizer
 
-TOKENIZER = Path(__file__).resolve().parents[1] / ".." / "shared" / "llama4" / "tokenizer.model"
-IMAGE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "images" / "pasta.jpeg"
+IMAGE = SHARED / "data" / "images" / "pasta.jpeg"
 
 
 @pytest.fixture(scope="module")
 def app_client():
-    assert TOKENIZER.exists(), f"the shared tokenizer is missing: {TOKENIZER} (CI keeps ../shared beside the repo)"
-    model = herd.build(preset("debug"), seed=0)
-    tokenizer = load_tokenizer(TOKENIZER)
-    scheduler = Scheduler(model, KVPool(model.config, 2, 1024, torch.float32), EagerStep(model), max_queue=64)
-    state = State(max_body=64 * 1024)
-    state.served = Served(tokenizer, "debug", scheduler.limit, tuple(tokenizer.stop_ids), model.vision, max_images=2,
-                          max_tiles=2)
-    state.runner = Runner(scheduler)
+    state = in_process_state(2, 1024, max_images=2, max_tiles=2)
+    state.max_body = 64 * 1024
     with TestClient(create_app(state), raise_server_exceptions=False) as client:
         yield client, state
     state.runner.stop()
@@ -139,25 +123,9 @@ def _rss(pid: int) -> int:
 
 @pytest.mark.slow
 def test_two_hundred_streams_half_abandoned(tmp_path):
-    assert TOKENIZER.exists(), f"the shared tokenizer is missing: {TOKENIZER}"
-    path = tmp_path / "debug"
-    herd.save(herd.build(preset("debug"), seed=0), path)
-    (path / "tokenizer.model").write_bytes(TOKENIZER.read_bytes())
-    with __import__("socket").socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "herd", "serve", "--model", str(path), "--port", str(port),
-                             "--dtype", "float32", "--max-slots", "4", "--max-context", "256", "--max-queue", "300"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(480):
-            try:
-                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.25)
+    checkpoint = debug_checkpoint(tmp_path / "debug")
+    flags = ("--max-slots", "4", "--max-context", "256", "--max-queue", "300")
+    with live_server(checkpoint, *flags) as (base, proc):
 
         async def one(client: httpx.AsyncClient, i: int) -> str:
             body = {"messages": [{"role": "user", "content": f"Tell me about {i}."}], "max_tokens": 6,
@@ -193,12 +161,6 @@ def test_two_hundred_streams_half_abandoned(tmp_path):
         asyncio.run(wave(200))
         after = _rss(proc.pid)
         assert after - before < 64 * 2**20, f"the server's resident memory grew by {(after - before) / 2**20:.0f} MiB"
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 SCHEMA = {"type": "object", "properties": {"colour": {"enum": ["red", "green", "blue"]},

@@ -3,35 +3,18 @@ server answers without a 5xx."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import schemathesis
-import torch
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
+from serve_helpers import in_process_state
 
-import herd
-from herd.config import preset
-from herd.infer import EagerStep, KVPool, Scheduler
-from herd.serve.app import State, create_app
-from herd.serve.openai import Served
-from herd.serve.runner import Runner
-from herd.tokenizer import load_tokenizer
-
-TOKENIZER = Path(__file__).resolve().parents[1] / ".." / "shared" / "llama4" / "tokenizer.model"
+from herd.serve.app import create_app
 
 
 @pytest.fixture(scope="module")
 def api():
-    assert TOKENIZER.exists(), f"the shared tokenizer is missing: {TOKENIZER} (CI keeps ../shared beside the repo)"
-    model = herd.build(preset("debug"), seed=0)
-    tokenizer = load_tokenizer(TOKENIZER)
-    scheduler = Scheduler(model, KVPool(model.config, 2, 96, torch.float32), EagerStep(model), max_queue=16)
-    state = State()
-    state.served = Served(tokenizer, "debug", scheduler.limit, tuple(tokenizer.stop_ids), model.vision,
-                          max_images=1, max_tiles=1)
-    state.runner = Runner(scheduler)
+    state = in_process_state(2, 96, max_images=1, max_tiles=1)
     app = create_app(state)
     with TestClient(app):
         yield schemathesis.openapi.from_asgi("/openapi.json", app)
