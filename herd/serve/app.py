@@ -5,7 +5,8 @@ thread. The OpenAI translation itself is in `herd.serve.openai`.
   prompt, a stop button).
 - `POST /v1/chat/completions`, `POST /v1/completions` (streamed as server-sent events when asked),
   `GET /v1/models`, `GET /health` (503 while the model loads), `GET /metrics` (Prometheus),
-  `POST /tokenize`, `POST /detokenize` (vLLM's field names).
+  `POST /tokenize`, `POST /detokenize`, `GET /tokenizer_info` (vLLM's field names; lm-eval's remote
+  tokenizer uses them).
 - Every error is OpenAI's body `{"error": {"message", "type", "param", "code"}}`: 400 for invalid values
   (validation errors included, never a stack trace), 401 without the API key, 404 for an unknown model
   or route, 413 past the body limit, 429 with Retry-After when the queue is full, 503 while loading.
@@ -174,8 +175,14 @@ def create_app(state: State) -> FastAPI:
             except Exception as err:  # a malformed message is the client's to fix
                 raise ApiError(400, f"invalid messages: {err}", param="messages") from None
         else:
-            ids = served.tokenizer.encode(body.prompt, bos=body.add_special_tokens)
+            ids = [served.tokenizer.bos_id] if body.add_special_tokens else []
+            ids += oa.encode_with_specials(served.tokenizer, body.prompt)
         return {"tokens": ids, "count": len(ids), "max_model_len": served.context}
+
+    @app.get("/tokenizer_info")
+    async def tokenizer_info() -> dict[str, Any]:
+        served, _ = state.ready()
+        return oa.tokenizer_info(served.tokenizer, served.context)
 
     @app.post("/detokenize")
     async def detokenize(body: DetokenizeRequest) -> dict[str, Any]:

@@ -16,6 +16,8 @@ bodies. No HTTP here (that is `herd.serve.app`), no model calls (that is the eng
 
 from __future__ import annotations
 
+import functools
+import re
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -250,6 +252,29 @@ def chat_message(tokenizer: Tokenizer, choice: Choice, tools: bool) -> tuple[dic
     if message.tool_calls:
         reason = "tool_calls"
     return message.to_openai(), reason
+
+
+@functools.lru_cache(maxsize=4)
+def _specials_pattern(tokenizer: Tokenizer) -> re.Pattern:
+    return re.compile("|".join(re.escape(n) for n in sorted(tokenizer.special, key=len, reverse=True)))
+
+
+def encode_with_specials(tokenizer: Tokenizer, text: str) -> list[int]:
+    """Token ids of `text` in which special-token names become their ids, as vLLM's /tokenize does (clients
+    such as lm-eval's remote tokenizer read the BOS and EOS ids that way). Prompts of the completion
+    endpoints never go through this: there, special-token text stays text."""
+    ids, start = [], 0
+    for match in _specials_pattern(tokenizer).finditer(text):
+        ids += tokenizer.encode(text[start : match.start()]) if match.start() > start else []
+        ids.append(tokenizer.special[match.group()])
+        start = match.end()
+    return ids + (tokenizer.encode(text[start:]) if start < len(text) else [])
+
+
+def tokenizer_info(tokenizer: Tokenizer, context: int) -> dict[str, Any]:
+    """vLLM's /tokenizer_info fields that clients read: the special tokens' text and the context length."""
+    return {"tokenizer_class": "herd.Tokenizer", "bos_token": "<|begin_of_text|>", "eos_token": "<|eot|>",
+            "pad_token": "<|finetune_right_pad|>", "model_max_length": context, "vocab_size": tokenizer.n_words}
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
