@@ -132,6 +132,9 @@ def test_completions_echo_logprobs_for_loglikelihood(server, checkpoint):
     assert lp.text_offset[0] == 0 and out.choices[0].text == tokenizer.decode(ids)
     text = c.completions.create(model="debug-model", prompt=["Once upon", "a time"], max_tokens=3, temperature=0)
     assert len(text.choices) == 2 and text.usage.completion_tokens <= 6
+    fixed = c.completions.create(model="debug-model", prompt=["Hi", "Ho"], max_tokens=20,
+                                 extra_body={"ignore_eos": True})
+    assert fixed.usage.completion_tokens == 40  # vLLM's ignore_eos: fixed output lengths, as benchmarks want
 
 
 @pytest.mark.slow

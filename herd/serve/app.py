@@ -257,12 +257,20 @@ def create_app(state: State) -> FastAPI:
                 future = runner.call(lambda model, ids=ids: oa.prompt_logprobs(model, ids, body.logprobs))
                 scored.append(await asyncio.wrap_future(future))
         result, generated = [], 0
-        for p, ids in enumerate(prompts):
-            outputs = oa.choices(served.tokenizer, body.n, stop)
-            if body.max_tokens:
-                request_id, queue = _submit(state, runner, ids, params[p], None,
-                                            oa.stop_callback(served.tokenizer, stop, body.n), body.n)
-                await _collect(state, runner, request, request_id, queue, outputs, len(ids))
+        per_prompt = [oa.choices(served.tokenizer, body.n, stop) for _ in prompts]
+        if body.max_tokens:  # every prompt queued at once, so that the batch decodes together
+            submitted = []
+            try:
+                for p, ids in enumerate(prompts):
+                    stop_fn = oa.stop_callback(served.tokenizer, stop, body.n)
+                    submitted.append(_submit(state, runner, ids, params[p], None, stop_fn, body.n))
+            except ApiError:
+                for request_id, _ in submitted:
+                    runner.abort(request_id)
+                raise
+            await asyncio.gather(*(_collect(state, runner, request, request_id, queue, per_prompt[p], len(prompts[p]))
+                                   for p, (request_id, queue) in enumerate(submitted)))
+        for p, (ids, outputs) in enumerate(zip(prompts, per_prompt, strict=True)):
             prompt_text = served.tokenizer.decode(ids) if body.echo else ""  # so that text_offset matches tokens
             for c in outputs:
                 generated += len(c.token_ids)

@@ -167,7 +167,8 @@ def sampling(req: Sampling, served: Served, prompt_len: int, max_tokens: int | N
     fields: dict[str, Any] = {
         "max_new_tokens": room if max_tokens is None else max_tokens, "seed": req.seed,
         "frequency_penalty": req.frequency_penalty, "presence_penalty": req.presence_penalty,
-        "repetition_penalty": req.repetition_penalty, "stop_ids": served.eos_ids, "logprobs": logprobs,
+        "repetition_penalty": req.repetition_penalty, "logprobs": logprobs,
+        "stop_ids": () if req.ignore_eos else served.eos_ids,
     }
     for name in ("temperature", "top_p", "min_p"):
         if getattr(req, name) is not None:

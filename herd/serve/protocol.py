@@ -32,6 +32,7 @@ class Sampling(_Body):
     frequency_penalty: float = Field(0.0, ge=-2, le=2)
     presence_penalty: float = Field(0.0, ge=-2, le=2)
     repetition_penalty: float = Field(1.0, gt=0, le=100)
+    ignore_eos: bool = False  # vLLM's extra: generate max_tokens whatever the model says (benchmarks)
     seed: int | None = Field(None, ge=-(2**63), lt=2**63)
     stop: str | list[str] | None = None
     stream: bool = False
