@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build llama.cpp's CPU binaries (llama-bench, llama-simple) as the CPU speed anchor for herd.
+# Build llama.cpp's CPU binaries (llama-bench, llama-simple, llama-server) as the CPU speed anchor for herd.
 #
 #     bash benchmarks/llama_cpp_setup.sh            # then: python benchmarks/llama_cpp.py --model HF_DIR
 #
@@ -10,7 +10,7 @@
 # Everything lives outside the repo, under $HERD_BENCH_CACHE/llama.cpp (default ~/.cache/herd-bench):
 #     llama_cpp_python-<ver>.tar.gz       the sdist
 #     llama_cpp_python-<ver>/vendor/llama.cpp   the source tree
-#     build/bin/llama-bench, llama-simple       the binaries
+#     build/bin/llama-bench, llama-simple, llama-server   the binaries
 #     build/BUILD_INFO                          version, commit, flags and build time
 #
 # Release build, GGML_NATIVE=ON (-march=native), CPU backend only: no CUDA/Metal/Vulkan, no BLAS
@@ -38,7 +38,7 @@ if [[ -z "${PYTHON:-}" ]]; then
 fi
 BUILD="$CACHE/build"
 BIN="$BUILD/bin"
-TARGETS=(llama-bench llama-simple)
+TARGETS=(llama-bench llama-simple llama-server)
 
 have_all() {
     local t
@@ -88,7 +88,7 @@ cmake -S "$SRC" -B "$BUILD" -G "Unix Makefiles" \
     -DGGML_CUDA=OFF -DGGML_METAL=OFF -DGGML_VULKAN=OFF -DGGML_OPENCL=OFF -DGGML_RPC=OFF \
     -DBUILD_SHARED_LIBS=OFF \
     -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=ON -DLLAMA_BUILD_TOOLS=ON \
-    -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF \
+    -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_APP=OFF -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF \
     -DLLAMA_OPENSSL=OFF
 cmake --build "$BUILD" --config Release -j "$JOBS" --target "${TARGETS[@]}"
 ELAPSED=$(( $(date +%s) - START ))

@@ -1,0 +1,164 @@
+"""`herd serve` against llama.cpp's `llama-server` on the benchmark model, same machine, same threads.
+
+    bash benchmarks/llama_cpp_setup.sh                  # once: builds llama-bench, llama-simple, llama-server
+    .venv/bin/python benchmarks/serve_bench.py          # bf16 / BF16, concurrency 1 4 8 16, 3 rounds
+
+Both servers load the benchmark model (bench.py; random weights; herd from its HF directory in bf16,
+llama.cpp from the BF16 GGUF that benchmarks/llama_cpp.py converts) with 2 threads and a slot for each
+client (herd `--max-slots 16`; llama-server `-np 16`, `-c` 16 x 4,096). Workload: `concurrency` clients,
+each sending its next request when the last one ended, 2 x concurrency requests (at least 8), a prompt of
+`--prompt` random token ids (the same ids for both), `--tokens` output tokens with EOS ignored, greedy,
+streamed from `/v1/completions`. Figures per level: request throughput, output tokens/s over the level's
+wall time, time to first token and inter-token latency (between streamed chunks) at p50 / p90. The two
+servers take turns level by level, round by round (this machine's memory bandwidth drifts); the table
+gives medians over rounds and the median of the per-round ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+import httpx
+import llama_cpp
+from bench import MODEL_DIR, THREADS, ensure_model
+
+SLOTS, SLOT_CONTEXT = 16, 4096
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait(base: str, proc: subprocess.Popen, name: str) -> None:
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None:
+            sys.exit(f"{name} exited with {proc.returncode}")
+        time.sleep(0.5)
+    sys.exit(f"{name} did not become healthy")
+
+
+def start_herd() -> tuple[str, subprocess.Popen]:
+    port = _port()
+    cmd = [sys.executable, "-m", "herd", "serve", "--model", str(MODEL_DIR), "--port", str(port), "--dtype",
+           "bfloat16", "--max-slots", str(SLOTS), "--max-context", str(SLOT_CONTEXT), "--served-model-name", "bench"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "OMP_NUM_THREADS": str(THREADS)})
+    base = f"http://127.0.0.1:{port}"
+    _wait(base, proc, "herd serve")
+    return base, proc
+
+
+def start_llama_server() -> tuple[str, subprocess.Popen]:
+    gguf = llama_cpp.convert(MODEL_DIR, llama_cpp.CACHE / "gguf" / MODEL_DIR.name, "bf16")
+    port = _port()
+    cmd = [str(llama_cpp._binary("llama-server")), "-m", str(gguf), "--port", str(port), "-t", str(THREADS),
+           "-tb", str(THREADS), "-np", str(SLOTS), "-c", str(SLOTS * SLOT_CONTEXT), "--no-webui"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    _wait(base, proc, "llama-server")
+    return base, proc
+
+
+async def _one(client: httpx.AsyncClient, base: str, prompt: list[int], tokens: int) -> tuple[float, list[float]]:
+    """One streamed request: (time to first token, gaps between later chunks)."""
+    body = {"model": "bench", "prompt": prompt, "max_tokens": tokens, "temperature": 0, "ignore_eos": True,
+            "stream": True}
+    start, stamps = time.perf_counter(), []
+    async with client.stream("POST", f"{base}/v1/completions", json=body) as r:
+        r.raise_for_status()
+        async for line in r.aiter_lines():
+            if line.startswith("data: {") and '"text"' in line and json.loads(line[6:])["choices"]:
+                stamps.append(time.perf_counter())
+    return stamps[0] - start, [b - a for a, b in itertools.pairwise(stamps)]
+
+
+async def level(base: str, concurrency: int, prompt_len: int, tokens: int) -> dict:
+    n = max(8, 2 * concurrency)
+    rng = random.Random(concurrency)
+    prompts = [[rng.randrange(200000) for _ in range(prompt_len)] for _ in range(n)]
+    queue = list(prompts)
+    ttfts, gaps = [], []
+
+    async def client_loop(client: httpx.AsyncClient) -> None:
+        while queue:
+            prompt = queue.pop()
+            ttft, g = await _one(client, base, prompt, tokens)
+            ttfts.append(ttft)
+            gaps.extend(g)
+
+    start = time.perf_counter()
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=0)  # a fresh connection each
+    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+        await asyncio.gather(*(client_loop(client) for _ in range(concurrency)))
+    wall = time.perf_counter() - start
+
+    def q(values: list[float], p: int) -> float:
+        return statistics.quantiles(values, n=100)[p - 1] if len(values) > 1 else values[0]
+
+    return {"req_s": n / wall, "tok_s": n * tokens / wall, "ttft_p50": q(ttfts, 50), "ttft_p90": q(ttfts, 90),
+            "itl_p50": q(gaps, 50), "itl_p90": q(gaps, 90)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--concurrency", nargs="+", type=int, default=[1, 4, 8, 16])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--prompt", type=int, default=128, help="prompt tokens")
+    parser.add_argument("--tokens", type=int, default=64, help="output tokens per request (EOS ignored)")
+    args = parser.parse_args()
+    ensure_model()
+    servers = {"llama-server": start_llama_server(), "herd serve": start_herd()}
+    results: dict[tuple[str, int], list[dict]] = {}
+    try:
+        for base, _ in servers.values():  # warm-up: kernels built, caches touched
+            asyncio.run(level(base, 2, args.prompt, 8))
+        for r in range(args.rounds):
+            for c in args.concurrency:
+                for name in (list(servers) if r % 2 else list(servers)[::-1]):
+                    print(f"round {r + 1}: {name}, {c} concurrent ...", file=sys.stderr, flush=True)
+                    results.setdefault((name, c), []).append(
+                        asyncio.run(level(servers[name][0], c, args.prompt, args.tokens)))
+    finally:
+        for _, proc in servers.values():
+            proc.terminate()
+            proc.wait(timeout=60)
+    print(f"\nbf16, {THREADS} threads, prompts of {args.prompt} tokens, {args.tokens} output tokens each; medians over "
+          f"{args.rounds} interleaved rounds; ratios: median of per-round herd / llama-server (latency: inverted)")
+    print("\n| concurrent | server | req/s | output tok/s | TTFT p50 / p90 | ITL p50 / p90 |")
+    print("|---:|---|---:|---:|---:|---:|")
+    for c in args.concurrency:
+        for name in servers:
+            runs = results[(name, c)]
+            m = {k: statistics.median(x[k] for x in runs) for k in runs[0]}
+            print(f"| {c} | {name} | {m['req_s']:.2f} | {m['tok_s']:.1f} | {1000 * m['ttft_p50']:.0f} / "
+                  f"{1000 * m['ttft_p90']:.0f} ms | {1000 * m['itl_p50']:.1f} / {1000 * m['itl_p90']:.1f} ms |")
+        pairs = list(zip(results[("herd serve", c)], results[("llama-server", c)], strict=True))
+
+        def ratio(key: str, invert: bool = False, pairs: list = pairs) -> str:
+            values = [(o[key] / h[key]) if invert else (h[key] / o[key]) for h, o in pairs]
+            return f"{statistics.median(values):.2f}x ({min(values):.2f}-{max(values):.2f})"
+
+        print(f"| {c} | herd / llama-server | {ratio('req_s')} | {ratio('tok_s')} | "
+              f"{ratio('ttft_p50', True)} faster | {ratio('itl_p50', True)} faster |")
+
+
+if __name__ == "__main__":
+    main()
