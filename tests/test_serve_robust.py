@@ -224,3 +224,16 @@ def test_forced_tool_calls_keep_to_the_tools(app_client):
     r = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}], "tools": TOOLS,
                                                   "tool_choice": {"type": "function", "function": {"name": "nope"}}})
     assert r.status_code == 400 and "nope" in r.json()["error"]["message"]
+
+
+def test_a_streamed_tool_call_equals_the_plain_answer(app_client):
+    client, _ = app_client
+    body = {"messages": [{"role": "user", "content": "Time in Oslo?"}], "tools": TOOLS, "tool_choice": "required",
+            "seed": 3, "temperature": 1.0, "max_tokens": 60}
+    plain = client.post("/v1/chat/completions", json=body).json()["choices"][0]
+    with client.stream("POST", "/v1/chat/completions", json=body | {"stream": True}) as r:
+        chunks = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
+    deltas = [d for c in chunks for choice in c["choices"] for d in choice["delta"].get("tool_calls", [])]
+    calls = lambda items: [(c["function"]["name"], c["function"]["arguments"]) for c in items]  # ids are fresh
+    assert calls(deltas) == calls(plain["message"]["tool_calls"]) and deltas
+    assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]][-1] == "tool_calls"
