@@ -368,3 +368,16 @@ def test_two_open_streams_of_one_engine(scout):
     assert got[0] == _alone(scout, _ids(7, 2), GREEDY).token_ids
     assert got[1] == _alone(scout, _ids(9, 3), GREEDY).token_ids
     assert engine.pool.n_free == 4 and not engine._mail
+
+
+def test_step_emits_each_part_as_it_ends(scout):
+    """With `emit`, the decoded rows' tokens go out before the step's prefills, and each prefilled request's
+    first token as its prefill ends; the step still returns them all."""
+    scheduler = Scheduler(scout, KVPool(scout.config, 4, 64, torch.float32), prefill_chunk=64)
+    scheduler.submit(_ids(5, 1), GREEDY)
+    scheduler.step()
+    second, third = scheduler.submit(_ids(6, 2), GREEDY), scheduler.submit(_ids(7, 3), GREEDY)
+    batches: list[list[int]] = []
+    returned = scheduler.step(lambda events: batches.append([e.request for e in events]))
+    assert batches == [[0], [second], [third]]
+    assert [e.request for e in returned] == [0, second, third]

@@ -222,18 +222,24 @@ class Scheduler:
     # ---- the step ----
 
     @torch.no_grad()
-    def step(self) -> list[TokenEvent]:
+    def step(self, emit: Callable[[list[TokenEvent]], None] | None = None) -> list[TokenEvent]:
         """One decode over every running sequence, then up to `prefill_chunk` prompt tokens; the tokens they
-        produced."""
+        produced. `emit(events)` (a server's dispatch) gets them as soon as each part of the step is done, so
+        the decoded rows and the first request whose prefill ends are not held back by the rest of the step."""
         self.apply_aborts()
         events = self._decode() if self._running else []
-        budget = self.prefill_chunk
+        if emit is not None and events:
+            emit(events)
+        budget, done = self.prefill_chunk, len(events)
         while budget > 0:
             if self._prefilling is None:
                 self._admit()
                 if self._prefilling is None:
                     break
             budget -= self._prefill(budget, events)
+            if emit is not None and len(events) > done:
+                emit(events[done:])
+                done = len(events)
         return events
 
     def apply_aborts(self) -> None:

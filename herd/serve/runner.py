@@ -109,15 +109,18 @@ class Runner:
                 continue
             start = time.perf_counter()
             try:
-                events = self.scheduler.step()
+                events = self.scheduler.step(self._dispatch)
             except Exception:
                 log.exception("herd serve: a step failed; ending the running requests")
                 self._close_all("internal error in the engine step")
                 continue
             if self.on_step is not None:
                 self.on_step(events, time.perf_counter() - start)
-            with self._lock:
-                for event in events:
-                    target = self._queues.get(event.request)
-                    if target is not None:
-                        target[0].call_soon_threadsafe(target[1].put_nowait, event)
+
+    def _dispatch(self, events: list[TokenEvent]) -> None:
+        """Hand events to their requests' queues, on each queue's event loop."""
+        with self._lock:
+            for event in events:
+                target = self._queues.get(event.request)
+                if target is not None:
+                    target[0].call_soon_threadsafe(target[1].put_nowait, event)
