@@ -47,10 +47,10 @@ def engine_for(model: Transformer, args: argparse.Namespace) -> Engine:
     optimize(model)
     start = time.perf_counter()
     log.info("compiling the decode kernels (once per process) ...")
-    warm = Engine(model, step=FastDecode(model))
-    warm.generate([0], SamplingParams(temperature=0.0, max_new_tokens=2, stop_ids=()))
+    engine = Engine(model, step=FastDecode(model))
+    engine.generate([0], SamplingParams(temperature=0.0, max_new_tokens=2, stop_ids=()))
     log.info("compiled in %.1fs", time.perf_counter() - start)
-    return Engine(model, step=warm.step)
+    return engine
 
 
 def image_collector(model: Transformer, max_tiles: int) -> chat.ImageCollector | None:

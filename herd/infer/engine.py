@@ -107,14 +107,9 @@ class Engine:
         if features_FD is not None and prompt.count(patch_id) != features_FD.shape[0]:
             raise ValueError(f"the prompt has {prompt.count(patch_id)} <|patch|> tokens but its images give "
                              f"{features_FD.shape[0]} features")
-        used = 0
         for start in range(0, len(prompt), self.prefill_chunk):
-            piece = prompt[start : start + self.prefill_chunk]
-            piece_features = None
-            if features_FD is not None:
-                n = piece.count(patch_id)
-                piece_features, used = features_FD[used : used + n], used + n
-            logits_V = prefill_piece(self.model, pool, slot, piece, start, piece_features)
+            end = min(start + self.prefill_chunk, len(prompt))
+            logits_V = prefill_piece(self.model, pool, slot, prompt, start, end, features_FD)
         return logits_V
 
     def stream(self, prompts: Sequence[int] | Sequence[Sequence[int]], params: SamplingParams | None = None,
@@ -131,7 +126,7 @@ class Engine:
             raise ValueError("every prompt must hold at least one token id")
         longest = max(len(p) for p in rows)
         scheduler = self._scheduler_for(len(rows), min(longest + params.max_new_tokens, self.model.config.max_seq_len))
-        rows = [scheduler.check(p, params, images[b]) for b, p in enumerate(rows)]
+        rows = [scheduler.check(p, images[b]) for b, p in enumerate(rows)]
         if params.max_new_tokens == 0:
             return iter(())
         return self._run(scheduler, rows, params, stop_fn, images)

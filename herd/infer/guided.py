@@ -25,7 +25,7 @@ class GuidedTokenizer:
         import llguidance
 
         self.tokenizer = tokenizer
-        encoder = {piece: i for i, piece in enumerate(tokenizer._pieces[: tokenizer.n_base])}
+        encoder = {tokenizer.piece(i): i for i in range(tokenizer.n_base)}
         self.ll = llguidance.LLTokenizer.from_tiktoken(
             encoder=encoder, special_tokens=dict(tokenizer.special), pattern=O200K_PATTERN,
             eos_token=list(tokenizer.stop_ids), n_vocab=tokenizer.n_words)

@@ -19,7 +19,6 @@ Shapes: B rows, H heads, G kv heads, S new tokens, L cached positions, C chunk, 
 
 from __future__ import annotations
 
-import logging
 from collections import OrderedDict
 
 import torch
@@ -27,8 +26,6 @@ import torch.nn.functional as F
 
 from herd.attention import attention_with_past, causal_attention
 from herd.config import TextConfig
-
-log = logging.getLogger("herd")
 
 
 class PoolFull(RuntimeError):
@@ -187,10 +184,6 @@ class KVPool:
 
     def is_free(self, slot: int) -> bool:
         return slot in self._free
-
-    def free_slots(self) -> list[int]:
-        """The free slots, least recently freed first."""
-        return list(self._free)
 
     def alloc(self, slot: int | None = None) -> int:
         """Take a free slot: `slot` itself, or the least recently freed one."""

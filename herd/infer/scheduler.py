@@ -124,12 +124,18 @@ def _image_keys(prompt: list[int], images: Sequence[torch.Tensor] | None, patch_
     return [image if t == patch_id else t for t in prompt]
 
 
-def prefill_piece(model: nn.Module, pool: KVPool, slot: int, tokens: Sequence[int], start: int,
+def prefill_piece(model: nn.Module, pool: KVPool, slot: int, prompt: Sequence[int], start: int, end: int,
                   features_FD: torch.Tensor | None = None) -> torch.Tensor:
-    """Write `tokens` (at positions start…) into `slot` and return the last one's logits [V]; `features_FD`
-    are the image features of the `<|patch|>` tokens among them."""
-    tokens_1S = torch.tensor([list(tokens)], device=pool.device)
-    logits_11V = model(tokens_1S, kv=pool.prefill(slot, start), last_only=True, image_features_FD=features_FD)
+    """Write prompt[start:end] (at positions start…) into `slot` and return the last one's logits [V].
+    `features_FD` are the image features of all the prompt's `<|patch|>` tokens; the piece takes its own."""
+    piece = list(prompt[start:end])
+    piece_features = None
+    if features_FD is not None:
+        patch_id = model.vision.config.patch_token_id
+        used, n = list(prompt[:start]).count(patch_id), piece.count(patch_id)
+        piece_features = features_FD[used : used + n] if n else None
+    tokens_1S = torch.tensor([piece], device=pool.device)
+    logits_11V = model(tokens_1S, kv=pool.prefill(slot, start), last_only=True, image_features_FD=piece_features)
     return logits_11V[0, -1]
 
 
@@ -160,8 +166,7 @@ class Scheduler:
 
     # ---- requests in ----
 
-    def check(self, prompt: Sequence[int], params: SamplingParams, images: Sequence[torch.Tensor] | None = None,
-              n: int = 1) -> list[int]:
+    def check(self, prompt: Sequence[int], images: Sequence[torch.Tensor] | None = None, n: int = 1) -> list[int]:
         """The prompt as a list of ids, or ValueError saying what is wrong with the request."""
         prompt = [int(t) for t in prompt]
         vocab = self.model.config.vocab_size
@@ -190,7 +195,7 @@ class Scheduler:
         """Queue a request and return its id. `stop_fn(sample, token)` ends that sample with "stop" (stop
         strings); `images` are the pixel tiles of the prompt's images in order; `constraint()` makes each
         sample's grammar state (`herd.infer.guided`), which masks its logits. Thread-safe."""
-        prompt = self.check(prompt, params, images, n)
+        prompt = self.check(prompt, images, n)
         stop = frozenset(params.stop_ids if params.stop_ids is not None else self.model.config.eos_ids)
         with self._lock:
             if self.max_queue is not None and len(self._queue) >= self.max_queue:
@@ -299,16 +304,9 @@ class Scheduler:
         request = self._prefilling
         slot, start = request.slots[0], request.done
         end = min(start + budget, len(request.prompt))
-        piece = request.prompt[start:end]
-        features_FD = None
-        if request.images:
-            if request.features_FD is None:
-                request.features_FD = self.model.encode_images(request.images)
-            used = request.prompt[:start].count(self._patch_id)
-            features_FD = request.features_FD[used : used + piece.count(self._patch_id)]
-            if features_FD.shape[0] == 0:
-                features_FD = None
-        logits_V = prefill_piece(self.model, self.pool, slot, piece, start, features_FD)
+        if request.images and request.features_FD is None:
+            request.features_FD = self.model.encode_images(request.images)
+        logits_V = prefill_piece(self.model, self.pool, slot, request.prompt, start, end, request.features_FD)
         self._cached[slot].extend(request.keys[start:end])
         request.done = end
         self.prefilled_tokens += end - start

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -35,9 +34,8 @@ class Closed:
 
 
 class Runner:
-    def __init__(self, scheduler: Scheduler, on_step: Callable[[list[TokenEvent], float], None] | None = None) -> None:
+    def __init__(self, scheduler: Scheduler) -> None:
         self.scheduler = scheduler
-        self.on_step = on_step  # metrics: the step's events and its duration
         self._lock = threading.Lock()
         self._queues: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
         self._calls: list[tuple[Callable[[Any], Any], Future]] = []
@@ -107,15 +105,11 @@ class Runner:
                 self._wake.wait(timeout=0.5)
                 self._wake.clear()
                 continue
-            start = time.perf_counter()
             try:
-                events = self.scheduler.step(self._dispatch)
+                self.scheduler.step(self._dispatch)
             except Exception:
                 log.exception("herd serve: a step failed; ending the running requests")
                 self._close_all("internal error in the engine step")
-                continue
-            if self.on_step is not None:
-                self.on_step(events, time.perf_counter() - start)
 
     def _dispatch(self, events: list[TokenEvent]) -> None:
         """Hand events to their requests' queues, on each queue's event loop."""
