@@ -230,13 +230,11 @@ def create_app(state: State) -> FastAPI:
         if body.suffix:
             raise ApiError(400, "suffix is not supported", param="suffix")
         prompts = oa.completion_prompts(body, served.tokenizer)
-        vocab = served.tokenizer.n_words
-        for ids in prompts:
-            if any(not 0 <= t < vocab for t in ids):
-                raise ApiError(400, f"prompt token ids must lie in [0, {vocab})", param="prompt")
-            if len(ids) >= served.context:
-                raise ApiError(400, f"a prompt of {len(ids)} tokens does not fit the context of {served.context}",
-                               param="prompt")
+        for ids in prompts:  # before any scoring forward: ids in the vocabulary, a prompt that fits the context
+            try:
+                runner.scheduler.check(ids)
+            except ValueError as err:
+                raise ApiError(400, str(err), param="prompt") from None
         stop = oa.stop_strings(body.stop)
         params = [oa.sampling(body, served, len(ids), body.max_tokens, body.logprobs) for ids in prompts]
         meta = {"id": oa.new_id("cmpl"), "created": int(time.time()), "model": served.name}
