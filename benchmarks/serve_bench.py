@@ -7,7 +7,8 @@ Both servers load the benchmark model (bench.py; random weights; herd from its H
 llama.cpp from the BF16 GGUF that benchmarks/llama_cpp.py converts) with 2 threads and a slot for each
 client (herd `--max-slots 16`; llama-server `-np 16`, `-c` 16 x 4,096). Workload: `concurrency` clients,
 each sending its next request when the last one ended, 2 x concurrency requests (at least 8), a prompt of
-`--prompt` random token ids (the same ids for both), `--tokens` output tokens with EOS ignored, greedy,
+`--prompt` random token ids (the same ids for both servers, new ones for every level and round, so that
+neither server's prompt cache answers from an earlier request), `--tokens` output tokens with EOS ignored, greedy,
 streamed from `/v1/completions`. Figures per level: request throughput, output tokens/s over the level's
 wall time, time to first token and inter-token latency (between streamed chunks) at p50 / p90. The two
 servers take turns level by level, round by round (this machine's memory bandwidth drifts); the table
@@ -90,9 +91,9 @@ async def _one(client: httpx.AsyncClient, base: str, prompt: list[int], tokens: 
     return stamps[0] - start, [b - a for a, b in itertools.pairwise(stamps)]
 
 
-async def level(base: str, concurrency: int, prompt_len: int, tokens: int) -> dict:
+async def level(base: str, concurrency: int, prompt_len: int, tokens: int, seed: int) -> dict:
     n = max(8, 2 * concurrency)
-    rng = random.Random(concurrency)
+    rng = random.Random(seed)  # prompts never repeat across levels and rounds: no server's prompt cache helps
     prompts = [[rng.randrange(200000) for _ in range(prompt_len)] for _ in range(n)]
     queue = list(prompts)
     ttfts, gaps = [], []
@@ -129,13 +130,13 @@ def main() -> None:
     results: dict[tuple[str, int], list[dict]] = {}
     try:
         for base, _ in servers.values():  # warm-up: kernels built, caches touched
-            asyncio.run(level(base, 2, args.prompt, 8))
+            asyncio.run(level(base, 2, args.prompt, 8, seed=-1))
         for r in range(args.rounds):
             for c in args.concurrency:
                 for name in (list(servers) if r % 2 else list(servers)[::-1]):
                     print(f"round {r + 1}: {name}, {c} concurrent ...", file=sys.stderr, flush=True)
                     results.setdefault((name, c), []).append(
-                        asyncio.run(level(servers[name][0], c, args.prompt, args.tokens)))
+                        asyncio.run(level(servers[name][0], c, args.prompt, args.tokens, seed=1000 * r + c)))
     finally:
         for _, proc in servers.values():
             proc.terminate()

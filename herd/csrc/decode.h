@@ -61,13 +61,35 @@ static inline long slot_of(const layer_t *ly, int64_t position) {
     return ly->chunk ? position % ly->chunk : position;
 }
 
-/* y[b * y_stride + n] = round(w[n] · x[b * x_stride]) for n < N, b < B. An orphaned `omp for` without
-   a barrier: the caller places one before the results are read. */
-static void matvec_rows(const T *w, const T *x, T *y, long B, long N, long K, long x_stride, long y_stride) {
+/* ys[b][n] = round(w[n] · xs[b]) for n < N, b < B: each weight row is read once for all B rows (DOTS). An
+   orphaned `omp for` without a barrier: the caller places one before the results are read. */
+static void matvec_gather(const T *w, const T *const *xs, T *const *ys, long B, long N, long K) {
+    float d[B > 0 ? B : 1];
     #pragma omp for schedule(static) nowait
     for (long n = 0; n < N; n++) {
-        const T *row = w + n * K;
-        for (long b = 0; b < B; b++) y[b * y_stride + n] = STORE(DOT(row, x + b * x_stride, K));
+        DOTS(w + n * K, xs, B, K, d);
+        for (long b = 0; b < B; b++) ys[b][n] = STORE(d[b]);
+    }
+}
+
+/* y[b * y_stride + n] = round(w[n] · x[b * x_stride]) for n < N, b < B; as matvec_gather, no barrier. */
+static void matvec_rows(const T *w, const T *x, T *y, long B, long N, long K, long x_stride, long y_stride) {
+    const T *xs[B > 0 ? B : 1];
+    T *ys[B > 0 ? B : 1];
+    for (long b = 0; b < B; b++) xs[b] = x + b * x_stride, ys[b] = y + b * y_stride;
+    matvec_gather(w, xs, ys, B, N, K);
+}
+
+/* x[b * D + n] = round(x[b * D + n] + round(w[n] · a[b * a_stride])) for n < D, b < B: a projection added to
+   the residual stream. `omp for schedule(static)` over n with a barrier at the end. */
+static void project_add(const T *w, const T *a, T *x, long B, long D, long K, long a_stride) {
+    const T *as[B > 0 ? B : 1];
+    float d[B > 0 ? B : 1];
+    for (long b = 0; b < B; b++) as[b] = a + b * a_stride;
+    #pragma omp for schedule(static)
+    for (long n = 0; n < D; n++) {
+        DOTS(w + n * K, as, B, K, d);
+        for (long b = 0; b < B; b++) x[b * D + n] = STORE(LOAD(x[b * D + n]) + ROUND(d[b]));
     }
 }
 
@@ -137,6 +159,7 @@ int NAME(const model_t *m, const int64_t *tokens, const int64_t *positions, cons
     const long QKV = (H + 2 * G) * K;
     const float eps = m->norm_eps;
     long F = 1, L = 1;  /* L: the most slots any query attends to in this step */
+    if (B < 1) return 0;
     for (long b = 0; b < B; b++) {
         if (tokens[b] < 0 || tokens[b] >= m->vocab) return -2;
         if (positions[b] < 0) return -3;
@@ -167,6 +190,12 @@ int NAME(const model_t *m, const int64_t *tokens, const int64_t *positions, cons
     #pragma omp parallel num_threads(threads)
     {
         float *scores = malloc(sizeof(float) * R * L);
+        /* this thread's copy of the expert groups: rows in group order, their inputs and outputs */
+        long row_of[B], group_start[B + 1], group_expert[B];
+        const T *xs_of[B];
+        T *h13_of[B], *act_of[B];
+        float routed[B];
+        group_start[0] = 0;
         if (!scores) {
             #pragma omp atomic write
             failed = 1;
@@ -213,12 +242,7 @@ int NAME(const model_t *m, const int64_t *tokens, const int64_t *positions, cons
                     attend(qkv + b * QKV + g * R * K, ly->k_cache + base, ly->v_cache + base, slot + 1, R, K, scores,
                            att + b * H * K + g * R * K);
                 }
-                #pragma omp for schedule(static)
-                for (long n = 0; n < D; n++)
-                    for (long b = 0; b < B; b++) {
-                        const float o = ROUND(DOT(ly->wo + n * H * K, att + b * H * K, H * K));
-                        x[b * D + n] = STORE(LOAD(x[b * D + n]) + o);
-                    }
+                project_add(ly->wo, att, x, B, D, H * K, H * K);
 
                 /* feed-forward */
                 #pragma omp for
@@ -239,10 +263,25 @@ int NAME(const model_t *m, const int64_t *tokens, const int64_t *positions, cons
                         const float score = ROUND(1.0f / (1.0f + expf(-LOAD(logits[b * E + best]))));
                         for (long k = 0; k < D; k++) xs[b * D + k] = STORE(LOAD(xn[b * D + k]) * score);
                     }
+                    /* rows grouped by expert (in row order within one), so that each routed expert's weights
+                       are read once per step however many rows chose it; every thread builds the same groups */
+                    long n_groups = 0;
+                    for (long e = 0; e < E; e++) {
+                        long n = 0;
+                        for (long b = 0; b < B; b++)
+                            if (expert_B[b] == e) {
+                                const long r = group_start[n_groups] + n++;
+                                row_of[r] = b;
+                                xs_of[r] = xs + b * D, h13_of[r] = h13_routed + b * 2 * F, act_of[r] = act_routed + b * F;
+                            }
+                        if (n) group_expert[n_groups] = e, group_start[n_groups + 1] = group_start[n_groups] + n, n_groups++;
+                    }
                     matvec_rows(ly->shared_w13, xn, h13, B, 2 * Fl, D, D, 2 * F);
-                    for (long b = 0; b < B; b++)
-                        matvec_rows(ly->w13 + expert_B[b] * 2 * Fl * D, xs + b * D, h13_routed + b * 2 * F, 1, 2 * Fl,
-                                    D, D, 2 * F);
+                    for (long g = 0; g < n_groups; g++) {
+                        const long first = group_start[g];
+                        matvec_gather(ly->w13 + group_expert[g] * 2 * Fl * D, xs_of + first, h13_of + first,
+                                      group_start[g + 1] - first, 2 * Fl, D);
+                    }
                     #pragma omp barrier
                     #pragma omp for
                     for (long i = 0; i < B * Fl; i++) {
@@ -250,16 +289,20 @@ int NAME(const model_t *m, const int64_t *tokens, const int64_t *positions, cons
                         act[b * F + j] = swiglu(h13[b * 2 * F + j], h13[b * 2 * F + Fl + j]);
                         act_routed[b * F + j] = swiglu(h13_routed[b * 2 * F + j], h13_routed[b * 2 * F + Fl + j]);
                     }
-                    /* Shared expert, then each row's routed expert over the same rows: static schedules of
-                       equal length give every thread the same n in both loops, so no barrier between. */
+                    /* Shared expert, then each group's routed expert over the same rows: static schedules of
+                       equal length give every thread the same n in all these loops, so no barrier between. */
                     matvec_rows(ly->shared_w2, act, shared_out, B, D, Fl, F, D);
-                    for (long b = 0; b < B; b++) {
-                        const T *w2 = ly->w2 + expert_B[b] * D * Fl;
+                    for (long g = 0; g < n_groups; g++) {
+                        const T *w2 = ly->w2 + group_expert[g] * D * Fl;
+                        const long first = group_start[g], nb = group_start[g + 1] - first;
                         #pragma omp for schedule(static) nowait
                         for (long n = 0; n < D; n++) {
-                            const float routed = ROUND(DOT(w2 + n * Fl, act_routed + b * F, Fl));
-                            const float ffn = ROUND(LOAD(shared_out[b * D + n]) + routed);
-                            x[b * D + n] = STORE(LOAD(x[b * D + n]) + ffn);
+                            DOTS(w2 + n * Fl, (const T *const *)(act_of + first), nb, Fl, routed);
+                            for (long r = 0; r < nb; r++) {
+                                const long b = row_of[first + r];
+                                const float ffn = ROUND(LOAD(shared_out[b * D + n]) + ROUND(routed[r]));
+                                x[b * D + n] = STORE(LOAD(x[b * D + n]) + ffn);
+                            }
                         }
                     }
                     #pragma omp barrier
@@ -271,12 +314,7 @@ int NAME(const model_t *m, const int64_t *tokens, const int64_t *positions, cons
                         const long b = i / Fl, j = i % Fl;
                         act[b * F + j] = swiglu(h13[b * 2 * F + j], h13[b * 2 * F + Fl + j]);
                     }
-                    #pragma omp for schedule(static)
-                    for (long n = 0; n < D; n++)
-                        for (long b = 0; b < B; b++) {
-                            const float o = ROUND(DOT(ly->w2 + n * Fl, act + b * F, Fl));
-                            x[b * D + n] = STORE(LOAD(x[b * D + n]) + o);
-                        }
+                    project_add(ly->w2, act, x, B, D, Fl, F);
                 }
             }
             #pragma omp for

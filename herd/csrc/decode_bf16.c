@@ -7,6 +7,7 @@
 #define STORE(v) to_bf16(v)
 #define ROUND(v) round_bf16(v)
 #define DOT(w, x, K) row_dot(w, x, K)
+#define DOTS(w, xs, n, K, out) row_dots(w, xs, n, K, out)
 #define NAME herd_decode_bf16
 
 static float mean_square(const uint16_t *x, long n) {
