@@ -27,6 +27,8 @@ from safetensors.torch import save_file
 from herd.config import ConfigError, ModelConfig
 from herd.formats import hf, meta
 from herd.model import Transformer
+from herd.quant.apply import DEFAULT_GROUPS, check_groups, quantize_structure, quantized_stream, stored_names
+from herd.quant.schemes import QuantError, scheme
 
 log = logging.getLogger("herd")
 
@@ -74,21 +76,50 @@ def read_config(path: str | os.PathLike) -> ModelConfig:
         raise ConfigError(f"{path / name}: invalid or missing value: {err!r}") from None
 
 
+def read_quantization(path: str | os.PathLike) -> dict | None:
+    """The `quantization_config` of a checkpoint herd quantized (`herd quantize`), checked; None for others."""
+    path = Path(path)
+    if detect_format(path) != "hf":
+        return None
+    try:
+        raw = json.loads((path / "config.json").read_text()).get("quantization_config")
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path / 'config.json'} is not valid JSON: {err}") from None
+    if raw is None:
+        return None
+    try:
+        s = scheme(raw["scheme"])
+        groups = check_groups(raw["modules"])
+        if raw.get("bits", s.bits) != s.bits or raw.get("group_size", s.group) != s.group:
+            raise QuantError(f"bits {raw.get('bits')} / group_size {raw.get('group_size')} do not match "
+                             f"scheme {s.name}")
+    except (KeyError, TypeError, QuantError) as err:
+        raise CheckpointError(f"{path / 'config.json'}: invalid quantization_config: {err}") from None
+    return {"scheme": s.name, "groups": groups}
+
+
 def load(
     path: str | os.PathLike,
     dtype: torch.dtype | None = None,
     device: torch.device | str = "cpu",
     text_only: bool = False,
+    quantize: str | None = None,
+    quantize_groups: tuple[str, ...] = DEFAULT_GROUPS,
 ) -> Transformer:
     """Load a checkpoint directory (HF or Meta format) into a herd model in eval mode.
 
     `dtype=None` keeps the stored dtype (that of the first tensor, for all of them, should a
     checkpoint mix dtypes). With vision weights present the model has its vision tower
-    (`model.vision`), unless `text_only=True`.
+    (`model.vision`), unless `text_only=True`. `quantize="int8"|"int4"|"int4-g128"` quantizes the
+    `quantize_groups` (`herd.quant.apply`) while reading, one tensor at a time; a checkpoint written by
+    `herd quantize` loads quantized as stored.
     """
     path = Path(path)
     fmt = detect_format(path)
     config = read_config(path)
+    stored = read_quantization(path)
+    if stored and quantize and scheme(quantize).name != stored["scheme"]:
+        raise CheckpointError(f"{path} is already quantized ({stored['scheme']}); it cannot be loaded as {quantize}")
     if fmt == "hf":
         files = _hf_weight_map(path)
         vision_keys = [n for n in files if n.startswith(hf.VISION_PREFIXES)]
@@ -104,18 +135,31 @@ def load(
     with torch.device("meta"):
         model = Transformer(config.text, vision)
     expected = {name: tuple(p.shape) for name, p in model.state_dict().items()}
+    replaced: set[str] = set()
+    if stored or quantize:
+        plan = stored or {"scheme": scheme(quantize).name, "groups": check_groups(quantize_groups)}
+        replaced = quantize_structure(model, plan["scheme"], plan["groups"])
+        expected |= {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    quantized = {q for name in replaced for q in stored_names(name)}
     if fmt == "hf":
         prefix = hf.MULTIMODAL_PREFIX if any(n.startswith(hf.MULTIMODAL_PREFIX) for n in files) else ""
         names = hf.text_weight_names(config.text, prefix) | (hf.vision_weight_names(vision) if vision else {})
+        if stored:
+            names = _stored_quantized_names(names, replaced)
         _check_coverage(path, set(files) - (set(vision_keys) if vision is None else set()), set(names.values()), "HF")
-        tensors = _read_hf(names, files, expected)
+        tensors = _read_hf(names, files, expected, quantized)
     else:
         rules = meta.text_rules(config.text) | (meta.vision_rules(vision) if vision else {})
         wanted = {source for rule in rules.values() for source in rule.sources}
         _check_coverage(path, keys - (set(vision_keys) if vision is None else set()), wanted, "Meta")
         tensors = _read_meta(path, shards, rules, expected)
+    if quantize and not stored:
+        tensors = quantized_stream(tensors, replaced, quantize)
     state = {}
     for name, tensor in tensors:
+        if name in quantized:  # codes stay int8, scales fp32
+            state[name] = tensor.to(device=device, dtype=torch.float32 if tensor.is_floating_point() else None)
+            continue
         dtype = dtype or tensor.dtype  # None: the stored dtype of the first tensor, for all of them
         state[name] = tensor.to(device=device, dtype=dtype)
     model.load_state_dict(state, strict=True, assign=True)
@@ -164,8 +208,20 @@ def _open_safetensors(file: Path) -> Any:
         raise CheckpointError(f"{file}: not a readable safetensors file (truncated or corrupt?): {err}") from None
 
 
+def _stored_quantized_names(names: dict[str, str], replaced: set[str]) -> dict[str, str]:
+    """herd name -> HF name with each quantized weight's entry replaced by its codes and scales."""
+    out = {}
+    for ours, theirs in names.items():
+        if ours in replaced:
+            out.update(zip(stored_names(ours), stored_names(theirs), strict=True))
+        else:
+            out[ours] = theirs
+    return out
+
+
 def _read_hf(
-    names: dict[str, str], files: dict[str, Path], expected: dict[str, tuple[int, ...]]
+    names: dict[str, str], files: dict[str, Path], expected: dict[str, tuple[int, ...]],
+    quantized: set[str] = frozenset(),
 ) -> Iterator[tuple[str, torch.Tensor]]:
     handles: dict[Path, Any] = {}
     for ours, theirs in names.items():
@@ -179,7 +235,12 @@ def _read_hf(
         except Exception as err:
             raise CheckpointError(f"{file}: cannot read tensor {theirs!r}: {err}") from None
         _check_shape(ours, theirs, file, shape, expected[ours])
-        _check_float(ours, theirs, file, tensor)
+        if ours.endswith(("codes", "_codes")) and ours in quantized:
+            if tensor.dtype not in (torch.int8, torch.uint8):
+                raise CheckpointError(f"{file}: tensor {theirs!r} (herd {ours!r}) holds {tensor.dtype} codes, "
+                                      "expected int8")
+        else:
+            _check_float(ours, theirs, file, tensor)
         yield ours, tensor
 
 
@@ -256,6 +317,9 @@ def save(model: Transformer, path: str | os.PathLike, max_shard_bytes: int = 5 *
     names = hf.text_weight_names(model.config, hf.MULTIMODAL_PREFIX if vision else hf.TEXT_ONLY_PREFIX)
     names |= hf.vision_weight_names(vision) if vision else {}
     state = model.state_dict()
+    quantization = getattr(model, "quantization", None)
+    if quantization:
+        names = _stored_quantized_names(names, {n for n in names if n not in state and stored_names(n)[0] in state})
     shards: list[dict[str, torch.Tensor]] = [{}]
     size = 0
     for ours, theirs in names.items():
@@ -277,8 +341,17 @@ def save(model: Transformer, path: str | os.PathLike, max_shard_bytes: int = 5 *
         save_file(shard, str(_atomic(file)), metadata={"format": "pt"})
         os.replace(_atomic(file), file)
         weight_map.update({name: file.name for name in shard})
-    dtype = str(next(iter(state.values())).dtype).removeprefix("torch.")
+    dtype = str(model.tok_embeddings.weight.dtype).removeprefix("torch.")
     files = {"config.json": hf.model_config_to_hf(ModelConfig(model.config, vision), dtype)}
+    if quantization:
+        s = scheme(quantization["scheme"])
+        files["config.json"]["quantization_config"] = {
+            "quant_method": "herd", "scheme": s.name, "bits": s.bits, "group_size": s.group,
+            "modules": list(quantization["groups"]),
+            "layout": "per output row: int8 codes (int4: two per byte, even input in the low nibble) "
+                      "[out, in or in/2] as <name>.codes, fp32 scales [out, ceil(in/group_size)] as <name>.scales; "
+                      "routed experts output-major [E, out, ...] as <name>_codes / <name>_scales",
+        }
     if n > 1:
         total = sum(t.numel() * t.element_size() for s in shards for t in s.values())
         files[INDEX_NAME] = {"metadata": {"total_size": total}, "weight_map": weight_map}

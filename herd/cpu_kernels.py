@@ -8,6 +8,7 @@
 - `grouped`: the routed experts' products in a prefill (fp32 or bf16), each expert's rows against its
   own weight in one call, without the packing pass a GEMM library makes over each weight;
   `linear_f32`, the same with one group, is the fp32 matrix-vector product.
+- `qmatvec`: x @ dequant(W)ᵀ for int8 / int4 weights (`herd.quant`), fp32 accumulation, a few rows of x.
 - `herd_decode_bf16` / `herd_decode_f32`: a whole decode step, bound by `herd.infer.native`.
 
 The sources are `herd/csrc/*.c` (and their headers). They are compiled once per source, compiler and
@@ -91,6 +92,9 @@ def _open() -> ctypes.CDLL | None:
     for grouped in (lib.herd_grouped_f32, lib.herd_grouped_bf16):
         grouped.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_long] * 3 + [ctypes.c_int]
         grouped.restype = None
+    lib.herd_qmatvec.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_long] * 3 + [ctypes.c_int, ctypes.c_long,
+                                                                               ctypes.c_int]
+    lib.herd_qmatvec.restype = None
     for step in (lib.herd_decode_bf16, lib.herd_decode_f32):
         step.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 2 + [ctypes.c_void_p] * 2 + [ctypes.c_int]
         step.restype = ctypes.c_int
@@ -139,6 +143,31 @@ def matvec_bf16(x_MK: torch.Tensor, w_NK: torch.Tensor) -> torch.Tensor:
     if M and N:
         lib.herd_matvec_bf16(x_MK.data_ptr(), w_NK.data_ptr(), y_MN.data_ptr(), M, N, K, torch.get_num_threads())
     return y_MN
+
+
+def qmatvec(x_MK: torch.Tensor, codes_NC: torch.Tensor, scales_NG: torch.Tensor, bits: int, group: int) -> torch.Tensor:
+    """x @ dequant(W)ᵀ for a quantized weight (herd.quant.schemes: int8 codes [N, K] or int4 [N, K/2], fp32
+    scales [N, ceil(K/group)]), accumulated in fp32, returned in x's dtype: [M, K] → [M, N]. Needs
+    `available()`; the caller checks the codes against the scheme."""
+    lib = library()
+    if lib is None:
+        raise RuntimeError("herd.cpu_kernels.qmatvec is not available on this machine")
+    if x_MK.device.type != "cpu" or x_MK.dim() != 2 or not (codes_NC.is_contiguous() and scales_NG.is_contiguous()):
+        raise ValueError("qmatvec takes a CPU x [M, K] and contiguous codes and scales")
+    if bits not in (4, 8) or group % 32 or scales_NG.dtype != torch.float32:
+        raise ValueError(f"qmatvec takes int8/int4 codes in groups of a multiple of 32 with fp32 scales, got "
+                         f"{bits} bits, group {group}, {scales_NG.dtype} scales")
+    (M, K), N, dtype = x_MK.shape, codes_NC.shape[0], x_MK.dtype
+    x_MK = x_MK.float()
+    if bits == 4:
+        xa, xb = x_MK[:, 0::2].contiguous(), x_MK[:, 1::2].contiguous()
+    else:
+        xa, xb = x_MK.contiguous(), None
+    y_MN = torch.empty(M, N, dtype=torch.float32)
+    if M and N:
+        lib.herd_qmatvec(xa.data_ptr(), xb.data_ptr() if xb is not None else None, codes_NC.data_ptr(),
+                         scales_NG.data_ptr(), y_MN.data_ptr(), M, N, K, bits, group, torch.get_num_threads())
+    return y_MN.to(dtype)
 
 
 def _check_grouped(x_AK: torch.Tensor, w_ENK: torch.Tensor) -> None:

@@ -110,7 +110,8 @@ _FUSED = {"wqkv": ("wq", "wk", "wv"), "w13": ("w1", "w3")}
 
 
 def _tie(module: nn.Module) -> None:
-    """Make the parts' weights views of the fused weight (inference aliases, no gradient)."""
+    """Make the parts' weights views of the fused weight (inference aliases, no gradient). A fused layer
+    that is not an `nn.Linear` (a quantized one, `herd.quant`) hands out its own views with `rows()`."""
     for fused_name, part_names in _FUSED.items():
         fused = getattr(module, fused_name, None)
         if fused is None:
@@ -119,7 +120,10 @@ def _tie(module: nn.Module) -> None:
         for name in part_names:
             part = getattr(module, name)
             n = part.out_features
-            part.weight = nn.Parameter(fused.weight.detach()[start : start + n], requires_grad=False)
+            if hasattr(fused, "rows"):
+                setattr(module, name, fused.rows(start, n))
+            else:
+                part.weight = nn.Parameter(fused.weight.detach()[start : start + n], requires_grad=False)
             start += n
 
 
@@ -153,10 +157,13 @@ _fused_classes: dict[type, type] = {}
 
 def _fuse(module: nn.Module, fused_name: str, mixin: type) -> None:
     parts = [getattr(module, name) for name in _FUSED[fused_name]]
-    with torch.no_grad():
-        weight = torch.cat([p.weight for p in parts], dim=0)
-    fused = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
-    fused.weight = nn.Parameter(weight, requires_grad=parts[0].weight.requires_grad)
+    if hasattr(type(parts[0]), "concat"):  # a layer type that fuses itself (quantized: codes and scales)
+        fused = type(parts[0]).concat(parts)
+    else:
+        with torch.no_grad():
+            weight = torch.cat([p.weight for p in parts], dim=0)
+        fused = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
+        fused.weight = nn.Parameter(weight, requires_grad=parts[0].weight.requires_grad)
     setattr(module, fused_name, fused)
     _tie(module)
     base = type(module)
@@ -275,6 +282,9 @@ def restore(model: nn.Module) -> nn.Module:
                     delattr(module, fused_name)
                     for name in part_names:
                         part = getattr(module, name)
-                        part.weight = nn.Parameter(part.weight.detach().clone())
+                        if hasattr(part, "own"):
+                            part.own()
+                        else:
+                            part.weight = nn.Parameter(part.weight.detach().clone())
             module.__class__ = module._plain_class
     return model

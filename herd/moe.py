@@ -38,6 +38,10 @@ class Experts(nn.Module):
         self.w13 = nn.Parameter(torch.empty(n_experts, dim, 2 * hidden))
         self.w2 = nn.Parameter(torch.empty(n_experts, hidden, dim))
 
+    @property
+    def n_experts(self) -> int:
+        return self.w13.shape[0]
+
     def expert(self, e: int, x_TD: torch.Tensor) -> torch.Tensor:
         gate_TF, up_TF = (x_TD @ self.w13[e]).chunk(2, dim=-1)
         return (F.silu(gate_TF) * up_TF) @ self.w2[e]
@@ -52,7 +56,7 @@ class Experts(nn.Module):
             return self.expert(int(experts_TK), x_TD * scores_TK)
         order_A = torch.argsort(experts_TK.flatten(), stable=True)
         token_A = order_A // k
-        counts_E = torch.bincount(experts_TK.flatten(), minlength=self.w13.shape[0])
+        counts_E = torch.bincount(experts_TK.flatten(), minlength=self.n_experts)
         out_AD = self.grouped(x_TD[token_A] * scores_TK.flatten()[order_A, None], counts_E)
         if k == 1:  # every token has exactly one row: a permutation, no accumulation needed
             return out_AD.new_empty(T, out_AD.shape[1]).index_copy_(0, token_A, out_AD)
@@ -71,7 +75,7 @@ class Experts(nn.Module):
 
     def dense(self, x_TD: torch.Tensor, experts_TK: torch.Tensor, scores_TK: torch.Tensor) -> torch.Tensor:
         """Reference path: every token through every expert, scaled by a zero score where not routed."""
-        E = self.w13.shape[0]
+        E = self.n_experts
         scores_TE = torch.zeros(x_TD.shape[0], E, dtype=x_TD.dtype, device=x_TD.device)
         scores_TE.scatter_(1, experts_TK, scores_TK)
         x_ETD = x_TD[None] * scores_TE.T[..., None]

@@ -22,6 +22,7 @@ from herd import chat
 from herd.cli.common import (
     DTYPES,
     add_fast_flag,
+    add_quant_flag,
     add_sampling_flags,
     engine_for,
     image_collector,
@@ -41,6 +42,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=list(DTYPES), default="bfloat16")
     parser.add_argument("--max-tiles", type=int, default=16, help="tiles of 336 pixels per image (default 16)")
     add_fast_flag(parser)
+    add_quant_flag(parser)
     add_sampling_flags(parser, max_new_tokens=1024)
 
 
@@ -96,7 +98,7 @@ def interruptible() -> Iterator[threading.Event]:
 
 
 def run(args: argparse.Namespace) -> int:
-    model, tokenizer = load_with_tokenizer(args.model, args.dtype)
+    model, tokenizer = load_with_tokenizer(args)
     engine = engine_for(model, args)
     params = sampling_params(args)
     system = [{"role": "system", "content": args.system}] if args.system else []

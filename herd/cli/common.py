@@ -11,11 +11,13 @@ import torch
 import herd
 from herd import chat
 from herd.checkpoint import CheckpointError
+from herd.config import preset
 from herd.fast import optimize
 from herd.infer.engine import Engine
 from herd.infer.sampling import SamplingParams
 from herd.infer.steps import FastDecode
 from herd.model import Transformer
+from herd.quant import SCHEMES, quantize_model
 from herd.tokenizer import Tokenizer, TokenizerError, load_tokenizer
 
 log = logging.getLogger("herd")
@@ -32,6 +34,22 @@ def add_sampling_flags(parser: argparse.ArgumentParser, max_new_tokens: int = 25
     parser.add_argument("--frequency-penalty", type=float, default=0.0)
     parser.add_argument("--presence-penalty", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=None)
+
+
+def add_quant_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quant", choices=list(SCHEMES), default=None,
+                        help="quantize the weights while loading (herd.quant; the LM head, router, norms and "
+                             "embedding stay in --dtype). A checkpoint written by `herd quantize` loads quantized "
+                             "without it")
+
+
+def load_model(args: argparse.Namespace) -> Transformer:
+    """The model of --model (a checkpoint, quantized while read with --quant) or --preset (random weights)."""
+    quant = getattr(args, "quant", None)
+    if getattr(args, "model", None):
+        return herd.load(args.model, dtype=DTYPES[args.dtype], quantize=quant)
+    model = herd.build(preset(args.preset), dtype=DTYPES[args.dtype], seed=0)
+    return quantize_model(model, quant) if quant else model
 
 
 def add_fast_flag(parser: argparse.ArgumentParser) -> None:
@@ -82,6 +100,6 @@ def tokenizer_for(path: str | None, vocab_size: int) -> Tokenizer:
     return tokenizer
 
 
-def load_with_tokenizer(path: str, dtype: str) -> tuple[Transformer, Tokenizer]:
-    model = herd.load(path, dtype=DTYPES[dtype])
-    return model, tokenizer_for(path, model.config.vocab_size)
+def load_with_tokenizer(args: argparse.Namespace) -> tuple[Transformer, Tokenizer]:
+    model = load_model(args)
+    return model, tokenizer_for(args.model, model.config.vocab_size)

@@ -6,18 +6,19 @@ import argparse
 import sys
 import time
 
-import herd
 from herd import chat
 from herd.cli.common import (
     DTYPES,
     add_fast_flag,
+    add_quant_flag,
     add_sampling_flags,
     engine_for,
     image_collector,
+    load_model,
     sampling_params,
     tokenizer_for,
 )
-from herd.config import PRESETS, preset
+from herd.config import PRESETS
 from herd.image import ImageError
 from herd.model import Transformer
 from herd.tokenizer import TextStream, Tokenizer
@@ -40,6 +41,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     parser.add_argument("--dtype", choices=list(DTYPES), default="float32")
     add_fast_flag(parser)
+    add_quant_flag(parser)
     add_sampling_flags(parser)
 
 
@@ -72,10 +74,7 @@ def run(args: argparse.Namespace) -> int:
         return _fail("--chat needs --prompt TEXT")
     if args.image and args.prompt is None:
         return _fail("--image needs --prompt TEXT")
-    if args.model:
-        model = herd.load(args.model, dtype=DTYPES[args.dtype])
-    else:
-        model = herd.build(preset(args.preset), dtype=DTYPES[args.dtype], seed=0)
+    model = load_model(args)
     if args.image and model.vision is None:
         return _fail("--image needs a multimodal checkpoint (this model has no vision tower)")
     tokenizer = tokenizer_for(args.model, model.config.vocab_size) if args.prompt is not None else None

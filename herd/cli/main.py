@@ -7,13 +7,14 @@ import logging
 import sys
 
 from herd.checkpoint import CheckpointError
-from herd.cli import chat, data, demo, generate, info, metap, serve, tokenize, tokenizer, train
+from herd.cli import chat, data, demo, generate, info, metap, quantize, serve, tokenize, tokenizer, train
 from herd.config import ConfigError
+from herd.quant import QuantError
 from herd.tokenizer import TokenizerError
 
 COMMANDS = {
     "demo": demo, "info": info, "generate": generate, "chat": chat, "tokenize": tokenize, "tokenizer": tokenizer,
-    "data": data, "train": train, "metap": metap, "serve": serve,
+    "data": data, "train": train, "metap": metap, "serve": serve, "quantize": quantize,
 }
 
 
@@ -26,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="herd: %(message)s")
     try:
         return COMMANDS[args.command].run(args) or 0
-    except (CheckpointError, ConfigError, TokenizerError) as err:
+    except (CheckpointError, ConfigError, QuantError, TokenizerError) as err:
         print(f"herd {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -9,9 +9,8 @@ import sys
 import threading
 from pathlib import Path
 
-import herd
-from herd.cli.common import DTYPES, add_fast_flag, tokenizer_for
-from herd.config import PRESETS, preset
+from herd.cli.common import DTYPES, add_fast_flag, add_quant_flag, load_model, tokenizer_for
+from herd.config import PRESETS
 from herd.fast import optimize
 from herd.infer import KVPool, Scheduler
 from herd.infer.steps import EagerStep, FastDecode
@@ -42,16 +41,14 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allowed-media-dir", type=Path,
                         help="image parts may name local files under this directory (otherwise data URLs only)")
     add_fast_flag(parser)
+    add_quant_flag(parser)
 
 
 def _load(args: argparse.Namespace, state: State) -> None:
     """Load the model, allocate the KV pool and start the engine thread; the server answers 503 until then."""
     try:
         dtype = DTYPES[args.dtype]
-        if args.model:
-            model = herd.load(args.model, dtype=dtype)
-        else:
-            model = herd.build(preset(args.preset), dtype=dtype, seed=0)
+        model = load_model(args)
         tokenizer = tokenizer_for(args.model, model.config.vocab_size)
         step = FastDecode(optimize(model)) if args.fast else EagerStep(model)
         context = min(args.max_context, model.config.max_seq_len)

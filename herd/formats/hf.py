@@ -201,7 +201,9 @@ def model_config_from_hf(raw: dict[str, Any], where: str = "config.json") -> Mod
     if "quantization_config" in raw:
         quant = raw["quantization_config"]
         method = quant.get("quant_method", "?") if isinstance(quant, dict) else quant
-        raise ConfigError(f"{where}: quantized checkpoints ({method}) are not supported yet")
+        if method != "herd":  # herd's own (herd.quant) is read by herd.checkpoint.read_quantization
+            raise ConfigError(f"{where}: quantized checkpoints ({method}) are not supported yet")
+        raw = {k: v for k, v in raw.items() if k != "quantization_config"}
     if raw.get("model_type") == "llama4_text" or "text_config" not in raw:
         return ModelConfig(text=text_config_from_hf(raw, where))
     keys = _Keys(raw, where)

@@ -68,7 +68,8 @@ def _fields(block: nn.Module) -> dict[str, tuple[nn.Module | None, str]]:
 
 def _weights(block: nn.Module) -> dict[str, torch.Tensor | None]:
     """The tensors of `_fields(block)` themselves (None where a projection is not fused, or no bias)."""
-    return {name: getattr(owner, attr) if owner is not None else None for name, (owner, attr) in _fields(block).items()}
+    return {name: getattr(owner, attr, None) if owner is not None else None
+            for name, (owner, attr) in _fields(block).items()}
 
 
 def _layout_error(name: str, t: torch.Tensor | None, moe: bool, dtype: torch.dtype) -> str | None:
@@ -101,11 +102,11 @@ class NativeDecode:
         key the built pointers. Dicts, not `getattr`: a module attribute lookup costs ~0.6 µs, ~100 per step.
         (The pool's tensors are read from the pool itself, so that nothing here keeps a dropped pool alive.)"""
         m = self.model
-        owners: list[tuple[object, str]] = [(m.tok_embeddings, "weight"), (m.norm, "weight"), (m.output, "weight"),
-                                            (m, "freq_K2")]
+        owners: list[tuple[object, str]] = [(m.tok_embeddings, "weight"), (m.norm, "weight"), (m, "freq_K2")]
+        owners += [(m.output, "weight")] if hasattr(m.output, "weight") else []
         for block in m.layers:
             owners += [(owner, attr) for owner, attr in _fields(block).values()
-                       if owner is not None and getattr(owner, attr) is not None]
+                       if owner is not None and getattr(owner, attr, None) is not None]
         out = []
         for owner, attr in owners:
             stores = [getattr(owner, "_parameters", {}), getattr(owner, "_buffers", {}), owner.__dict__]
@@ -117,6 +118,8 @@ class NativeDecode:
         m, c = self.model, self.model.config
         if not cpu_kernels.available():
             return "no native kernels here (herd.cpu_kernels)"
+        if getattr(m, "quantization", None):
+            return f"{m.quantization['scheme']} weights (this step reads bf16 or fp32 weights)"
         embedding = m.tok_embeddings.weight
         dtype = embedding.dtype
         if dtype not in _STEPS or embedding.device.type != "cpu":

@@ -90,7 +90,9 @@ class FastDecode:
 
     def __init__(self, model: nn.Module, max_batch: int = 8, native_max_batch: int = 64) -> None:
         self.model, self.max_batch = model, max_batch
-        self.enabled = True
+        # Quantized modules run their own kernels per layer (`herd.quant`): a graph of the step would
+        # dequantize every weight each step, so a quantized model decodes eagerly.
+        self.enabled = not getattr(model, "quantization", None)
         self.compiled_steps = self.native_steps = 0
         self.native = NativeDecode(model, native_max_batch)
         self.eager = EagerStep(model)

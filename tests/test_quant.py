@@ -1,0 +1,201 @@
+"""Quantized weights (herd.quant): the schemes' arithmetic, the native kernel against x @ dequant(W)ᵀ, the
+modules and the pass against the model holding the dequantized weights, and checkpoints both ways."""
+
+import json
+
+import pytest
+import torch
+from hf_oracle import DENSE_LIKE, MAVERICK_LIKE, SCOUT_LIKE
+from safetensors.torch import load_file, save_file
+from test_cpu_kernels import NATIVE
+
+import herd
+from herd import cpu_kernels
+from herd.checkpoint import CheckpointError
+from herd.fast import optimize
+from herd.infer.engine import Engine
+from herd.infer.sampling import SamplingParams
+from herd.infer.steps import FastDecode
+from herd.quant import SCHEMES, QuantError, QuantExperts, QuantLinear, dequantize, quantize, quantize_model
+from herd.quant.schemes import pack_int4, unpack_int4
+
+CONFIGS = {"scout": SCOUT_LIKE, "maverick": MAVERICK_LIKE, "dense": DENSE_LIKE}
+
+
+# ---- schemes ----
+
+
+def test_int4_is_metas_rule_and_packing():
+    """scale = max|w| / 8 over groups along the inputs, q = clamp(round(w / scale), -8, 7); even index in the
+    low nibble, two's complement (spec §7.2)."""
+    w = torch.tensor([[0.8, -0.8, 0.1, -0.35] + [0.0] * 124])  # one group of 128
+    codes, scales = quantize(w, "int4-g128")
+    assert scales.shape == (1, 1) and scales.item() == pytest.approx(0.1)
+    q = unpack_int4(codes)
+    assert q[0, :4].tolist() == [7, -8, 1, -4]  # 8 clamps to 7; -3.5 rounds to even, -4
+    assert codes.view(torch.uint8)[0, :2].tolist() == [0x87, 0xC1]  # (7 low, -8 high), (1 low, -4 high)
+    q = torch.randint(-8, 8, (5, 64), dtype=torch.int8)
+    assert torch.equal(unpack_int4(pack_int4(q)), q)
+
+
+@pytest.mark.parametrize("name", list(SCHEMES))
+@pytest.mark.parametrize("K", [64, 72, 200])  # a whole number of groups, and a short last group
+def test_quantization_error_is_within_half_a_step(name, K):
+    s = SCHEMES[name]
+    w = torch.randn(9, K, generator=torch.Generator().manual_seed(K)) * torch.logspace(-3, 1, 9)[:, None]
+    codes, scales = quantize(w, s)
+    assert codes.shape == (9, K if s.bits == 8 else K // 2) and scales.shape == (9, -(-K // s.group))
+    err = (dequantize(codes, scales, s) - w).abs()
+    step = scales.repeat_interleave(s.group, dim=1)[:, :K]
+    bound = step * (0.5 if s.bits == 8 else 1.0)  # int4 clamps the group's maximum, +8 steps, to 7
+    assert (err <= bound + 1e-6 * w.abs()).all()
+
+
+def test_bad_scheme_and_odd_int4_width_are_clear_errors():
+    with pytest.raises(QuantError, match=r"unknown quantization scheme 'int3'.*int8"):
+        quantize(torch.zeros(2, 32), "int3")
+    with pytest.raises(QuantError, match="must be even"):
+        quantize(torch.zeros(2, 33), "int4")
+
+
+# ---- kernel ----
+
+
+@pytest.mark.skipif(not NATIVE, reason="the native kernels need AVX512-BF16 and a C compiler")
+@pytest.mark.parametrize("name", list(SCHEMES))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_qmatvec_matches_x_at_dequantized_w(name, dtype):
+    """Rows of x 1 … 8 (tiles of four and the rest), widths with masked tails, odd output counts."""
+    s, g = SCHEMES[name], torch.Generator().manual_seed(1)
+    for M, N, K in [(1, 5, 72), (3, 33, 64), (4, 7, 200), (5, 100, 512), (8, 17, 96)]:
+        w, x = torch.randn(N, K, generator=g), torch.randn(M, K, generator=g).to(dtype)
+        codes, scales = quantize(w, s)
+        want = x.float() @ dequantize(codes, scales, s).T
+        got = cpu_kernels.qmatvec(x, codes, scales, s.bits, s.group)
+        assert got.dtype == dtype and got.shape == (M, N)
+        tolerance = 1e-4 if dtype == torch.float32 else 2**-7
+        assert torch.allclose(got.float(), want, rtol=tolerance, atol=tolerance * K**0.5), (M, N, K)
+
+
+# ---- modules and the pass ----
+
+
+def _dequantized_copy(plain: torch.nn.Module, quantized: torch.nn.Module) -> torch.nn.Module:
+    """`plain` with each weight the quantized model replaced set to its dequantized values."""
+    for (_, module), (_, other) in zip(quantized.named_modules(), plain.named_modules(), strict=True):
+        if isinstance(module, QuantLinear):
+            other.weight.data = module.dequantized(other.weight.dtype)
+        elif isinstance(module, QuantExperts):
+            other.w13.data = dequantize(module.w13_codes, module.w13_scales, module.scheme).transpose(1, 2)
+            other.w2.data = dequantize(module.w2_codes, module.w2_scales, module.scheme).transpose(1, 2)
+    return plain
+
+
+@pytest.mark.parametrize("config", list(CONFIGS.values()), ids=list(CONFIGS))
+@pytest.mark.parametrize("name", ["int8", "int4"])
+def test_quantized_model_is_the_model_of_its_dequantized_weights(config, name):
+    """fp32 logits within 1e-4 of the plain model holding the dequantized weights, prefill (GEMM on the
+    dequantized weight) and one-token steps (the native kernel) alike; every group but the LM head swapped."""
+    tokens = torch.randint(0, 256, (2, 11), generator=torch.Generator().manual_seed(0))
+    quantized = quantize_model(herd.build(config, seed=0), name)
+    reference = _dequantized_copy(herd.build(config, seed=0), quantized)
+    kinds = {type(m).__name__ for m in quantized.modules()}
+    assert "QuantLinear" in kinds and ("QuantExperts" in kinds) == bool(config.n_experts)
+    assert type(quantized.output) is torch.nn.Linear
+    with torch.no_grad():
+        assert (quantized(tokens) - reference(tokens)).abs().max() <= 1e-4
+        assert (quantized(tokens[:1, :1]) - reference(tokens[:1, :1])).abs().max() <= 1e-4
+
+
+def test_fused_quantized_layers_equal_quantizing_each_part():
+    """optimize() on a quantized model fuses codes and scales (q|k|v, gate|up): the same logits, and the
+    parts stay views of the fused layer; restore() gives them storage of their own."""
+    tokens = torch.randint(0, 256, (1, 9), generator=torch.Generator().manual_seed(1))
+    model = quantize_model(herd.build(SCOUT_LIKE, seed=0), "int4", groups=["attention", "shared", "experts", "lm_head"])
+    with torch.no_grad():
+        want = model(tokens)
+        optimize(model)
+        attention = model.layers[0].attention
+        assert isinstance(attention.wqkv, QuantLinear)
+        assert attention.wk.codes.data_ptr() == attention.wqkv.codes[attention.wq.out_features].data_ptr()
+        assert torch.equal(model(tokens), want)
+
+
+@pytest.mark.parametrize("name", ["int8", "int4"])
+def test_engine_decodes_a_quantized_model_as_the_eager_step_does(name):
+    """FastDecode leaves a quantized model to its per-layer kernels (no native step, no graph): greedy
+    output equal to the plain eager engine's on the same quantized weights."""
+    model = quantize_model(optimize(herd.build(SCOUT_LIKE, seed=0)), name)
+    params = SamplingParams(temperature=0.0, max_new_tokens=12, stop_ids=())
+    prompts = [[1, 5, 9, 200, 3], [7, 7, 8]]
+    step = FastDecode(model)
+    fast = Engine(model, step=step).generate(prompts, params)
+    eager = Engine(model).generate(prompts, params)
+    assert fast == eager
+    assert step.native_steps == 0 and step.compiled_steps == 0
+    assert "int" in step.native.reason
+
+
+# ---- checkpoints ----
+
+
+@pytest.fixture(scope="module")
+def plain_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("plain")
+    herd.save(herd.build(SCOUT_LIKE, seed=0), path)
+    return path
+
+
+@pytest.mark.parametrize("name", list(SCHEMES))
+def test_quantize_while_loading_and_round_trip(plain_dir, tmp_path, name):
+    """load(quantize=) equals quantizing the loaded model; `herd quantize`'s checkpoint reads back bit for bit
+    without the flag, and says what it is."""
+    from herd.cli.main import main
+
+    loaded = herd.load(plain_dir, quantize=name)
+    after = quantize_model(herd.load(plain_dir), name)
+    for (k, a), (_, b) in zip(loaded.state_dict().items(), after.state_dict().items(), strict=True):
+        assert torch.equal(a, b), k
+    assert main(["quantize", str(plain_dir), "--scheme", name, "--out", str(tmp_path / "q")]) == 0
+    config = json.loads((tmp_path / "q" / "config.json").read_text())["quantization_config"]
+    assert config["quant_method"] == "herd" and config["scheme"] == name
+    back = herd.load(tmp_path / "q")
+    for (k, a), (_, b) in zip(back.state_dict().items(), loaded.state_dict().items(), strict=True):
+        assert torch.equal(a, b), k
+    with pytest.raises(CheckpointError, match=f"already quantized \\({name}\\)"):
+        herd.load(tmp_path / "q", quantize="int8" if name != "int8" else "int4")
+
+
+def test_damaged_quantized_checkpoints_name_the_tensor(plain_dir, tmp_path):
+    from herd.cli.main import main
+
+    assert main(["quantize", str(plain_dir), "--scheme", "int4", "--out", str(tmp_path / "q")]) == 0
+    file = tmp_path / "q" / "model.safetensors"
+    original = load_file(file)
+    key = "model.layers.1.self_attn.q_proj.codes"
+    damaged = dict(original, **{key: original[key][:, :-1].contiguous()})  # truncated codes
+    save_file(damaged, file, metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match=r"q_proj.codes.*has shape \[64, 31\], expected \[64, 32\]"):
+        herd.load(tmp_path / "q")
+    scales = "model.layers.0.feed_forward.experts.down_proj_scales"
+    damaged = dict(original, **{scales: original[scales][:, :-1].contiguous()})
+    save_file(damaged, file, metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match="down_proj_scales"):
+        herd.load(tmp_path / "q")
+    damaged = dict(original, **{key: original[key].float()})
+    save_file(damaged, file, metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match="float32 codes, expected int8"):
+        herd.load(tmp_path / "q")
+    config = json.loads((tmp_path / "q" / "config.json").read_text())
+    config["quantization_config"]["scheme"] = "int2"
+    (tmp_path / "q" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"invalid quantization_config.*int2"):
+        herd.load(tmp_path / "q")
+
+
+def test_generate_takes_quant(capsys):
+    from herd.cli.main import main
+
+    assert main(["generate", "--preset", "debug", "--quant", "int4", "--max-new-tokens", "4", "--temperature",
+                 "0"]) == 0
+    assert "4 new tokens" in capsys.readouterr().err
