@@ -149,7 +149,7 @@ class Transformer(nn.Module):
     def init_buffers(self) -> None:
         """Recompute non-persistent buffers, e.g. after loading weights into a meta-device model."""
         c = self.config
-        device = self.output.weight.device
+        device = self.tok_embeddings.weight.device
         self.freq_K2 = inv_freq(c.head_dim, c.rope_theta, c.rope_scaling).to(device)
         if self.vision is not None:
             self.vision.init_buffers()
@@ -178,7 +178,7 @@ class Transformer(nn.Module):
         row-major, thumbnail last, as `herd.image` lays them out)."""
         if self.vision is None:
             raise ValueError("this model has no vision tower (a text-only checkpoint, or loaded with text_only=True)")
-        features_TND = self.vision(torch.cat(list(pixels), dim=0).to(self.output.weight.device))
+        features_TND = self.vision(torch.cat(list(pixels), dim=0).to(self.tok_embeddings.weight.device))
         return features_TND.reshape(-1, features_TND.shape[-1])
 
     def embed(self, tokens_BS: torch.Tensor, image_features_FD: torch.Tensor | None = None) -> torch.Tensor:

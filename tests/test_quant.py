@@ -1,6 +1,7 @@
 """Quantized weights (herd.quant): the schemes' arithmetic, the native kernel against x @ dequant(W)ᵀ, the
 modules and the pass against the model holding the dequantized weights, and checkpoints both ways."""
 
+import copy
 import json
 
 import pytest
@@ -14,9 +15,11 @@ from herd import cpu_kernels
 from herd.checkpoint import CheckpointError
 from herd.fast import optimize
 from herd.infer.engine import Engine
+from herd.infer.kv_pool import KVPool
+from herd.infer.native import NativeDecode
 from herd.infer.sampling import SamplingParams
 from herd.infer.steps import FastDecode
-from herd.quant import SCHEMES, QuantError, QuantExperts, QuantLinear, dequantize, quantize, quantize_model
+from herd.quant import GROUPS, SCHEMES, QuantError, QuantExperts, QuantLinear, dequantize, quantize, quantize_model
 from herd.quant.schemes import pack_int4, unpack_int4
 
 CONFIGS = {"scout": SCOUT_LIKE, "maverick": MAVERICK_LIKE, "dense": DENSE_LIKE}
@@ -121,19 +124,39 @@ def test_fused_quantized_layers_equal_quantizing_each_part():
         assert torch.equal(model(tokens), want)
 
 
-@pytest.mark.parametrize("name", ["int8", "int4"])
-def test_engine_decodes_a_quantized_model_as_the_eager_step_does(name):
-    """FastDecode leaves a quantized model to its per-layer kernels (no native step, no graph): greedy
-    output equal to the plain eager engine's on the same quantized weights."""
-    model = quantize_model(optimize(herd.build(SCOUT_LIKE, seed=0)), name)
+@pytest.mark.skipif(not NATIVE, reason="the native kernels need AVX512-BF16 and a C compiler")
+@pytest.mark.parametrize("config", list(CONFIGS.values()), ids=list(CONFIGS))
+@pytest.mark.parametrize("name", list(SCHEMES))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_native_step_reads_quantized_weights(config, name, dtype):
+    """The native decode step on a quantized model (every group, the LM head too) against the eager step on
+    the same weights: fp32 logits within 1e-4, bf16 within its rounding, the same greedy tokens."""
+    model = quantize_model(optimize(herd.build(config, seed=0, dtype=dtype)), name, groups=GROUPS)
+    pool, g = KVPool(model.config, 4, 64, dtype), torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for slot, n in enumerate((9, 5, 13)):
+            model(torch.randint(0, 256, (1, n), generator=g), kv=pool.prefill(slot, 0), last_only=True)
+        tokens_B1, positions_B, slots_B = torch.randint(0, 256, (3, 1), generator=g), torch.tensor([9, 5, 13]), \
+            torch.tensor([0, 1, 2])
+        native = NativeDecode(model)
+        assert native.takes(tokens_B1, pool), native.reason
+        eager_pool = copy.deepcopy(pool)
+        got = native(tokens_B1, positions_B, slots_B, pool)
+        want = model(tokens_B1, kv=eager_pool.decode(slots_B, positions_B))[:, -1]
+    tolerance = 1e-4 if dtype == torch.float32 else 2**-6
+    assert torch.allclose(got.float(), want.float(), rtol=tolerance, atol=tolerance), (got - want).abs().max()
+    assert torch.equal(got.argmax(-1), want.argmax(-1))
+
+
+@pytest.mark.skipif(not NATIVE, reason="the native kernels need AVX512-BF16 and a C compiler")
+def test_engine_decodes_a_quantized_model_natively():
+    """FastDecode takes the native step for a quantized model: greedy output equal to the eager engine's."""
+    model = quantize_model(optimize(herd.build(SCOUT_LIKE, seed=0)), "int4")
     params = SamplingParams(temperature=0.0, max_new_tokens=12, stop_ids=())
     prompts = [[1, 5, 9, 200, 3], [7, 7, 8]]
     step = FastDecode(model)
-    fast = Engine(model, step=step).generate(prompts, params)
-    eager = Engine(model).generate(prompts, params)
-    assert fast == eager
-    assert step.native_steps == 0 and step.compiled_steps == 0
-    assert "int" in step.native.reason
+    assert Engine(model, step=step).generate(prompts, params) == Engine(model).generate(prompts, params)
+    assert step.native_steps > 0 and step.compiled_steps == 0
 
 
 # ---- checkpoints ----

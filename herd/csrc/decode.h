@@ -28,17 +28,30 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "quant.h"
+
+#define MAX_ROWS 64  /* rows per step (herd.infer.native's max_batch) */
+
+/* A weight matrix [N, K] (or a stack of experts' [E, N, K]) in one of the formats the step reads: the step's
+   element type T (bits 0), or herd.quant's int8 / int4 codes with fp32 scales per group of `group` inputs
+   (quant.h). Every product below goes through `wdots`, so the step is written once for all formats. */
+typedef struct {
+    const void *data;           /* T [N, K]; int8 codes [N, K] (bits 8) or [N, K/2] (bits 4) */
+    const float *scales;        /* [N, ceil(K / group)]; NULL for bits 0 */
+    int64_t bits, group;
+} weight_t;
+
 typedef struct {
     const T *attention_norm;    /* [D] */
-    const T *wqkv;              /* [(H + 2G)K, D]: q | k | v */
-    const T *wo;                /* [D, HK] */
+    weight_t wqkv;              /* [(H + 2G)K, D]: q | k | v */
+    weight_t wo;                /* [D, HK] */
     const T *ffn_norm;          /* [D] */
     const T *router;            /* [E, D]; NULL in a dense layer */
     const T *router_bias;       /* [E], selection only; NULL: none */
-    const T *w13;               /* MoE: routed experts [E, 2F, D]; dense: [2F, D] (gate | up) */
-    const T *w2;                /* MoE: [E, D, F]; dense: [D, F] */
-    const T *shared_w13;        /* [2F, D], MoE layers */
-    const T *shared_w2;         /* [D, F] */
+    weight_t w13;               /* MoE: routed experts [E, 2F, D]; dense: [2F, D] (gate | up); data NULL: none */
+    weight_t w2;                /* MoE: [E, D, F]; dense: [D, F] */
+    weight_t shared_w13;        /* [2F, D], MoE layers */
+    weight_t shared_w2;         /* [D, F] */
     T *k_cache, *v_cache;       /* [S, G, L, K] for the pool's S slots, post-RoPE keys */
     int64_t length;             /* L: positions per slot (the context, or the ring of `chunk`) */
     int64_t chunk;              /* ring of `chunk` slots; 0: global (slot = position) */
@@ -52,7 +65,7 @@ typedef struct {
     const float *freq;          /* [K/2] RoPE frequencies */
     const T *embedding;         /* [V, D] */
     const T *norm;              /* [D] */
-    const T *output;            /* [V, D], the LM head */
+    weight_t output;            /* [V, D], the LM head */
     const layer_t *layers;      /* [n_layers] */
 } model_t;
 
@@ -61,34 +74,87 @@ static inline long slot_of(const layer_t *ly, int64_t position) {
     return ly->chunk ? position % ly->chunk : position;
 }
 
-/* ys[b][n] = round(w[n] · xs[b]) for n < N, b < B: each weight row is read once for all B rows (DOTS). An
-   orphaned `omp for` without a barrier: the caller places one before the results are read. */
-static void matvec_gather(const T *w, const T *const *xs, T *const *ys, long B, long N, long K) {
-    float d[B > 0 ? B : 1];
+/* Expert e of a stack of experts [E, N, K]. */
+static inline weight_t expert_of(const weight_t *w, long e, long N, long K) {
+    weight_t out = *w;
+    if (!w->bits) {
+        out.data = (const T *)w->data + e * N * K;
+    } else {
+        out.data = (const int8_t *)w->data + e * N * (w->bits == 4 ? K / 2 : K);
+        out.scales = w->scales + e * N * ((K + w->group - 1) / w->group);
+    }
+    return out;
+}
+
+/* The activation rows as a product with w reads them: the rows themselves for T weights; for quantized ones
+   fp32 copies in this thread's `scratch` (int4: even inputs, then odd ones, K/2 each; quant.h). */
+typedef struct {
+    const T *const *xs;
+    const float *xa[MAX_ROWS], *xb[MAX_ROWS];
+} rows_t;
+
+static void prepare(rows_t *r, const weight_t *w, const T *const *xs, long B, long K, float *scratch) {
+    r->xs = xs;
+    if (!w->bits) return;
+    for (long b = 0; b < B; b++) {
+        float *a = scratch + b * K;
+        if (w->bits == 4) {
+            float *o = a + K / 2;
+            for (long k = 0; k < K / 2; k++) a[k] = LOAD(xs[b][2 * k]), o[k] = LOAD(xs[b][2 * k + 1]);
+            r->xa[b] = a, r->xb[b] = o;
+        } else {
+            for (long k = 0; k < K; k++) a[k] = LOAD(xs[b][k]);
+            r->xa[b] = r->xb[b] = a;
+        }
+    }
+}
+
+/* out[i] = w[n] · rows[first + i] for i < nb, in fp32. */
+static inline void wdots(const weight_t *w, long n, long K, const rows_t *r, long first, long nb, float *out) {
+    if (!w->bits) {
+        DOTS((const T *)w->data + n * K, r->xs + first, nb, K, out);
+    } else {
+        const long row_bytes = w->bits == 4 ? K / 2 : K, row_scales = (K + w->group - 1) / w->group;
+        qdots((int)w->bits, (const int8_t *)w->data + n * row_bytes, w->scales + n * row_scales, w->group,
+              r->xa + first, r->xb + first, nb, K, out);
+    }
+}
+
+/* ys[b][n] = round(w[n] · xs[b]) for n < N, b < B: each weight row is read once for all B rows. An orphaned
+   `omp for` without a barrier: the caller places one before the results are read. */
+static void matvec_gather(const weight_t *w, const T *const *xs, T *const *ys, long B, long N, long K,
+                          float *scratch) {
+    rows_t r;
+    float d[MAX_ROWS];
+    prepare(&r, w, xs, B, K, scratch);
     #pragma omp for schedule(static) nowait
     for (long n = 0; n < N; n++) {
-        DOTS(w + n * K, xs, B, K, d);
+        wdots(w, n, K, &r, 0, B, d);
         for (long b = 0; b < B; b++) ys[b][n] = STORE(d[b]);
     }
 }
 
 /* y[b * y_stride + n] = round(w[n] · x[b * x_stride]) for n < N, b < B; as matvec_gather, no barrier. */
-static void matvec_rows(const T *w, const T *x, T *y, long B, long N, long K, long x_stride, long y_stride) {
-    const T *xs[B > 0 ? B : 1];
-    T *ys[B > 0 ? B : 1];
+static void matvec_rows(const weight_t *w, const T *x, T *y, long B, long N, long K, long x_stride, long y_stride,
+                        float *scratch) {
+    const T *xs[MAX_ROWS];
+    T *ys[MAX_ROWS];
     for (long b = 0; b < B; b++) xs[b] = x + b * x_stride, ys[b] = y + b * y_stride;
-    matvec_gather(w, xs, ys, B, N, K);
+    matvec_gather(w, xs, ys, B, N, K, scratch);
 }
 
 /* x[b * D + n] = round(x[b * D + n] + round(w[n] · a[b * a_stride])) for n < D, b < B: a projection added to
    the residual stream. `omp for schedule(static)` over n with a barrier at the end. */
-static void project_add(const T *w, const T *a, T *x, long B, long D, long K, long a_stride) {
-    const T *as[B > 0 ? B : 1];
-    float d[B > 0 ? B : 1];
+static void project_add(const weight_t *w, const T *a, T *x, long B, long D, long K, long a_stride,
+                        float *scratch) {
+    const T *as[MAX_ROWS];
+    rows_t r;
+    float d[MAX_ROWS];
     for (long b = 0; b < B; b++) as[b] = a + b * a_stride;
+    prepare(&r, w, as, B, K, scratch);
     #pragma omp for schedule(static)
     for (long n = 0; n < D; n++) {
-        DOTS(w + n * K, as, B, K, d);
+        wdots(w, n, K, &r, 0, B, d);
         for (long b = 0; b < B; b++) x[b * D + n] = STORE(LOAD(x[b * D + n]) + ROUND(d[b]));
     }
 }
@@ -152,7 +218,7 @@ static void attend(const T *q_RK, const T *k_LK, const T *v_LK, long n, long R, 
 
 /* The final-norm hidden states go to out [B, D] and, unless logits_BV is NULL, their logits to logits_BV [B, V].
    Returns 0; -1 when scratch memory cannot be allocated, -2 for a token id outside the vocabulary, -3 for a
-   position outside a layer's cache, -4 for a slot outside the pool of n_slots. Nothing is written on an error. */
+   position outside a layer's cache, -4 for a slot outside the pool of n_slots, -5 for more than MAX_ROWS rows. Nothing is written on an error. */
 int NAME(const model_t *m, const int64_t *tokens, const int64_t *positions, const int64_t *slots, int64_t n_slots,
          int64_t B, T *out, T *logits_BV, int threads) {
     const long D = m->dim, H = m->n_heads, G = m->n_kv_heads, K = m->head_dim, R = H / G, E = m->n_experts;
@@ -160,6 +226,7 @@ int NAME(const model_t *m, const int64_t *tokens, const int64_t *positions, cons
     const float eps = m->norm_eps;
     long F = 1, L = 1;  /* L: the most slots any query attends to in this step */
     if (B < 1) return 0;
+    if (B > MAX_ROWS) return -5;
     for (long b = 0; b < B; b++) {
         if (tokens[b] < 0 || tokens[b] >= m->vocab) return -2;
         if (positions[b] < 0) return -3;
@@ -190,13 +257,15 @@ int NAME(const model_t *m, const int64_t *tokens, const int64_t *positions, cons
     #pragma omp parallel num_threads(threads)
     {
         float *scores = malloc(sizeof(float) * R * L);
+        const long Kmax = D > H * K ? (D > F ? D : F) : (H * K > F ? H * K : F);
+        float *xf = malloc(sizeof(float) * B * Kmax);  /* activations in fp32 for quantized weights */
         /* this thread's copy of the expert groups: rows in group order, their inputs and outputs */
         long row_of[B], group_start[B + 1], group_expert[B];
         const T *xs_of[B];
         T *h13_of[B], *act_of[B];
         float routed[B];
         group_start[0] = 0;
-        if (!scores) {
+        if (!scores || !xf) {
             #pragma omp atomic write
             failed = 1;
         }
@@ -218,7 +287,7 @@ int NAME(const model_t *m, const int64_t *tokens, const int64_t *positions, cons
                 /* attention */
                 #pragma omp for
                 for (long b = 0; b < B; b++) rms_norm(x + b * D, ly->attention_norm, xn + b * D, D, eps);
-                matvec_rows(ly->wqkv, xn, qkv, B, QKV, D, D, QKV);
+                matvec_rows(&ly->wqkv, xn, qkv, B, QKV, D, D, QKV, xf);
                 #pragma omp barrier
                 #pragma omp for
                 for (long i = 0; i < B * (H + G); i++) {  /* q and k heads */
@@ -242,7 +311,7 @@ int NAME(const model_t *m, const int64_t *tokens, const int64_t *positions, cons
                     attend(qkv + b * QKV + g * R * K, ly->k_cache + base, ly->v_cache + base, slot + 1, R, K, scores,
                            att + b * H * K + g * R * K);
                 }
-                project_add(ly->wo, att, x, B, D, H * K, H * K);
+                project_add(&ly->wo, att, x, B, D, H * K, H * K, xf);
 
                 /* feed-forward */
                 #pragma omp for
@@ -276,11 +345,12 @@ int NAME(const model_t *m, const int64_t *tokens, const int64_t *positions, cons
                             }
                         if (n) group_expert[n_groups] = e, group_start[n_groups + 1] = group_start[n_groups] + n, n_groups++;
                     }
-                    matvec_rows(ly->shared_w13, xn, h13, B, 2 * Fl, D, D, 2 * F);
+                    matvec_rows(&ly->shared_w13, xn, h13, B, 2 * Fl, D, D, 2 * F, xf);
                     for (long g = 0; g < n_groups; g++) {
                         const long first = group_start[g];
-                        matvec_gather(ly->w13 + group_expert[g] * 2 * Fl * D, xs_of + first, h13_of + first,
-                                      group_start[g + 1] - first, 2 * Fl, D);
+                        const weight_t w13 = expert_of(&ly->w13, group_expert[g], 2 * Fl, D);
+                        matvec_gather(&w13, xs_of + first, h13_of + first, group_start[g + 1] - first, 2 * Fl, D,
+                                      xf + first * Kmax);
                     }
                     #pragma omp barrier
                     #pragma omp for
@@ -291,13 +361,15 @@ int NAME(const model_t *m, const int64_t *tokens, const int64_t *positions, cons
                     }
                     /* Shared expert, then each group's routed expert over the same rows: static schedules of
                        equal length give every thread the same n in all these loops, so no barrier between. */
-                    matvec_rows(ly->shared_w2, act, shared_out, B, D, Fl, F, D);
+                    matvec_rows(&ly->shared_w2, act, shared_out, B, D, Fl, F, D, xf);
+                    rows_t routed_rows;
+                    prepare(&routed_rows, &ly->w2, (const T *const *)act_of, B, Fl, xf);  /* all groups at once */
                     for (long g = 0; g < n_groups; g++) {
-                        const T *w2 = ly->w2 + group_expert[g] * D * Fl;
+                        const weight_t w2 = expert_of(&ly->w2, group_expert[g], D, Fl);
                         const long first = group_start[g], nb = group_start[g + 1] - first;
                         #pragma omp for schedule(static) nowait
                         for (long n = 0; n < D; n++) {
-                            DOTS(w2 + n * Fl, (const T *const *)(act_of + first), nb, Fl, routed);
+                            wdots(&w2, n, Fl, &routed_rows, first, nb, routed);
                             for (long r = 0; r < nb; r++) {
                                 const long b = row_of[first + r];
                                 const float ffn = ROUND(LOAD(shared_out[b * D + n]) + ROUND(routed[r]));
@@ -307,21 +379,21 @@ int NAME(const model_t *m, const int64_t *tokens, const int64_t *positions, cons
                     }
                     #pragma omp barrier
                 } else {
-                    matvec_rows(ly->w13, xn, h13, B, 2 * Fl, D, D, 2 * F);
+                    matvec_rows(&ly->w13, xn, h13, B, 2 * Fl, D, D, 2 * F, xf);
                     #pragma omp barrier
                     #pragma omp for
                     for (long i = 0; i < B * Fl; i++) {
                         const long b = i / Fl, j = i % Fl;
                         act[b * F + j] = swiglu(h13[b * 2 * F + j], h13[b * 2 * F + Fl + j]);
                     }
-                    project_add(ly->w2, act, x, B, D, Fl, F);
+                    project_add(&ly->w2, act, x, B, D, Fl, F, xf);
                 }
             }
             #pragma omp for
             for (long b = 0; b < B; b++) rms_norm(x + b * D, m->norm, out + b * D, D, eps);
-            if (logits_BV) matvec_rows(m->output, out, logits_BV, B, m->vocab, D, D, m->vocab);
+            if (logits_BV) matvec_rows(&m->output, out, logits_BV, B, m->vocab, D, D, m->vocab, xf);
         }
-        free(scores);
+        free(scores), free(xf);
     }
     free(buf), free(expert_B), free(cos_sin_BK);
     return failed ? -1 : 0;

@@ -74,18 +74,18 @@ class Engine:
 
     @property
     def device(self) -> torch.device:
-        return self.model.output.weight.device
+        return self.model.tok_embeddings.weight.device
 
     def _allocate(self, slots: int, context: int) -> None:
         self.scheduler = None  # the old pool goes before the new one is allocated
-        pool = KVPool(self.model.config, slots, context, self.model.output.weight.dtype, self.device)
+        pool = KVPool(self.model.config, slots, context, self.model.tok_embeddings.weight.dtype, self.device)
         log.debug("herd.infer: KV pool of %s", pool.describe())
         self.scheduler = Scheduler(self.model, pool, self.step, prefill_chunk=self.prefill_chunk)
 
     def _scheduler_for(self, rows: int, positions: int) -> Scheduler:
         """The scheduler, its pool (re)allocated if this call needs more than it holds."""
         s = self.scheduler
-        if s is not None and s.pool.dtype != self.model.output.weight.dtype:
+        if s is not None and s.pool.dtype != self.model.tok_embeddings.weight.dtype:
             s = None  # the model was cast
         if not self.fixed and (s is None or s.pool.slots < rows or s.pool.max_context < positions):
             self._allocate(1 << (rows - 1).bit_length(), bucket(positions, self.model.config.max_seq_len))

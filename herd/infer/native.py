@@ -32,9 +32,17 @@ from herd.infer.kv_pool import KVPool
 log = logging.getLogger("herd")
 
 
+class _Weight(ctypes.Structure):  # weight_t in decode.h
+    _fields_ = [("data", c_void_p), ("scales", c_void_p), ("bits", c_int64), ("group", c_int64)]
+
+
+_MATRICES = ("wqkv", "wo", "w13", "w2", "shared_w13", "shared_w2")  # the layer's weight_t fields
+
+
 class _Layer(ctypes.Structure):  # layer_t in decode.h
-    _fields_ = [(name, c_void_p) for name in ("attention_norm", "wqkv", "wo", "ffn_norm", "router", "router_bias",
-                                             "w13", "w2", "shared_w13", "shared_w2", "k_cache", "v_cache")]
+    _fields_ = [("attention_norm", c_void_p), ("wqkv", _Weight), ("wo", _Weight), ("ffn_norm", c_void_p),
+                ("router", c_void_p), ("router_bias", c_void_p), ("w13", _Weight), ("w2", _Weight),
+                ("shared_w13", _Weight), ("shared_w2", _Weight), ("k_cache", c_void_p), ("v_cache", c_void_p)]
     _fields_ += [("length", c_int64), ("chunk", c_int64), ("hidden", c_int64), ("rope", c_int32),
                  ("qk_norm", c_int32), ("temperature", c_int32), ("unused", c_int32)]
 
@@ -43,13 +51,13 @@ class _Model(ctypes.Structure):  # model_t in decode.h
     _fields_ = [(name, c_int64) for name in ("vocab", "dim", "n_heads", "n_kv_heads", "head_dim", "n_layers",
                                             "n_experts")]
     _fields_ += [("norm_eps", c_float), ("floor_scale", c_float), ("attn_scale", c_float), ("unused", c_float),
-                 ("freq", c_void_p), ("embedding", c_void_p), ("norm", c_void_p), ("output", c_void_p),
+                 ("freq", c_void_p), ("embedding", c_void_p), ("norm", c_void_p), ("output", _Weight),
                  ("layers", ctypes.POINTER(_Layer))]
 
 
 _STEPS = {torch.bfloat16: "herd_decode_bf16", torch.float32: "herd_decode_f32"}  # the kernel per weight dtype
 _ERRORS = {-1: "out of memory for scratch buffers", -2: "a token id outside the vocabulary",
-           -3: "a position outside the KV cache", -4: "a slot outside the KV pool"}
+           -3: "a position outside the KV cache", -4: "a slot outside the KV pool", -5: "more rows than 64"}
 
 
 def _fields(block: nn.Module) -> dict[str, tuple[nn.Module | None, str]]:
@@ -66,22 +74,46 @@ def _fields(block: nn.Module) -> dict[str, tuple[nn.Module | None, str]]:
     return out | {"w13": (getattr(ffn, "w13", None), "weight"), "w2": (ffn.w2, "weight")}
 
 
-def _weights(block: nn.Module) -> dict[str, torch.Tensor | None]:
+def _stored(owner: nn.Module | None, attr: str) -> tuple[torch.Tensor, torch.Tensor | None, int, int] | None:
+    """A weight matrix as the kernel reads it: (data, scales, bits, group). Plain: the tensor (bits 0); a
+    quantized module (`herd.quant`): its codes and scales. None where absent."""
+    if owner is None:
+        return None
+    quantized = getattr(owner, "scheme", None)
+    if quantized is None:
+        t = getattr(owner, attr, None)
+        return None if t is None else (t, None, 0, 0)
+    prefix = "" if attr == "weight" else f"{attr}_"
+    return getattr(owner, f"{prefix}codes"), getattr(owner, f"{prefix}scales"), quantized.bits, quantized.group
+
+
+def _weights(block: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor | None, int, int] | None]:
     """The tensors of `_fields(block)` themselves (None where a projection is not fused, or no bias)."""
-    return {name: getattr(owner, attr, None) if owner is not None else None
-            for name, (owner, attr) in _fields(block).items()}
+    return {name: _stored(owner, attr) for name, (owner, attr) in _fields(block).items()}
 
 
-def _layout_error(name: str, t: torch.Tensor | None, moe: bool, dtype: torch.dtype) -> str | None:
-    if t is None:
+def _layout_error(name: str, stored: tuple | None, moe: bool, dtype: torch.dtype) -> str | None:
+    if stored is None:
         return None if name == "router_bias" else f"no fused {name} (run herd.fast.optimize)"
     if name == "router_bias":
         return None
+    t, scales, bits, group = stored
+    if bits:  # quantized: codes and scales stored row by row, experts output-major already
+        if t.dtype != torch.int8 or scales.dtype != torch.float32 or t.device.type != "cpu" or group % 32:
+            return f"{name}: codes {t.dtype} / scales {scales.dtype} on {t.device} (group {group})"
+        return None if t.is_contiguous() and scales.is_contiguous() else f"{name}: codes or scales not contiguous"
     if t.dtype != dtype or t.device.type != "cpu":
         return f"{name} is {t.dtype} on {t.device}, not {dtype} on CPU"
     # routed experts: output-major storage ([E, 2F, D], [E, D, F]) behind input-major views
-    stored = t.transpose(1, 2) if moe and name in ("w13", "w2") else t
-    return None if stored.is_contiguous() else f"{name} is not stored as the kernel reads it"
+    stored_t = t.transpose(1, 2) if moe and name in ("w13", "w2") else t
+    return None if stored_t.is_contiguous() else f"{name} is not stored as the kernel reads it"
+
+
+def _weight(stored: tuple | None) -> _Weight:
+    if stored is None:
+        return _Weight()
+    t, scales, bits, group = stored
+    return _Weight(t.data_ptr(), scales.data_ptr() if scales is not None else None, bits, group)
 
 
 class NativeDecode:
@@ -103,10 +135,15 @@ class NativeDecode:
         (The pool's tensors are read from the pool itself, so that nothing here keeps a dropped pool alive.)"""
         m = self.model
         owners: list[tuple[object, str]] = [(m.tok_embeddings, "weight"), (m.norm, "weight"), (m, "freq_K2")]
-        owners += [(m.output, "weight")] if hasattr(m.output, "weight") else []
-        for block in m.layers:
-            owners += [(owner, attr) for owner, attr in _fields(block).values()
-                       if owner is not None and getattr(owner, attr, None) is not None]
+        fields = [(m.output, "weight")] + [f for block in m.layers for f in _fields(block).values()]
+        for owner, attr in fields:
+            if owner is None:
+                continue
+            if getattr(owner, "scheme", None) is not None:  # quantized: its codes and scales
+                prefix = "" if attr == "weight" else f"{attr}_"
+                owners += [(owner, f"{prefix}codes"), (owner, f"{prefix}scales")]
+            elif getattr(owner, attr, None) is not None:
+                owners.append((owner, attr))
         out = []
         for owner, attr in owners:
             stores = [getattr(owner, "_parameters", {}), getattr(owner, "_buffers", {}), owner.__dict__]
@@ -118,8 +155,6 @@ class NativeDecode:
         m, c = self.model, self.model.config
         if not cpu_kernels.available():
             return "no native kernels here (herd.cpu_kernels)"
-        if getattr(m, "quantization", None):
-            return f"{m.quantization['scheme']} weights (this step reads bf16 or fp32 weights)"
         embedding = m.tok_embeddings.weight
         dtype = embedding.dtype
         if dtype not in _STEPS or embedding.device.type != "cpu":
@@ -128,10 +163,13 @@ class NativeDecode:
             return f"top-{c.top_k} routing (the kernel routes top-1)"
         if len(pool.layers) != c.n_layers:
             return f"a KV pool of {len(pool.layers)} layers for {c.n_layers}"
-        model_level = (embedding, m.norm.weight, m.output.weight)
+        model_level = (embedding, m.norm.weight)
         if not all(t.dtype == dtype and t.is_contiguous() and t.device.type == "cpu" for t in model_level):
-            return f"embedding, final norm or LM head not {dtype} and contiguous"
-        if m.output.bias is not None:
+            return f"embedding or final norm not {dtype} and contiguous"
+        error = _layout_error("LM head", _stored(m.output, "weight"), False, dtype)
+        if error:
+            return error
+        if getattr(m.output, "bias", None) is not None:
             return "an LM head with a bias"
         for i, (block, layer) in enumerate(zip(m.layers, pool.layers, strict=True)):
             for name, t in _weights(block).items():
@@ -158,14 +196,20 @@ class NativeDecode:
         for i, (block, layer) in enumerate(zip(m.layers, pool.layers, strict=True)):
             weights = _weights(block)
             if weights.get("router_bias") is not None:  # the eager model adds it in the logits' dtype
-                weights["router_bias"] = weights["router_bias"].to(m.tok_embeddings.weight.dtype).contiguous()
-                self._keep.append(weights["router_bias"])
-            for name, t in weights.items():
-                setattr(layers[i], name, t.data_ptr() if t is not None else None)
+                bias = weights["router_bias"][0].to(m.tok_embeddings.weight.dtype).contiguous()
+                weights["router_bias"] = (bias, None, 0, 0)
+                self._keep.append(bias)
+            for name, stored in weights.items():
+                if name in _MATRICES:
+                    setattr(layers[i], name, _weight(stored))
+                else:
+                    setattr(layers[i], name, stored[0].data_ptr() if stored is not None else None)
             attention = block.attention
             layers[i].k_cache, layers[i].v_cache = layer.k_SGLK.data_ptr(), layer.v_SGLK.data_ptr()
             layers[i].length, layers[i].chunk = layer.k_SGLK.shape[2], layer.chunk or 0
-            layers[i].hidden = weights["w2"].shape[1]  # experts' w2 is [E, F, D] as the module sees it, dense [D, F]
+            ffn = block.feed_forward  # the hidden size F: the experts' (w2 [E, F, D]) or the dense w2's inputs
+            layers[i].hidden = ffn.w2.in_features if not block.is_moe else getattr(ffn.experts, "hidden", None) or \
+                ffn.experts.w2.shape[1]
             layers[i].rope, layers[i].qk_norm = attention.use_rope, attention.use_qk_norm
             layers[i].temperature = attention.temperature_tuning
         self._layers = layers
@@ -173,7 +217,8 @@ class NativeDecode:
                              head_dim=c.head_dim, n_layers=c.n_layers, n_experts=c.n_experts,
                              norm_eps=c.norm_eps, floor_scale=c.floor_scale, attn_scale=c.attn_scale,
                              freq=freq_K2.data_ptr(), embedding=m.tok_embeddings.weight.data_ptr(),
-                             norm=m.norm.weight.data_ptr(), output=m.output.weight.data_ptr(), layers=layers)
+                             norm=m.norm.weight.data_ptr(), output=_weight(_stored(m.output, "weight")),
+                             layers=layers)
 
     def takes(self, tokens_B1: torch.Tensor, pool: KVPool) -> bool:
         """Whether the native kernel runs this step (checked again whenever a tensor has moved)."""

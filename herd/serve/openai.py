@@ -307,7 +307,7 @@ def completion_prompts(req: CompletionRequest, tokenizer: Tokenizer) -> list[lis
 def prompt_logprobs(model: Any, ids: Sequence[int], n: int) -> tuple[list[float | None], list[dict[int, float] | None]]:
     """Each prompt token's log-probability given the tokens before it (None for the first) and the top-n
     alternatives there: one forward over the prompt, run in the engine thread."""
-    tokens_1S = torch.tensor([list(ids)], device=model.output.weight.device)
+    tokens_1S = torch.tensor([list(ids)], device=model.tok_embeddings.weight.device)
     logp_SV = torch.log_softmax(model(tokens_1S)[0].float(), dim=-1)
     chosen = logp_SV[:-1].gather(1, tokens_1S[0, 1:, None])[:, 0].tolist()
     tops: list[dict[int, float] | None] = [None]
