@@ -178,6 +178,24 @@ def convert(hf_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], out
     return out
 
 
+QUANT_TYPES = ("Q8_0", "Q4_0", "Q4_K_M")  # llama-quantize's names for the rows herd compares with
+
+
+def quantize(source_gguf: str | os.PathLike[str], qtype: str, *, force: bool = False) -> Path:
+    """`llama-quantize` a BF16/F32 GGUF to `<name>-<qtype>.gguf` beside it (llama.cpp's default tensor choice
+    for that type: Q8_0 quantizes the output tensor as Q8_0, Q4_K_M as Q6_K); reused unless `force`."""
+    if qtype not in QUANT_TYPES:
+        raise ValueError(f"qtype {qtype!r} not in {QUANT_TYPES}")
+    source = Path(source_gguf)
+    out = source.with_name(f"{source.stem.rsplit('-', 1)[0]}-{qtype.lower()}.gguf")
+    if out.is_file() and not force:
+        return out
+    tmp = out.with_name(out.name + ".tmp")
+    _run([_binary("llama-quantize"), source, tmp, qtype])
+    tmp.replace(out)
+    return out
+
+
 def _gguf_module() -> Any:
     gguf_py = str(SRC / "gguf-py")
     if gguf_py not in sys.path:

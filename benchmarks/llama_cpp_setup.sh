@@ -38,7 +38,7 @@ if [[ -z "${PYTHON:-}" ]]; then
 fi
 BUILD="$CACHE/build"
 BIN="$BUILD/bin"
-TARGETS=(llama-bench llama-simple llama-server)
+TARGETS=(llama-bench llama-simple llama-server llama-quantize)
 
 have_all() {
     local t

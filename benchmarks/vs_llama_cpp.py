@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/vs_llama_cpp.py                     # float32 and bfloat16, 5 rounds
     .venv/bin/python benchmarks/vs_llama_cpp.py --dtypes bfloat16 --rounds 9 --prefill 2048
+    .venv/bin/python benchmarks/vs_llama_cpp.py --dtypes bfloat16 int8 int4   # quantized: against Q8_0, Q4_K_M
 
 This machine's memory bandwidth moves between about 30 and 60 GB/s from one minute to the next
 (the host places its two vCPUs differently), so figures taken minutes apart do not compare. Every
@@ -12,6 +13,8 @@ after a 64-token prompt (llama-bench `-n 64 -d 64`), each the median of 3. herd'
 twice against the same llama-bench figure: "decode b1" through `Engine.stream` (greedy sampling and
 the Python loop included), and "decode b1, forward only", the model's decode step called in a loop,
 which is what llama-bench's `tg` times (it evaluates one token after another and samples nothing).
+herd's int8 / int4 quantize every weight group, the LM head too (`herd.quant`, bf16 activations), as
+llama.cpp's Q8_0 / Q4_K_M do (Q4_K_M keeps the LM head at Q6_K and some tensors at Q6_K).
 The benchmark model and its GGUF files come from `bench.py` and `llama_cpp.py`, built on first use;
 llama.cpp itself needs `bash benchmarks/llama_cpp_setup.sh` once.
 """
@@ -29,18 +32,25 @@ import llama_cpp
 import torch
 
 GGUF_TYPE = {"float32": "f32", "bfloat16": "bf16"}
+# herd's quantized formats (bf16 activations) against llama.cpp's nearest: both quantize the LM head
+QUANT = {"int8": "Q8_0", "int4": "Q4_K_M"}
+FORMATS = [*GGUF_TYPE, *QUANT]
 
 
-def herd_workloads(dtype: torch.dtype, prefill: int, tokens: int) -> dict[str, Callable[[], float]]:
-    """Functions measuring herd's tok/s on a loaded, compiled and warmed-up model."""
+def herd_workloads(fmt: str, prefill: int, tokens: int) -> dict[str, Callable[[], float]]:
+    """Functions measuring herd's tok/s on a loaded, compiled and warmed-up model: `fmt` a dtype, or a
+    quantization scheme applied while loading (every module group, the LM head too; bf16 activations)."""
     import herd
     from herd.fast import optimize
     from herd.infer.engine import Engine
     from herd.infer.kv_pool import KVPool, bucket
     from herd.infer.sampling import SamplingParams
     from herd.infer.steps import FastDecode
+    from herd.quant import GROUPS
 
-    model = optimize(herd.load(bench.ensure_model(), dtype=dtype))
+    dtype = getattr(torch, fmt) if fmt in GGUF_TYPE else torch.bfloat16
+    quantize = dict(quantize=fmt, quantize_groups=GROUPS) if fmt in QUANT else {}
+    model = optimize(herd.load(bench.ensure_model(), dtype=dtype, **quantize))
     step = FastDecode(model)
     engine = Engine(model, prefill_chunk=2048, step=step)
     long_prompt, prompts = bench._prompts(1, prefill)[0], bench._prompts(1, 64)
@@ -69,8 +79,11 @@ def herd_workloads(dtype: torch.dtype, prefill: int, tokens: int) -> dict[str, C
             "decode b1, forward only": lambda: statistics.median(forward_only() for _ in range(3))}
 
 
-def llama_cpp_workloads(dtype: str, prefill: int, tokens: int) -> dict[str, Callable[[], float]]:
-    path = llama_cpp.convert(bench.MODEL_DIR, llama_cpp.CACHE / "gguf" / bench.MODEL_DIR.name, GGUF_TYPE[dtype])
+def llama_cpp_workloads(fmt: str, prefill: int, tokens: int) -> dict[str, Callable[[], float]]:
+    path = llama_cpp.convert(bench.MODEL_DIR, llama_cpp.CACHE / "gguf" / bench.MODEL_DIR.name,
+                             GGUF_TYPE.get(fmt, "bf16"))
+    if fmt in QUANT:
+        path = llama_cpp.quantize(path, QUANT[fmt])
     run = llama_cpp.bench
     return {f"prefill {prefill}": lambda: run(path, bench.THREADS, prompts=(prefill,), gen=0)[f"pp{prefill}"],
             "decode b1": lambda: run(path, bench.THREADS, prompts=(), gen=tokens, extra=("-d", "64"))[f"tg{tokens}"]}
@@ -78,7 +91,8 @@ def llama_cpp_workloads(dtype: str, prefill: int, tokens: int) -> dict[str, Call
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=list(GGUF_TYPE))
+    parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=FORMATS,
+                        help="dtypes, and quantized formats: int8 (against Q8_0), int4 (against Q4_K_M)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--prefill", type=int, default=512)
     parser.add_argument("--tokens", type=int, default=64, help="decode tokens per measurement")
@@ -89,7 +103,7 @@ def main() -> None:
     print("|---|---|---:|---:|---:|---:|---:|")
     summary = []
     for dtype in args.dtypes:
-        ours = herd_workloads(getattr(torch, dtype), args.prefill, args.tokens)
+        ours = herd_workloads(dtype, args.prefill, args.tokens)
         theirs = llama_cpp_workloads(dtype, args.prefill, args.tokens)
         rates: dict[str, list[tuple[float, float]]] = {name: [] for name in ours}
         for r in range(args.rounds):

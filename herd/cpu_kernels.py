@@ -95,6 +95,7 @@ def _open() -> ctypes.CDLL | None:
     lib.herd_qmatvec.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_long] * 3 + [ctypes.c_int, ctypes.c_long,
                                                                                ctypes.c_int]
     lib.herd_qmatvec.restype = None
+    lib.herd_qmatvec_bf16.argtypes, lib.herd_qmatvec_bf16.restype = lib.herd_qmatvec.argtypes, None
     for step in (lib.herd_decode_bf16, lib.herd_decode_f32):
         step.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 2 + [ctypes.c_void_p] * 2 + [ctypes.c_int]
         step.restype = ctypes.c_int
@@ -158,15 +159,19 @@ def qmatvec(x_MK: torch.Tensor, codes_NC: torch.Tensor, scales_NG: torch.Tensor,
         raise ValueError(f"qmatvec takes int8/int4 codes in groups of a multiple of 32 with fp32 scales, got "
                          f"{bits} bits, group {group}, {scales_NG.dtype} scales")
     (M, K), N, dtype = x_MK.shape, codes_NC.shape[0], x_MK.dtype
-    x_MK = x_MK.float()
+    # bf16 activations: the codes become exact bf16 values on dot-product instructions (needs int8 groups of
+    # 32·n, int4 groups of 32 or 64·n); anything else in fp32
+    bf16 = dtype == torch.bfloat16 and (group % 64 == 0 or group == 32)
+    x_MK = x_MK if bf16 else x_MK.float()
     if bits == 4:
         xa, xb = x_MK[:, 0::2].contiguous(), x_MK[:, 1::2].contiguous()
     else:
         xa, xb = x_MK.contiguous(), None
     y_MN = torch.empty(M, N, dtype=torch.float32)
     if M and N:
-        lib.herd_qmatvec(xa.data_ptr(), xb.data_ptr() if xb is not None else None, codes_NC.data_ptr(),
-                         scales_NG.data_ptr(), y_MN.data_ptr(), M, N, K, bits, group, torch.get_num_threads())
+        kernel = lib.herd_qmatvec_bf16 if bf16 else lib.herd_qmatvec
+        kernel(xa.data_ptr(), xb.data_ptr() if xb is not None else None, codes_NC.data_ptr(), scales_NG.data_ptr(),
+               y_MN.data_ptr(), M, N, K, bits, group, torch.get_num_threads())
     return y_MN.to(dtype)
 
 

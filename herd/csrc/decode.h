@@ -86,25 +86,22 @@ static inline weight_t expert_of(const weight_t *w, long e, long N, long K) {
     return out;
 }
 
-/* The activation rows as a product with w reads them: the rows themselves for T weights; for quantized ones
-   fp32 copies in this thread's `scratch` (int4: even inputs, then odd ones, K/2 each; quant.h). */
+/* The activation rows as a product with w reads them: the rows themselves (T weights, int8 codes), or for
+   int4 codes copies of their even and odd inputs (K/2 each) in this thread's `scratch` (quant.h). */
 typedef struct {
     const T *const *xs;
-    const float *xa[MAX_ROWS], *xb[MAX_ROWS];
+    const T *xa[MAX_ROWS], *xb[MAX_ROWS];
 } rows_t;
 
-static void prepare(rows_t *r, const weight_t *w, const T *const *xs, long B, long K, float *scratch) {
+static void prepare(rows_t *r, const weight_t *w, const T *const *xs, long B, long K, T *scratch) {
     r->xs = xs;
-    if (!w->bits) return;
     for (long b = 0; b < B; b++) {
-        float *a = scratch + b * K;
         if (w->bits == 4) {
-            float *o = a + K / 2;
-            for (long k = 0; k < K / 2; k++) a[k] = LOAD(xs[b][2 * k]), o[k] = LOAD(xs[b][2 * k + 1]);
-            r->xa[b] = a, r->xb[b] = o;
+            T *even = scratch + b * K, *odd = even + K / 2;
+            for (long k = 0; k < K / 2; k++) even[k] = xs[b][2 * k], odd[k] = xs[b][2 * k + 1];
+            r->xa[b] = even, r->xb[b] = odd;
         } else {
-            for (long k = 0; k < K; k++) a[k] = LOAD(xs[b][k]);
-            r->xa[b] = r->xb[b] = a;
+            r->xa[b] = r->xb[b] = xs[b];
         }
     }
 }
@@ -115,7 +112,7 @@ static inline void wdots(const weight_t *w, long n, long K, const rows_t *r, lon
         DOTS((const T *)w->data + n * K, r->xs + first, nb, K, out);
     } else {
         const long row_bytes = w->bits == 4 ? K / 2 : K, row_scales = (K + w->group - 1) / w->group;
-        qdots((int)w->bits, (const int8_t *)w->data + n * row_bytes, w->scales + n * row_scales, w->group,
+        QDOTS((int)w->bits, (const int8_t *)w->data + n * row_bytes, w->scales + n * row_scales, w->group,
               r->xa + first, r->xb + first, nb, K, out);
     }
 }
@@ -123,7 +120,7 @@ static inline void wdots(const weight_t *w, long n, long K, const rows_t *r, lon
 /* ys[b][n] = round(w[n] · xs[b]) for n < N, b < B: each weight row is read once for all B rows. An orphaned
    `omp for` without a barrier: the caller places one before the results are read. */
 static void matvec_gather(const weight_t *w, const T *const *xs, T *const *ys, long B, long N, long K,
-                          float *scratch) {
+                          T *scratch) {
     rows_t r;
     float d[MAX_ROWS];
     prepare(&r, w, xs, B, K, scratch);
@@ -136,7 +133,7 @@ static void matvec_gather(const weight_t *w, const T *const *xs, T *const *ys, l
 
 /* y[b * y_stride + n] = round(w[n] · x[b * x_stride]) for n < N, b < B; as matvec_gather, no barrier. */
 static void matvec_rows(const weight_t *w, const T *x, T *y, long B, long N, long K, long x_stride, long y_stride,
-                        float *scratch) {
+                        T *scratch) {
     const T *xs[MAX_ROWS];
     T *ys[MAX_ROWS];
     for (long b = 0; b < B; b++) xs[b] = x + b * x_stride, ys[b] = y + b * y_stride;
@@ -146,7 +143,7 @@ static void matvec_rows(const weight_t *w, const T *x, T *y, long B, long N, lon
 /* x[b * D + n] = round(x[b * D + n] + round(w[n] · a[b * a_stride])) for n < D, b < B: a projection added to
    the residual stream. `omp for schedule(static)` over n with a barrier at the end. */
 static void project_add(const weight_t *w, const T *a, T *x, long B, long D, long K, long a_stride,
-                        float *scratch) {
+                        T *scratch) {
     const T *as[MAX_ROWS];
     rows_t r;
     float d[MAX_ROWS];
@@ -258,7 +255,7 @@ int NAME(const model_t *m, const int64_t *tokens, const int64_t *positions, cons
     {
         float *scores = malloc(sizeof(float) * R * L);
         const long Kmax = D > H * K ? (D > F ? D : F) : (H * K > F ? H * K : F);
-        float *xf = malloc(sizeof(float) * B * Kmax);  /* activations in fp32 for quantized weights */
+        T *xf = malloc(sizeof(T) * B * Kmax);  /* int4's even / odd activation copies */
         /* this thread's copy of the expert groups: rows in group order, their inputs and outputs */
         long row_of[B], group_start[B + 1], group_expert[B];
         const T *xs_of[B];

@@ -8,6 +8,7 @@
 #define ROUND(v) round_bf16(v)
 #define DOT(w, x, K) row_dot(w, x, K)
 #define DOTS(w, xs, n, K, out) row_dots(w, xs, n, K, out)
+#define QDOTS qdots_bf16
 #define NAME herd_decode_bf16
 
 static float mean_square(const uint16_t *x, long n) {

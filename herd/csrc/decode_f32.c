@@ -7,6 +7,7 @@
 #define ROUND(v) (v)
 #define DOT(w, x, K) dot_f32(w, x, K)
 #define DOTS(w, xs, n, K, out) dots_f32(w, xs, n, K, out)
+#define QDOTS qdots
 #define NAME herd_decode_f32
 
 static float mean_square(const float *x, long n) {

@@ -24,11 +24,19 @@ static inline __mmask16 tail16(long left) {
         (void)unused;                                                                                         \
         __m512 acc[N];                                                                                        \
         for (int b = 0; b < N; b++) acc[b] = _mm512_setzero_ps();                                             \
-        for (long k = 0; k < K; k += 16) {                                                                    \
-            const __mmask16 m = tail16(K - k);                                                                \
-            const __m512i q = _mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m, codes + k));                       \
-            const __m512 w = _mm512_mul_ps(_mm512_cvtepi32_ps(q), _mm512_set1_ps(scales[k / group]));         \
-            for (int b = 0; b < N; b++) acc[b] = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(m, xs[b] + k), acc[b]); \
+        for (long g0 = 0, si = 0; g0 < K; g0 += group, si++) { /* no division in the loop (~40 cycles) */    \
+            const __m512 s = _mm512_set1_ps(scales[si]);                                                      \
+            const long end = g0 + group < K ? g0 + group : K;                                                 \
+            for (long k = g0; k < end; k += 16) {                                                             \
+                const int full = end - k >= 16; /* masked loads only at the end: masking every one is slow */  \
+                const __mmask16 m = tail16(end - k);                                                          \
+                const __m512i q = _mm512_cvtepi8_epi32(full ? _mm_loadu_si128((const __m128i *)(codes + k))   \
+                                                            : _mm_maskz_loadu_epi8(m, codes + k));            \
+                const __m512 w = _mm512_mul_ps(_mm512_cvtepi32_ps(q), s);                                     \
+                for (int b = 0; b < N; b++)                                                                   \
+                    acc[b] = _mm512_fmadd_ps(w, full ? _mm512_loadu_ps(xs[b] + k)                             \
+                                                     : _mm512_maskz_loadu_ps(m, xs[b] + k), acc[b]);          \
+            }                                                                                                 \
         }                                                                                                     \
         for (int b = 0; b < N; b++) out[b] = _mm512_reduce_add_ps(acc[b]);                                    \
     }
@@ -40,15 +48,20 @@ static inline __mmask16 tail16(long left) {
         __m512 acc[N];                                                                                        \
         for (int b = 0; b < N; b++) acc[b] = _mm512_setzero_ps();                                             \
         const long half = K / 2;                                                                              \
-        for (long j = 0; j < half; j += 16) {                                                                 \
+        const long per_group = group / 32; /* chunks of 16 bytes per scale; no division in the loop */          \
+        for (long j = 0, c = 0, si = 0; j < half; j += 16, si += (++c == per_group), c = c == per_group ? 0 : c) { \
+            const int full = half - j >= 16;                                                                  \
             const __mmask16 m = tail16(half - j);                                                             \
-            const __m512i v = _mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m, codes + j));                       \
-            const __m512 s = _mm512_set1_ps(scales[2 * j / group]);                                           \
+            const __m512i v = _mm512_cvtepi8_epi32(full ? _mm_loadu_si128((const __m128i *)(codes + j))       \
+                                                        : _mm_maskz_loadu_epi8(m, codes + j));                \
+            const __m512 s = _mm512_set1_ps(scales[si]);                                                      \
             const __m512 lo = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_srai_epi32(_mm512_slli_epi32(v, 28), 28)), s); \
             const __m512 hi = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_srai_epi32(v, 4)), s);                  \
             for (int b = 0; b < N; b++) {                                                                     \
-                acc[b] = _mm512_fmadd_ps(lo, _mm512_maskz_loadu_ps(m, xe[b] + j), acc[b]);                    \
-                acc[b] = _mm512_fmadd_ps(hi, _mm512_maskz_loadu_ps(m, xo[b] + j), acc[b]);                    \
+                acc[b] = _mm512_fmadd_ps(lo, full ? _mm512_loadu_ps(xe[b] + j) : _mm512_maskz_loadu_ps(m, xe[b] + j), \
+                                         acc[b]);                                                             \
+                acc[b] = _mm512_fmadd_ps(hi, full ? _mm512_loadu_ps(xo[b] + j) : _mm512_maskz_loadu_ps(m, xo[b] + j), \
+                                         acc[b]);                                                             \
             }                                                                                                 \
         }                                                                                                     \
         for (int b = 0; b < N; b++) out[b] = _mm512_reduce_add_ps(acc[b]);                                    \
@@ -67,4 +80,105 @@ static inline void qdots(int bits, const int8_t *codes, const float *scales, lon
     static const qdots_fn int4_fns[5] = {0, qdots_int4_1, qdots_int4_2, qdots_int4_3, qdots_int4_4};
     const qdots_fn *fns = bits == 4 ? int4_fns : int8_fns;
     for (; n > 0; n -= 4, xa += 4, xb += 4, out += 4) fns[n < 4 ? n : 4](codes, scales, group, xa, xb, K, out);
+}
+
+/* ---- bf16 activations: codes looked up as bf16 values and multiplied on AVX512-BF16 dot products ----
+
+   Every code is split into 4-bit halves, each turned into an exact bf16 value by one table lookup
+   (vpermw over 32 bf16 words) and multiplied with vdpbf16ps: 32 products per instruction, against 16 for an
+   fp32 FMA after a widening conversion. int8 q = 16·hi + lo (hi signed, lo unsigned): two lookups, two dot
+   products on the same activations. int4: the low and high nibbles are two inputs (even, odd), dotted with
+   the activation's even and odd halves (bf16 copies, K/2 each). Per group the partial sums are scaled in
+   fp32. Needs `group` 32 or a multiple of 64 (else the fp32 path above). */
+#include "bf16.h"
+
+/* bf16 bits of small integers, repeated for both halves of vpermw's 32-entry table: LO[i] = i, SIGNED[i] = i or
+   i - 16 (a two's complement nibble), HI[i] = 16 · SIGNED[i]. */
+static const uint16_t NIBBLE_TABLES[3][32] __attribute__((aligned(64))) = {
+    {0x0000, 0x3F80, 0x4000, 0x4040, 0x4080, 0x40A0, 0x40C0, 0x40E0, 0x4100, 0x4110, 0x4120, 0x4130, 0x4140, 0x4150, 0x4160, 0x4170, 0x0000, 0x3F80, 0x4000, 0x4040, 0x4080, 0x40A0, 0x40C0, 0x40E0, 0x4100, 0x4110, 0x4120, 0x4130, 0x4140, 0x4150, 0x4160, 0x4170},
+    {0x0000, 0x3F80, 0x4000, 0x4040, 0x4080, 0x40A0, 0x40C0, 0x40E0, 0xC100, 0xC0E0, 0xC0C0, 0xC0A0, 0xC080, 0xC040, 0xC000, 0xBF80, 0x0000, 0x3F80, 0x4000, 0x4040, 0x4080, 0x40A0, 0x40C0, 0x40E0, 0xC100, 0xC0E0, 0xC0C0, 0xC0A0, 0xC080, 0xC040, 0xC000, 0xBF80},
+    {0x0000, 0x4180, 0x4200, 0x4240, 0x4280, 0x42A0, 0x42C0, 0x42E0, 0xC300, 0xC2E0, 0xC2C0, 0xC2A0, 0xC280, 0xC240, 0xC200, 0xC180, 0x0000, 0x4180, 0x4200, 0x4240, 0x4280, 0x42A0, 0x42C0, 0x42E0, 0xC300, 0xC2E0, 0xC2C0, 0xC2A0, 0xC280, 0xC240, 0xC200, 0xC180},
+};
+
+static inline __m512i nibble_table(int kind) { return _mm512_load_si512(NIBBLE_TABLES[kind]); }
+
+#define HERD_QDOTS_BF16(N)                                                                                    \
+    static inline void qdots_bf16_int8_##N(const int8_t *codes, const float *scales, long group,             \
+                                           const uint16_t *const *xs, long K, float *out) {                   \
+        const __m512i lo_t = nibble_table(0), hi_t = nibble_table(2), low4 = _mm512_set1_epi16(15);           \
+        __m512 acc[N];                                                                                        \
+        for (int b = 0; b < N; b++) acc[b] = _mm512_setzero_ps();                                             \
+        const long per_group = group / 32;                                                                    \
+        for (long k = 0, c = 0, si = 0; k < K; k += 32, si += (++c == per_group), c = c == per_group ? 0 : c) { \
+            const long left = K - k; /* masked loads only for the last chunk: masking every one halves speed */ \
+            const __mmask32 m = left >= 32 ? ~(__mmask32)0 : (__mmask32)((1u << left) - 1);                   \
+            const __m512i v = _mm512_cvtepu8_epi16(left >= 32 ? _mm256_loadu_si256((const __m256i *)(codes + k)) \
+                                                              : _mm256_maskz_loadu_epi8(m, codes + k));       \
+            const __m512bh wl = (__m512bh)_mm512_permutexvar_epi16(_mm512_and_si512(v, low4), lo_t);          \
+            const __m512bh wh = (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(v, 4), hi_t);            \
+            const __m512 s = _mm512_set1_ps(scales[si]);                                                      \
+            for (int b = 0; b < N; b++) {                                                                     \
+                const __m512bh x = (__m512bh)(left >= 32 ? _mm512_loadu_si512(xs[b] + k)                      \
+                                                         : _mm512_maskz_loadu_epi16(m, xs[b] + k));           \
+                const __m512 g = _mm512_dpbf16_ps(_mm512_dpbf16_ps(_mm512_setzero_ps(), wl, x), wh, x);        \
+                acc[b] = _mm512_fmadd_ps(g, s, acc[b]);                                                       \
+            }                                                                                                 \
+        }                                                                                                     \
+        for (int b = 0; b < N; b++) out[b] = _mm512_reduce_add_ps(acc[b]);                                    \
+    }                                                                                                         \
+    static inline void qdots_bf16_int4_##N(const int8_t *codes, const float *scales, long group,             \
+                                           const uint16_t *const *xe, const uint16_t *const *xo, long K,      \
+                                           float *out) {                                                      \
+        const __m512i t = nibble_table(1), low4 = _mm512_set1_epi16(15);                                      \
+        __m512 acc[N];                                                                                        \
+        for (int b = 0; b < N; b++) acc[b] = _mm512_setzero_ps();                                             \
+        const long half = K / 2;                                                                              \
+        const long per_group = group == 32 ? 1 : group / 64; /* chunks per scale step (two scales at 32) */    \
+        const long step = group == 32 ? 2 : 1;                                                                \
+        for (long j = 0, c = 0, si = 0; j < half; j += 32, si += (++c == per_group) * step,                   \
+                  c = c == per_group ? 0 : c) {                                                               \
+            const long left = half - j;                                                                       \
+            const __mmask32 m = left >= 32 ? ~(__mmask32)0 : (__mmask32)((1u << left) - 1);                   \
+            const __m512i v = _mm512_cvtepu8_epi16(left >= 32 ? _mm256_loadu_si256((const __m256i *)(codes + j)) \
+                                                              : _mm256_maskz_loadu_epi8(m, codes + j));       \
+            const __m512bh we = (__m512bh)_mm512_permutexvar_epi16(_mm512_and_si512(v, low4), t);             \
+            const __m512bh wo = (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(v, 4), t);               \
+            const __m512 s = group == 32 && left > 16                                                         \
+                ? _mm512_mask_blend_ps((__mmask16)0xFF00, _mm512_set1_ps(scales[si]), _mm512_set1_ps(scales[si + 1])) \
+                : _mm512_set1_ps(scales[si]);                                                                 \
+            for (int b = 0; b < N; b++) {                                                                     \
+                const __m512bh e = (__m512bh)(left >= 32 ? _mm512_loadu_si512(xe[b] + j)                      \
+                                                         : _mm512_maskz_loadu_epi16(m, xe[b] + j));           \
+                const __m512bh o = (__m512bh)(left >= 32 ? _mm512_loadu_si512(xo[b] + j)                      \
+                                                         : _mm512_maskz_loadu_epi16(m, xo[b] + j));           \
+                const __m512 g = _mm512_dpbf16_ps(_mm512_dpbf16_ps(_mm512_setzero_ps(), we, e), wo, o);        \
+                acc[b] = _mm512_fmadd_ps(g, s, acc[b]);                                                       \
+            }                                                                                                 \
+        }                                                                                                     \
+        for (int b = 0; b < N; b++) out[b] = _mm512_reduce_add_ps(acc[b]);                                    \
+    }
+
+HERD_QDOTS_BF16(1) HERD_QDOTS_BF16(2) HERD_QDOTS_BF16(3) HERD_QDOTS_BF16(4)
+
+/* out[b] for bf16 activation rows (int8: xa = the rows, xb unused; int4: their even and odd halves), any n. */
+static inline void qdots_bf16(int bits, const int8_t *codes, const float *scales, long group,
+                              const uint16_t *const *xa, const uint16_t *const *xb, long n, long K, float *out) {
+    for (; n > 0; n -= 4, xa += 4, xb += 4, out += 4) {
+        const int nb = n < 4 ? (int)n : 4;
+        if (bits == 8) {
+            switch (nb) {
+            case 1: qdots_bf16_int8_1(codes, scales, group, xa, K, out); break;
+            case 2: qdots_bf16_int8_2(codes, scales, group, xa, K, out); break;
+            case 3: qdots_bf16_int8_3(codes, scales, group, xa, K, out); break;
+            default: qdots_bf16_int8_4(codes, scales, group, xa, K, out); break;
+            }
+        } else {
+            switch (nb) {
+            case 1: qdots_bf16_int4_1(codes, scales, group, xa, xb, K, out); break;
+            case 2: qdots_bf16_int4_2(codes, scales, group, xa, xb, K, out); break;
+            case 3: qdots_bf16_int4_3(codes, scales, group, xa, xb, K, out); break;
+            default: qdots_bf16_int4_4(codes, scales, group, xa, xb, K, out); break;
+            }
+        }
+    }
 }
