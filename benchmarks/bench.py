@@ -95,7 +95,7 @@ def herd_prefill(engine, prompt: list[int]) -> None:
     from herd.infer.kv_pool import KVPool
 
     model = engine.model
-    engine.prefill(KVPool(model.config, 1, len(prompt) + 1, model.output.weight.dtype), 0, prompt)
+    engine.prefill(KVPool(model.config, 1, len(prompt) + 1, model.tok_embeddings.weight.dtype), 0, prompt)
 
 
 def herd_decode(engine, prompts: list[list[int]], params) -> tuple[float, float]:

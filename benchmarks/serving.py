@@ -59,7 +59,7 @@ def run_continuous(model, step, prompts: list[list[int]], concurrency: int) -> d
     from herd.infer import KVPool, SamplingParams, Scheduler
     from herd.infer.kv_pool import bucket
 
-    dtype = model.output.weight.dtype
+    dtype = model.tok_embeddings.weight.dtype
     pool = KVPool(model.config, concurrency, bucket(2048 + OUT_TOKENS, model.config.max_seq_len), dtype)
     scheduler = Scheduler(model, pool, step, prefill_chunk=PIECE)
     params = SamplingParams(temperature=0.0, max_new_tokens=OUT_TOKENS, stop_ids=())

@@ -8,7 +8,8 @@
 - `grouped`: the routed experts' products in a prefill (fp32 or bf16), each expert's rows against its
   own weight in one call, without the packing pass a GEMM library makes over each weight;
   `linear_f32`, the same with one group, is the fp32 matrix-vector product.
-- `qmatvec`: x @ dequant(W)ᵀ for int8 / int4 weights (`herd.quant`), fp32 accumulation, a few rows of x.
+- `qmatvec`: x @ dequant(W)ᵀ for int8 / int4 weights (`herd.quant`), fp32 accumulation, a few rows of x;
+  `dequantize`, the weight itself in bf16 or fp32 for a prefill's GEMM.
 - `herd_decode_bf16` / `herd_decode_f32`: a whole decode step, bound by `herd.infer.native`.
 
 The sources are `herd/csrc/*.c` (and their headers). They are compiled once per source, compiler and
@@ -96,6 +97,9 @@ def _open() -> ctypes.CDLL | None:
                                                                                ctypes.c_int]
     lib.herd_qmatvec.restype = None
     lib.herd_qmatvec_bf16.argtypes, lib.herd_qmatvec_bf16.restype = lib.herd_qmatvec.argtypes, None
+    lib.herd_dequant.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_long] * 2 + [ctypes.c_int, ctypes.c_long,
+                                                                             ctypes.c_int, ctypes.c_int]
+    lib.herd_dequant.restype = None
     for step in (lib.herd_decode_bf16, lib.herd_decode_f32):
         step.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 2 + [ctypes.c_void_p] * 2 + [ctypes.c_int]
         step.restype = ctypes.c_int
@@ -173,6 +177,29 @@ def qmatvec(x_MK: torch.Tensor, codes_NC: torch.Tensor, scales_NG: torch.Tensor,
         kernel(xa.data_ptr(), xb.data_ptr() if xb is not None else None, codes_NC.data_ptr(), scales_NG.data_ptr(),
                y_MN.data_ptr(), M, N, K, bits, group, torch.get_num_threads())
     return y_MN.to(dtype)
+
+
+def dequantize(codes_NC: torch.Tensor, scales_NG: torch.Tensor, bits: int, group: int, K: int,
+               dtype: torch.dtype, out: torch.Tensor | None = None) -> torch.Tensor:
+    """The dequantized weight [N, K] in `dtype` (bf16 or fp32) of contiguous int8/int4 codes and fp32 scales, in
+    one parallel pass, into `out` (a contiguous buffer of at least N·K elements of `dtype`) when given: a
+    reused buffer spares the page faults a fresh one of that size costs. Needs `available()`."""
+    lib = library()
+    if lib is None:
+        raise RuntimeError("herd.cpu_kernels.dequantize is not available on this machine")
+    if dtype not in (torch.bfloat16, torch.float32) or not (codes_NC.is_contiguous() and scales_NG.is_contiguous()):
+        raise ValueError(f"dequantize writes bf16 or fp32 from contiguous codes and scales, not {dtype}")
+    N = codes_NC.shape[0]
+    if out is None:
+        out_NK = torch.empty(N, K, dtype=dtype)
+    elif out.dtype != dtype or not out.is_contiguous() or out.numel() < N * K:
+        raise ValueError(f"dequantize needs a contiguous {dtype} buffer of {N * K} elements")
+    else:
+        out_NK = out.view(-1)[: N * K].view(N, K)
+    if N and K:
+        lib.herd_dequant(codes_NC.data_ptr(), scales_NG.data_ptr(), out_NK.data_ptr(), N, K, bits, group,
+                         int(dtype == torch.bfloat16), torch.get_num_threads())
+    return out_NK
 
 
 def _check_grouped(x_AK: torch.Tensor, w_ENK: torch.Tensor) -> None:

@@ -13,6 +13,8 @@ Shapes: M rows, N outputs, K inputs, E experts, D model dim, F expert hidden, T 
 
 from __future__ import annotations
 
+import threading
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -35,7 +37,25 @@ def _product(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, s: Sche
     rows = x.numel() // K
     if _kernel_takes(x, rows):
         return cpu_kernels.qmatvec(x.reshape(rows, K), codes, scales, s.bits, s.group).view(*x.shape[:-1], N)
+    if (x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float32) and not torch.compiler.is_compiling()
+            and codes.is_contiguous() and cpu_kernels.available()):
+        w_NK = cpu_kernels.dequantize(codes, scales, s.bits, s.group, K, x.dtype, out=_scratch(N * K, x.dtype))
+        return F.linear(x, w_NK)
     return F.linear(x, dequantize(codes, scales, s, x.dtype))
+
+
+_local = threading.local()
+
+
+def _scratch(numel: int, dtype: torch.dtype) -> torch.Tensor:
+    """This thread's buffer for a dequantized weight, grown as needed and reused: F.linear consumes the weight
+    before the next product asks for the buffer. A fresh buffer per product would page-fault its whole size
+    in again (the allocator returns large blocks to the system), which costs more than the dequantization."""
+    buffers = _local.__dict__.setdefault("buffers", {})
+    buffer = buffers.get(dtype)
+    if buffer is None or buffer.numel() < numel:
+        buffer = buffers[dtype] = torch.empty(numel, dtype=dtype)
+    return buffer
 
 
 def _move(module: nn.Module, fn) -> None:
