@@ -7,7 +7,7 @@ import logging
 import sys
 
 from herd.checkpoint import CheckpointError
-from herd.cli import chat, data, demo, generate, info, metap, quantize, serve, tokenize, tokenizer, train
+from herd.cli import chat, data, demo, generate, info, metap, plan, quantize, serve, tokenize, tokenizer, train
 from herd.config import ConfigError
 from herd.quant import QuantError
 from herd.tokenizer import TokenizerError
@@ -15,6 +15,7 @@ from herd.tokenizer import TokenizerError
 COMMANDS = {
     "demo": demo, "info": info, "generate": generate, "chat": chat, "tokenize": tokenize, "tokenizer": tokenizer,
     "data": data, "train": train, "metap": metap, "serve": serve, "quantize": quantize,
+    "plan": plan,
 }
 
 
