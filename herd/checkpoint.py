@@ -85,8 +85,8 @@ def read_quantization(path: str | os.PathLike) -> dict | None:
         raw = json.loads((path / "config.json").read_text()).get("quantization_config")
     except json.JSONDecodeError as err:
         raise CheckpointError(f"{path / 'config.json'} is not valid JSON: {err}") from None
-    if raw is None:
-        return None
+    if raw is None or (isinstance(raw, dict) and raw.get("quant_method") in hf.FP8_METHODS):
+        return None  # none, or fp8 weights, which the reader dequantizes
     try:
         s = scheme(raw["scheme"])
         groups = check_groups(raw["modules"])
@@ -146,8 +146,13 @@ def load(
         names = hf.text_weight_names(config.text, prefix) | (hf.vision_weight_names(vision) if vision else {})
         if stored:
             names = _stored_quantized_names(names, replaced)
-        _check_coverage(path, set(files) - (set(vision_keys) if vision is None else set()), set(names.values()), "HF")
-        tensors = _read_hf(names, files, expected, quantized)
+        try:
+            sources = hf.fp8_sources(files) if _needs_sources(files) else None
+        except ValueError as err:
+            raise CheckpointError(f"{path}: {err}") from None
+        present = set(sources) if sources is not None else set(files)
+        _check_coverage(path, present - (set(vision_keys) if vision is None else set()), set(names.values()), "HF")
+        tensors = _read_hf(names, files, expected, quantized, sources)
     else:
         rules = meta.text_rules(config.text) | (meta.vision_rules(vision) if vision else {})
         wanted = {source for rule in rules.values() for source in rule.sources}
@@ -219,12 +224,38 @@ def _stored_quantized_names(names: dict[str, str], replaced: set[str]) -> dict[s
     return out
 
 
+def _needs_sources(files: dict[str, Path]) -> bool:
+    """Whether the HF files hold fp8 weights with scales, or experts stored one Linear each."""
+    return any(n.endswith("_scale") or ".experts.0." in n for n in files)
+
+
 def _read_hf(
     names: dict[str, str], files: dict[str, Path], expected: dict[str, tuple[int, ...]],
-    quantized: set[str] = frozenset(),
+    quantized: set[str] = frozenset(), sources: dict[str, hf.Source] | None = None,
 ) -> Iterator[tuple[str, torch.Tensor]]:
     handles: dict[Path, Any] = {}
+
+    def get(name: str) -> torch.Tensor:
+        file = files[name]
+        if file not in handles:
+            handles[file] = _open_safetensors(file)
+        try:
+            return handles[file].get_tensor(name)
+        except Exception as err:
+            raise CheckpointError(f"{file}: cannot read tensor {name!r}: {err}") from None
+
     for ours, theirs in names.items():
+        if sources is not None and sources[theirs].kind != "plain":  # fp8 dequantized, or experts stacked
+            source = sources[theirs]
+            file = files[source.parts[0]]
+            try:
+                tensor = hf.build_source(source, get)
+            except (RuntimeError, ValueError) as err:
+                raise CheckpointError(f"{file}: cannot dequantize {', '.join(p for p in source.parts if p)} into "
+                                      f"{theirs!r}: {err}") from None
+            _check_shape(ours, theirs, file, tuple(tensor.shape), expected[ours])
+            yield ours, tensor
+            continue
         file = files[theirs]
         if file not in handles:
             handles[file] = _open_safetensors(file)
@@ -277,6 +308,20 @@ def _meta_shards(path: Path) -> tuple[list[Path], list[dict[str, torch.Tensor]],
         names = [f.name for f in files]
         raise CheckpointError(f"{path}: shard files are not numbered 00..{len(files) - 1:02d}: {names}")
     shards = [_load_pth(f) for f in files]
+    if any(path.glob("int4_scales_*.pt")):
+        raise CheckpointError(f"{path}: a pre-quantized int4 checkpoint of Meta's scripts/quantize.py, which Meta's "
+                              "own loader does not read consistently (spec §7.2); load the bf16 release with "
+                              "quantize='int4-g128' (the same int4_mixed scheme) instead")
+    fp8 = sorted(path.glob("fp8_scales_*.pt"))
+    if fp8:
+        if [f.name for f in fp8] != [f"fp8_scales_{i}.pt" for i in range(len(files))]:
+            raise CheckpointError(f"{path}: fp8 scale files {[f.name for f in fp8]} do not match the "
+                                  f"{len(files)} shard(s)")
+        n_experts = meta.model_config_from_params(json.loads((path / "params.json").read_text())).text.n_experts
+        try:
+            shards = [meta.DequantizedShard(s, _load_pth(f), n_experts) for s, f in zip(shards, fp8, strict=True)]
+        except ValueError as err:
+            raise CheckpointError(f"{path}: {err}") from None
     keys = [{k for k in s if not meta.is_dropped(k)} for s in shards]
     for file, k in zip(files[1:], keys[1:], strict=True):
         if k != keys[0]:

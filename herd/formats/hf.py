@@ -11,7 +11,12 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
+
+import torch
 
 from herd.config import ConfigError, ModelConfig, RopeScaling, TextConfig, VisionConfig
 
@@ -201,8 +206,9 @@ def model_config_from_hf(raw: dict[str, Any], where: str = "config.json") -> Mod
     if "quantization_config" in raw:
         quant = raw["quantization_config"]
         method = quant.get("quant_method", "?") if isinstance(quant, dict) else quant
-        if method != "herd":  # herd's own (herd.quant) is read by herd.checkpoint.read_quantization
-            raise ConfigError(f"{where}: quantized checkpoints ({method}) are not supported yet")
+        if method not in ("herd", *FP8_METHODS):  # herd's own: herd.checkpoint.read_quantization; fp8: dequantized
+            raise ConfigError(f"{where}: quantized checkpoints ({method}) are not supported; herd reads its own "
+                              f"(herd quantize) and fp8 ones ({', '.join(FP8_METHODS)})")
         raw = {k: v for k, v in raw.items() if k != "quantization_config"}
     if raw.get("model_type") == "llama4_text" or "text_config" not in raw:
         return ModelConfig(text=text_config_from_hf(raw, where))
@@ -344,3 +350,89 @@ def model_config_to_hf(config: ModelConfig, dtype: str) -> dict[str, Any]:
         "text_config": text, "vision_config": vision, "boi_token_index": 200080, "eoi_token_index": 200081,
         "image_token_index": v.patch_token_id, "tie_word_embeddings": False,
     }
+
+
+# ---- fp8 checkpoints (HF fbgemm_fp8 and compressed-tensors), dequantized while read ----
+
+FP8_METHODS = ("fbgemm_fp8", "compressed-tensors", "fp8")
+_PER_EXPERT = re.compile(r"^(?P<prefix>.*\.experts)\.(?P<i>\d+)\.(?P<proj>gate|up|down)_proj\."
+                         r"(?P<kind>weight|weight_scale)$")
+
+
+@dataclass(frozen=True)
+class Source:
+    """How one tensor the HF name map asks for is made from stored ones: `parts` (names in the files) and
+    `kind`: "plain" (stored as is), "linear" (fp8 [out, in] × its per-row `weight_scale`), "experts" (fp8
+    input-major [E, in, out] × a per-output scale), "stacked" (per-expert Linears, gate and up or down,
+    each dequantized, transposed and stacked into the fused input-major tensor)."""
+
+    kind: str
+    parts: tuple[str, ...]
+
+
+def fp8_sources(stored: Iterable[str]) -> dict[str, Source]:
+    """The HF tensor names an fp8 checkpoint stands for, and how each is made (see `Source`). Activation
+    scales (`input_scale`, static or not) are dropped: herd keeps activations in bf16/fp32."""
+    stored = set(stored)
+    out: dict[str, Source] = {}
+    experts: dict[str, dict[tuple[str, int], str]] = {}
+    for name in sorted(stored):
+        if name.endswith(("_scale", ".input_scale")) and not _PER_EXPERT.match(name):
+            continue
+        m = _PER_EXPERT.match(name)
+        if m:
+            if m["kind"] == "weight":
+                experts.setdefault(m["prefix"], {})[(m["proj"], int(m["i"]))] = name
+            continue
+        if name.endswith(".weight") and f"{name}_scale" in stored:
+            out[name] = Source("linear", (name, f"{name}_scale"))
+        elif f"{name}_scale" in stored:
+            out[name] = Source("experts", (name, f"{name}_scale"))
+        else:
+            out[name] = Source("plain", (name,))
+    for prefix, parts in experts.items():
+        n = 1 + max(i for _, i in parts)
+        for fused, projs in (("gate_up_proj", ("gate", "up")), ("down_proj", ("down",))):
+            names = []
+            for proj in projs:
+                for i in range(n):
+                    if (proj, i) not in parts:
+                        raise ValueError(f"per-expert weights of {prefix} lack {proj}_proj of expert {i}")
+                    names.append(parts[(proj, i)])
+            scales = [f"{x}_scale" for x in names]
+            out[f"{prefix}.{fused}"] = Source("stacked", (*names, *(s if s in stored else "" for s in scales)))
+    return out
+
+
+def _scaled(weight: torch.Tensor, scale: torch.Tensor | None, out_dim: int) -> torch.Tensor:
+    """weight (fp8 or float) × its scale along dimension `out_dim` (per output), in fp32."""
+    w = weight.float()
+    if scale is None:
+        return w
+    s = scale.float()
+    if s.numel() == 1:
+        return w * s.reshape(())
+    if w.dim() == 3 and s.numel() == w.shape[0]:  # one scale per expert
+        return w * s.reshape(-1, 1, 1)
+    shape = [1] * w.dim()
+    shape[out_dim] = w.shape[out_dim]
+    if w.dim() == 3:  # experts [E, in, out]: one scale per expert and output
+        shape[0] = w.shape[0]
+    return w * s.reshape(shape)
+
+
+def build_source(source: Source, get: Callable[[str], torch.Tensor]) -> torch.Tensor:
+    """The tensor `source` describes, reading stored tensors with `get(name)`."""
+    if source.kind == "plain":
+        return get(source.parts[0])
+    if source.kind == "linear":
+        return _scaled(get(source.parts[0]), get(source.parts[1]), 0)
+    if source.kind == "experts":
+        return _scaled(get(source.parts[0]), get(source.parts[1]), 2)
+    half = len(source.parts) // 2
+    weights, scales = source.parts[:half], source.parts[half:]
+    mats = [_scaled(get(w), get(s) if s else None, 0).T for w, s in zip(weights, scales, strict=True)]
+    if "gate_proj" in weights[0]:  # gate_up [E, D, 2F] = cat(gate_e.T, up_e.T): gates first, then ups
+        n = len(mats) // 2
+        return torch.stack([torch.cat((mats[e], mats[n + e]), dim=-1) for e in range(n)])
+    return torch.stack(mats)  # down [E, F, D]

@@ -245,3 +245,32 @@ def vision_rules(vision: VisionConfig) -> dict[str, Rule]:
 
 def is_dropped(key: str) -> bool:
     return key.endswith(DROPPED_SUFFIXES)
+
+
+# ---- fp8_mixed (spec §7.1): routed experts in fp8 e4m3 with per-output-row fp32 scales beside the shards ----
+
+_FP8_EXPERTS = {"w1": "moe_w_in_eD_F", "w3": "moe_w_swiglu_eD_F", "w2": "moe_w_out_eF_D"}
+
+
+class DequantizedShard(dict):
+    """A shard whose fp8 expert tensors are dequantized (to fp32) when read: `scales` maps Meta's scale keys
+    (`layers.{l}.feed_forward.experts.{w1,w3,w2}`, [E, F/MP] for w1/w3 and [E, D] for w2) to this rank's
+    scales. W1/W3 are stored [E·D, F/MP] (scaled per output column), W2 [E·F/MP, D] (per output D)."""
+
+    def __init__(self, shard: dict, scales: dict[str, torch.Tensor], n_experts: int) -> None:
+        super().__init__(shard)
+        self.n_experts, self.pending = n_experts, {}
+        for key, scale in scales.items():
+            prefix, which = key.rsplit(".", 1)
+            if which not in _FP8_EXPERTS or f"{prefix}.{_FP8_EXPERTS[which]}" not in shard:
+                raise ValueError(f"fp8 scale {key!r} names no expert tensor of the shard")
+            self.pending[f"{prefix}.{_FP8_EXPERTS[which]}"] = (which, scale)
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        tensor = super().__getitem__(name)
+        if name not in self.pending:
+            return tensor
+        _, scale = self.pending[name]
+        # both layouts keep the output last: [E·D, F_r] × [E, F_r] (W1, W3) and [E·F_r, D] × [E, D] (W2)
+        w = tensor.float().view(self.n_experts, -1, tensor.shape[-1]) * scale.float().view(self.n_experts, 1, -1)
+        return w.view(tensor.shape)
