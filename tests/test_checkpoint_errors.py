@@ -196,8 +196,9 @@ def test_config_layer_types_disagree(hf_dir, tmp_path):
 
 
 def test_config_quantized(hf_dir, tmp_path):
-    quant = {"quant_method": "fbgemm_fp8", "activation_scale_ub": 1200.0, "modules_to_not_convert": []}
-    _hf_config_error(hf_dir, tmp_path, lambda c: c.update(quantization_config=quant), "quantized", "fbgemm_fp8")
+    """fp8 checkpoints are dequantized (test_fp8_checkpoints.py); other methods are named as unsupported."""
+    quant = {"quant_method": "gptq", "bits": 4, "group_size": 128}
+    _hf_config_error(hf_dir, tmp_path, lambda c: c.update(quantization_config=quant), "quantized", "gptq")
 
 
 @pytest.mark.parametrize("section", ["text_config", "vision_config"])
