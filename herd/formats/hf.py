@@ -205,7 +205,9 @@ def model_config_from_hf(raw: dict[str, Any], where: str = "config.json") -> Mod
     """Read `Llama4ForConditionalGeneration` (model_type llama4) or `Llama4ForCausalLM` (llama4_text)."""
     if "quantization_config" in raw:
         quant = raw["quantization_config"]
-        method = quant.get("quant_method", "?") if isinstance(quant, dict) else quant
+        if not isinstance(quant, dict):
+            raise ConfigError(f"{where}: quantization_config must be an object, found {quant!r}")
+        method = quant.get("quant_method", "?")
         if method not in ("herd", *FP8_METHODS):  # herd's own: herd.checkpoint.read_quantization; fp8: dequantized
             raise ConfigError(f"{where}: quantized checkpoints ({method}) are not supported; herd reads its own "
                               f"(herd quantize) and fp8 ones ({', '.join(FP8_METHODS)})")
