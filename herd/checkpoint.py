@@ -16,6 +16,7 @@ import io
 import json
 import logging
 import os
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -152,7 +153,7 @@ def load(
             raise CheckpointError(f"{path}: {err}") from None
         present = set(sources) if sources is not None else set(files)
         _check_coverage(path, present - (set(vision_keys) if vision is None else set()), set(names.values()), "HF")
-        tensors = _read_hf(names, files, expected, quantized, sources)
+        tensors = _read_hf(names, files, expected, quantized, sources, fresh=bool(quantize and not stored))
     else:
         rules = meta.text_rules(config.text) | (meta.vision_rules(vision) if vision else {})
         wanted = {source for rule in rules.values() for source in rule.sources}
@@ -206,6 +207,40 @@ def _hf_weight_map(path: Path) -> dict[str, Path]:
     return {name: singles[0] for name in _open_safetensors(singles[0]).keys()}  # noqa: SIM118
 
 
+_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                       "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+                       "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
+
+
+class _FreshReader:
+    """Reads one tensor at a time of a safetensors file into memory of its own, with the file's header
+    (8-byte length, JSON of dtype, shape and data offsets). safetensors' own reader hands out views of one
+    mapping of the whole file, whose pages stay resident until every view is gone; when a load quantizes,
+    that made its peak the quantized model plus a whole shard. Here a tensor's bytes are freed with it."""
+
+    def __init__(self, file: Path) -> None:
+        self.file = file
+        try:
+            self.f = open(file, "rb")  # noqa: SIM115 (closed by __exit__)
+            (n,) = struct.unpack("<Q", self.f.read(8))
+            self.header = json.loads(self.f.read(n))
+        except (OSError, struct.error, ValueError) as err:
+            raise CheckpointError(f"{file}: not a readable safetensors file (truncated or corrupt?): {err}") from None
+        self.base = 8 + n
+
+    def get_tensor(self, name: str) -> torch.Tensor:
+        entry = self.header[name]
+        (begin, end), dtype = entry["data_offsets"], _SAFETENSORS_DTYPES[entry["dtype"]]
+        raw = torch.empty(end - begin, dtype=torch.uint8)
+        self.f.seek(self.base + begin)
+        if self.f.readinto(raw.numpy()) != end - begin:
+            raise ValueError(f"the file ends inside tensor {name!r}")
+        return raw.view(dtype).reshape(entry["shape"])
+
+    def __exit__(self, *exc: object) -> None:
+        self.f.close()
+
+
 def _open_safetensors(file: Path) -> Any:
     try:
         return safe_open(str(file), framework="pt", device="cpu")
@@ -231,18 +266,29 @@ def _needs_sources(files: dict[str, Path]) -> bool:
 
 def _read_hf(
     names: dict[str, str], files: dict[str, Path], expected: dict[str, tuple[int, ...]],
-    quantized: set[str] = frozenset(), sources: dict[str, hf.Source] | None = None,
+    quantized: set[str] = frozenset(), sources: dict[str, hf.Source] | None = None, fresh: bool = False,
 ) -> Iterator[tuple[str, torch.Tensor]]:
+    """The tensors of `names` (herd name -> HF name) in order, checked. `fresh`: each read into memory of its
+    own (`_FreshReader`), for loads that transform tensors and drop them."""
     handles: dict[Path, Any] = {}
+    # Close each file after the last tensor read from it.
+    reads = [p for theirs in names.values() for p in (sources[theirs].parts if sources is not None else (theirs,)) if p]
+    last_use = {files[name]: i for i, name in enumerate(reads)}
+    read_count = 0
 
     def get(name: str) -> torch.Tensor:
+        nonlocal read_count
         file = files[name]
         if file not in handles:
-            handles[file] = _open_safetensors(file)
+            handles[file] = _FreshReader(file) if fresh else _open_safetensors(file)
         try:
-            return handles[file].get_tensor(name)
+            tensor = handles[file].get_tensor(name)
         except Exception as err:
             raise CheckpointError(f"{file}: cannot read tensor {name!r}: {err}") from None
+        read_count += 1
+        if last_use[file] < read_count:
+            handles.pop(file).__exit__(None, None, None)
+        return tensor
 
     for ours, theirs in names.items():
         if sources is not None and sources[theirs].kind != "plain":  # fp8 dequantized, or experts stacked
@@ -257,15 +303,8 @@ def _read_hf(
             yield ours, tensor
             continue
         file = files[theirs]
-        if file not in handles:
-            handles[file] = _open_safetensors(file)
-        f = handles[file]
-        try:
-            shape = tuple(f.get_slice(theirs).get_shape())
-            tensor = f.get_tensor(theirs)
-        except Exception as err:
-            raise CheckpointError(f"{file}: cannot read tensor {theirs!r}: {err}") from None
-        _check_shape(ours, theirs, file, shape, expected[ours])
+        tensor = get(theirs)
+        _check_shape(ours, theirs, file, tuple(tensor.shape), expected[ours])
         if ours.endswith(("codes", "_codes")) and ours in quantized:
             if tensor.dtype not in (torch.int8, torch.uint8):
                 raise CheckpointError(f"{file}: tensor {theirs!r} (herd {ours!r}) holds {tensor.dtype} codes, "

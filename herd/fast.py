@@ -178,7 +178,9 @@ def fuse_projections(model: nn.Module) -> nn.Module:
     from herd.ffn import FeedForward
     from herd.model import Attention
 
-    for module in list(model.modules()):
+    # Only the owners are listed: a list of every module would keep the replaced parts of a quantized layer
+    # (and their codes) alive until the loop ends, doubling its weights' memory for the duration.
+    for module in [m for m in model.modules() if isinstance(m, (Attention, FeedForward))]:
         if isinstance(module, Attention) and not isinstance(module, _Tied):
             _fuse(module, "wqkv", _FusedAttention)
         elif isinstance(module, FeedForward) and not isinstance(module, _Tied):

@@ -102,27 +102,53 @@ static const uint16_t NIBBLE_TABLES[3][32] __attribute__((aligned(64))) = {
 
 static inline __m512i nibble_table(int kind) { return _mm512_load_si512(NIBBLE_TABLES[kind]); }
 
+/* One chunk of int8 codes (32 inputs from k, `left` of them in the row) against N bf16 rows, scaled by s. */
+#define HERD_INT8_CHUNK(N, k, left, s)                                                                        \
+    {                                                                                                         \
+        const __mmask32 m = (left) >= 32 ? ~(__mmask32)0 : (__mmask32)((1u << (left)) - 1);                   \
+        const __m512i v = _mm512_cvtepu8_epi16((left) >= 32 ? _mm256_loadu_si256((const __m256i *)(codes + (k))) \
+                                                            : _mm256_maskz_loadu_epi8(m, codes + (k)));       \
+        const __m512bh wl = (__m512bh)_mm512_permutexvar_epi16(_mm512_and_si512(v, low4), lo_t);              \
+        const __m512bh wh = (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(v, 4), hi_t);                \
+        for (int b = 0; b < N; b++) {                                                                         \
+            const __m512bh x = (__m512bh)((left) >= 32 ? _mm512_loadu_si512(xs[b] + (k))                      \
+                                                       : _mm512_maskz_loadu_epi16(m, xs[b] + (k)));           \
+            const __m512 g = _mm512_dpbf16_ps(_mm512_dpbf16_ps(_mm512_setzero_ps(), wl, x), wh, x);            \
+            acc[b] = _mm512_fmadd_ps(g, s, acc[b]);                                                           \
+        }                                                                                                     \
+    }
+
+/* One chunk of int4 codes (32 bytes from byte j: inputs 2j … 2j+63, `left` bytes in the row) against N rows'
+   even and odd halves, lane-scaled by s (lanes 0-7 hold bytes j … j+15, lanes 8-15 the next 16). */
+#define HERD_INT4_CHUNK(N, j, left, s)                                                                        \
+    {                                                                                                         \
+        const __mmask32 m = (left) >= 32 ? ~(__mmask32)0 : (__mmask32)((1u << (left)) - 1);                   \
+        const __m512i v = _mm512_cvtepu8_epi16((left) >= 32 ? _mm256_loadu_si256((const __m256i *)(codes + (j))) \
+                                                            : _mm256_maskz_loadu_epi8(m, codes + (j)));       \
+        const __m512bh we = (__m512bh)_mm512_permutexvar_epi16(_mm512_and_si512(v, low4), t);                 \
+        const __m512bh wo = (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(v, 4), t);                   \
+        for (int b = 0; b < N; b++) {                                                                         \
+            const __m512bh e = (__m512bh)((left) >= 32 ? _mm512_loadu_si512(xe[b] + (j))                      \
+                                                       : _mm512_maskz_loadu_epi16(m, xe[b] + (j)));           \
+            const __m512bh o = (__m512bh)((left) >= 32 ? _mm512_loadu_si512(xo[b] + (j))                      \
+                                                       : _mm512_maskz_loadu_epi16(m, xo[b] + (j)));           \
+            const __m512 g = _mm512_dpbf16_ps(_mm512_dpbf16_ps(_mm512_setzero_ps(), we, e), wo, o);            \
+            acc[b] = _mm512_fmadd_ps(g, s, acc[b]);                                                           \
+        }                                                                                                     \
+    }
+
+/* Loops by group (no division or counters per chunk: each cost as much as a chunk's products); masked loads
+   only in a row's last chunk (masking every load halved the speed). */
 #define HERD_QDOTS_BF16(N)                                                                                    \
     static inline void qdots_bf16_int8_##N(const int8_t *codes, const float *scales, long group,             \
                                            const uint16_t *const *xs, long K, float *out) {                   \
         const __m512i lo_t = nibble_table(0), hi_t = nibble_table(2), low4 = _mm512_set1_epi16(15);           \
         __m512 acc[N];                                                                                        \
         for (int b = 0; b < N; b++) acc[b] = _mm512_setzero_ps();                                             \
-        const long per_group = group / 32;                                                                    \
-        for (long k = 0, c = 0, si = 0; k < K; k += 32, si += (++c == per_group), c = c == per_group ? 0 : c) { \
-            const long left = K - k; /* masked loads only for the last chunk: masking every one halves speed */ \
-            const __mmask32 m = left >= 32 ? ~(__mmask32)0 : (__mmask32)((1u << left) - 1);                   \
-            const __m512i v = _mm512_cvtepu8_epi16(left >= 32 ? _mm256_loadu_si256((const __m256i *)(codes + k)) \
-                                                              : _mm256_maskz_loadu_epi8(m, codes + k));       \
-            const __m512bh wl = (__m512bh)_mm512_permutexvar_epi16(_mm512_and_si512(v, low4), lo_t);          \
-            const __m512bh wh = (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(v, 4), hi_t);            \
+        for (long g0 = 0, si = 0; g0 < K; g0 += group, si++) {                                                \
             const __m512 s = _mm512_set1_ps(scales[si]);                                                      \
-            for (int b = 0; b < N; b++) {                                                                     \
-                const __m512bh x = (__m512bh)(left >= 32 ? _mm512_loadu_si512(xs[b] + k)                      \
-                                                         : _mm512_maskz_loadu_epi16(m, xs[b] + k));           \
-                const __m512 g = _mm512_dpbf16_ps(_mm512_dpbf16_ps(_mm512_setzero_ps(), wl, x), wh, x);        \
-                acc[b] = _mm512_fmadd_ps(g, s, acc[b]);                                                       \
-            }                                                                                                 \
+            const long end = g0 + group < K ? g0 + group : K;                                                 \
+            for (long k = g0; k < end; k += 32) HERD_INT8_CHUNK(N, k, end - k, s)                             \
         }                                                                                                     \
         for (int b = 0; b < N; b++) out[b] = _mm512_reduce_add_ps(acc[b]);                                    \
     }                                                                                                         \
@@ -133,26 +159,19 @@ static inline __m512i nibble_table(int kind) { return _mm512_load_si512(NIBBLE_T
         __m512 acc[N];                                                                                        \
         for (int b = 0; b < N; b++) acc[b] = _mm512_setzero_ps();                                             \
         const long half = K / 2;                                                                              \
-        const long per_group = group == 32 ? 1 : group / 64; /* chunks per scale step (two scales at 32) */    \
-        const long step = group == 32 ? 2 : 1;                                                                \
-        for (long j = 0, c = 0, si = 0; j < half; j += 32, si += (++c == per_group) * step,                   \
-                  c = c == per_group ? 0 : c) {                                                               \
-            const long left = half - j;                                                                       \
-            const __mmask32 m = left >= 32 ? ~(__mmask32)0 : (__mmask32)((1u << left) - 1);                   \
-            const __m512i v = _mm512_cvtepu8_epi16(left >= 32 ? _mm256_loadu_si256((const __m256i *)(codes + j)) \
-                                                              : _mm256_maskz_loadu_epi8(m, codes + j));       \
-            const __m512bh we = (__m512bh)_mm512_permutexvar_epi16(_mm512_and_si512(v, low4), t);             \
-            const __m512bh wo = (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(v, 4), t);               \
-            const __m512 s = group == 32 && left > 16                                                         \
-                ? _mm512_mask_blend_ps((__mmask16)0xFF00, _mm512_set1_ps(scales[si]), _mm512_set1_ps(scales[si + 1])) \
-                : _mm512_set1_ps(scales[si]);                                                                 \
-            for (int b = 0; b < N; b++) {                                                                     \
-                const __m512bh e = (__m512bh)(left >= 32 ? _mm512_loadu_si512(xe[b] + j)                      \
-                                                         : _mm512_maskz_loadu_epi16(m, xe[b] + j));           \
-                const __m512bh o = (__m512bh)(left >= 32 ? _mm512_loadu_si512(xo[b] + j)                      \
-                                                         : _mm512_maskz_loadu_epi16(m, xo[b] + j));           \
-                const __m512 g = _mm512_dpbf16_ps(_mm512_dpbf16_ps(_mm512_setzero_ps(), we, e), wo, o);        \
-                acc[b] = _mm512_fmadd_ps(g, s, acc[b]);                                                       \
+        if (group == 32) { /* two groups per chunk: lanes 0-7 and 8-15 */                                     \
+            for (long j = 0; j < half; j += 32) {                                                             \
+                const float *sc = scales + j / 16;                                                            \
+                const __m512 s = half - j > 16 ? _mm512_mask_blend_ps((__mmask16)0xFF00, _mm512_set1_ps(sc[0]), \
+                                                                      _mm512_set1_ps(sc[1]))                  \
+                                               : _mm512_set1_ps(sc[0]);                                       \
+                HERD_INT4_CHUNK(N, j, half - j, s)                                                            \
+            }                                                                                                 \
+        } else { /* a multiple of 64 inputs: whole chunks per group */                                        \
+            for (long g0 = 0, si = 0; g0 < half; g0 += group / 2, si++) {                                     \
+                const __m512 s = _mm512_set1_ps(scales[si]);                                                  \
+                const long end = g0 + group / 2 < half ? g0 + group / 2 : half;                               \
+                for (long j = g0; j < end; j += 32) HERD_INT4_CHUNK(N, j, end - j, s)                         \
             }                                                                                                 \
         }                                                                                                     \
         for (int b = 0; b < N; b++) out[b] = _mm512_reduce_add_ps(acc[b]);                                    \

@@ -76,10 +76,26 @@ def _grouped(w: torch.Tensor, group: int) -> tuple[torch.Tensor, int]:
     return w.reshape(*w.shape[:-1], -1, group), K
 
 
+CHUNK_ELEMENTS = 1 << 22  # rows quantized together: bounds the fp32 temporaries (~5 copies) to ~80 MB
+
+
 def quantize(w: torch.Tensor, s: Scheme | str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Codes (int8; int4 packed two per byte) and fp32 scales of a weight [..., N, K]; see the module doc."""
+    """Codes (int8; int4 packed two per byte) and fp32 scales of a weight [..., N, K]; see the module doc.
+    Large weights go through in chunks of rows, so that the transient fp32 copies stay small."""
     s = scheme(s)
     s.code_shape(tuple(w.shape))  # checks int4's even K
+    rows = w.reshape(-1, w.shape[-1]) if w.dim() > 1 else w.reshape(1, -1)
+    step = max(1, CHUNK_ELEMENTS // max(1, w.shape[-1]))
+    if rows.shape[0] <= step:
+        return _quantize(w, s)
+    codes = torch.empty((rows.shape[0], *s.code_shape(tuple(w.shape))[-1:]), dtype=torch.int8, device=w.device)
+    scales = torch.empty((rows.shape[0], s.groups(w.shape[-1])), dtype=torch.float32, device=w.device)
+    for start in range(0, rows.shape[0], step):
+        codes[start : start + step], scales[start : start + step] = _quantize(rows[start : start + step], s)
+    return codes.view(s.code_shape(tuple(w.shape))), scales.view(s.scale_shape(tuple(w.shape)))
+
+
+def _quantize(w: torch.Tensor, s: Scheme) -> tuple[torch.Tensor, torch.Tensor]:
     g, K = _grouped(w, s.group)
     amax = g.abs().amax(dim=-1, keepdim=True)
     if s.bits == 8:
