@@ -145,10 +145,22 @@ static inline __m512i nibble_table(int kind) { return _mm512_load_si512(NIBBLE_T
         const __m512i lo_t = nibble_table(0), hi_t = nibble_table(2), low4 = _mm512_set1_epi16(15);           \
         __m512 acc[N];                                                                                        \
         for (int b = 0; b < N; b++) acc[b] = _mm512_setzero_ps();                                             \
-        for (long g0 = 0, si = 0; g0 < K; g0 += group, si++) {                                                \
-            const __m512 s = _mm512_set1_ps(scales[si]);                                                      \
-            const long end = g0 + group < K ? g0 + group : K;                                                 \
-            for (long k = g0; k < end; k += 32) HERD_INT8_CHUNK(N, k, end - k, s)                             \
+        if (group == 32) { /* one scale per chunk: the common case, with the least bookkeeping */              \
+            const long full = K & ~31L;                                                                       \
+            for (long k = 0; k < full; k += 32) {                                                             \
+                const __m512 s = _mm512_set1_ps(scales[k >> 5]);                                              \
+                HERD_INT8_CHUNK(N, k, 32, s)                                                                  \
+            }                                                                                                 \
+            if (full < K) {                                                                                   \
+                const __m512 s = _mm512_set1_ps(scales[full >> 5]);                                           \
+                HERD_INT8_CHUNK(N, full, K - full, s)                                                         \
+            }                                                                                                 \
+        } else {                                                                                              \
+            for (long g0 = 0, si = 0; g0 < K; g0 += group, si++) {                                            \
+                const __m512 s = _mm512_set1_ps(scales[si]);                                                  \
+                const long end = g0 + group < K ? g0 + group : K;                                             \
+                for (long k = g0; k < end; k += 32) HERD_INT8_CHUNK(N, k, end - k, s)                         \
+            }                                                                                                 \
         }                                                                                                     \
         for (int b = 0; b < N; b++) out[b] = _mm512_reduce_add_ps(acc[b]);                                    \
     }                                                                                                         \
