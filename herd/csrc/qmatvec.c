@@ -5,41 +5,29 @@
    takes a contiguous range of weight rows and streams their codes and scales in order. */
 #include "quant.h"
 
-void herd_qmatvec(const float *xa, const float *xb, const int8_t *codes, const float *scales, float *y, long M,
-                  long N, long K, int bits, long group, int threads) {
-    const long row_bytes = bits == 4 ? K / 2 : K, row_scales = (K + group - 1) / group;
-    const long width = bits == 4 ? K / 2 : K;
-    #pragma omp parallel num_threads(threads)
-    {
-        const float *as[M], *bs[M];
-        float dots[M];
-        for (long m = 0; m < M; m++) as[m] = xa + m * width, bs[m] = xb ? xb + m * width : as[m];
-        #pragma omp for schedule(static)
-        for (long n = 0; n < N; n++) {
-            qdots(bits, codes + n * row_bytes, scales + n * row_scales, group, as, bs, M, K, dots);
-            for (long m = 0; m < M; m++) y[m * N + n] = dots[m];
-        }
+/* NAME(xa, xb, codes, scales, y, M, N, K, bits, group, threads) for activations of type XT, products by QDOTS. */
+#define HERD_QMATVEC(NAME, XT, QDOTS)                                                                          \
+    void NAME(const XT *xa, const XT *xb, const int8_t *codes, const float *scales, float *y, long M, long N,  \
+              long K, int bits, long group, int threads) {                                                     \
+        const long row_bytes = bits == 4 ? K / 2 : K, row_scales = (K + group - 1) / group;                   \
+        const long width = bits == 4 ? K / 2 : K;                                                              \
+        _Pragma("omp parallel num_threads(threads)")                                                           \
+        {                                                                                                      \
+            const XT *as[M], *bs[M];                                                                           \
+            float dots[M];                                                                                     \
+            for (long m = 0; m < M; m++) as[m] = xa + m * width, bs[m] = xb ? xb + m * width : as[m];         \
+            _Pragma("omp for schedule(static)")                                                                \
+            for (long n = 0; n < N; n++) {                                                                     \
+                QDOTS(bits, codes + n * row_bytes, scales + n * row_scales, group, as, bs, M, K, dots);        \
+                for (long m = 0; m < M; m++) y[m * N + n] = dots[m];                                           \
+            }                                                                                                  \
+        }                                                                                                      \
     }
-}
 
-/* The same with bf16 activations on AVX512-BF16 dot products (quant.h): xa is x [M, K] for int8, its even
-   inputs [M, K/2] for int4 (xb the odd ones). fp32 results. */
-void herd_qmatvec_bf16(const uint16_t *xa, const uint16_t *xb, const int8_t *codes, const float *scales, float *y,
-                       long M, long N, long K, int bits, long group, int threads) {
-    const long row_bytes = bits == 4 ? K / 2 : K, row_scales = (K + group - 1) / group;
-    const long width = bits == 4 ? K / 2 : K;
-    #pragma omp parallel num_threads(threads)
-    {
-        const uint16_t *as[M], *bs[M];
-        float dots[M];
-        for (long m = 0; m < M; m++) as[m] = xa + m * width, bs[m] = xb ? xb + m * width : as[m];
-        #pragma omp for schedule(static)
-        for (long n = 0; n < N; n++) {
-            qdots_bf16(bits, codes + n * row_bytes, scales + n * row_scales, group, as, bs, M, K, dots);
-            for (long m = 0; m < M; m++) y[m * N + n] = dots[m];
-        }
-    }
-}
+/* fp32 activations: codes widened to fp32, FMAs. */
+HERD_QMATVEC(herd_qmatvec, float, qdots)
+/* bf16 activations: codes looked up as bf16 values, AVX512-BF16 dot products. */
+HERD_QMATVEC(herd_qmatvec_bf16, uint16_t, qdots_bf16)
 
 /* Store 16 fp32 values at out + k as bf16 (round to nearest even) or fp32. */
 static inline void put16(void *out, long k, __m512 v, int out_bf16) {
