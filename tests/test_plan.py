@@ -64,3 +64,15 @@ def test_cli(capsys):
     assert main(["plan", "debug", "--budget", "1GiB"]) == 0
     assert "fits in" in capsys.readouterr().out
     assert memory_size("24GB") == 24 * 10**9 and memory_size("80 GiB") == 80 * 2**30
+
+
+def test_plan_of_a_quantized_checkpoint_is_what_it_holds(tmp_path, capsys):
+    """`herd plan DIR` on a checkpoint `herd quantize` wrote reports its scheme and groups, and the weight
+    bytes of the model it loads into."""
+    herd.save(herd.build(SCOUT_LIKE, seed=0, dtype=torch.bfloat16), tmp_path / "plain")
+    assert main(["quantize", str(tmp_path / "plain"), "--scheme", "int4", "--out", str(tmp_path / "q")]) == 0
+    capsys.readouterr()
+    assert main(["plan", str(tmp_path / "q"), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["format"] == "int4" and out["groups"] == list(DEFAULT_GROUPS)
+    assert out["weight_bytes"] == _state_bytes(herd.load(tmp_path / "q"))
