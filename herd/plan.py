@@ -29,9 +29,7 @@ from herd.quant.schemes import Scheme, scheme
 
 def _matrix_bytes(n: int, k: int, s: Scheme | None, dtype_bytes: int) -> int:
     """Bytes of an [n, k] weight: plain, or codes and fp32 scales."""
-    if s is None:
-        return n * k * dtype_bytes
-    return n * (k if s.bits == 8 else k // 2) + n * s.groups(k) * 4
+    return n * k * dtype_bytes if s is None else s.nbytes((n, k))
 
 
 @dataclass
@@ -70,6 +68,7 @@ def plan(config: ModelConfig, quant: str | None = None, groups: tuple[str, ...] 
     w["LM head"] = _matrix_bytes(c.vocab_size, D, q["lm_head"], b)
     w["norms and routers"] = D * b  # final norm
     biggest = 0  # elements of the largest quantized matrix a prefill dequantizes
+    widest = 0  # the largest SwiGLU hidden size
     for layer in range(c.n_layers):
         w["norms and routers"] += 2 * D * b
         shapes = [(H * K, D), (G * K, D), (G * K, D), (D, H * K)]
@@ -88,12 +87,12 @@ def plan(config: ModelConfig, quant: str | None = None, groups: tuple[str, ...] 
             F = c.ffn_dim
             w["dense FFN"] += _matrix_bytes(F, D, q["ffn"], b) * 2 + _matrix_bytes(D, F, q["ffn"], b)
             biggest = max(biggest, 2 * F * D) if q["ffn"] else biggest
+        widest = max(widest, F)
     if config.vision is not None:
         w["vision"] = vision_count(config.vision, D) * b
-    F = max(c.expert_dim if c.n_experts else 0, c.ffn_dim if any(not c.is_moe_layer(i) for i in range(c.n_layers))
-            else 0)
     P = min(prefill_chunk, context)
-    activations = P * (6 * D + (H + 2 * G) * K + 4 * F) * b + P * H * K * 4 + biggest * b + slots * c.vocab_size * 4
+    activations = (P * (6 * D + (H + 2 * G) * K + 4 * widest) * b + P * H * K * 4 + biggest * b
+                   + slots * c.vocab_size * 4)
     return Plan(config, s.name if s else None, groups, dtype, context, slots, prefill_chunk, w,
                 KVPool.bytes_per_slot(c, context, dtype) * slots, activations)
 

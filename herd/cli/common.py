@@ -17,7 +17,7 @@ from herd.infer.engine import Engine
 from herd.infer.sampling import SamplingParams
 from herd.infer.steps import FastDecode
 from herd.model import Transformer
-from herd.quant import SCHEMES, quantize_model
+from herd.quant import DEFAULT_GROUPS, GROUPS, SCHEMES, quantize_model
 from herd.tokenizer import Tokenizer, TokenizerError, load_tokenizer
 
 log = logging.getLogger("herd")
@@ -41,6 +41,17 @@ def add_quant_flag(parser: argparse.ArgumentParser) -> None:
                         help="quantize the weights while loading (herd.quant; the LM head, router, norms and "
                              "embedding stay in --dtype). A checkpoint written by `herd quantize` loads quantized "
                              "without it")
+
+
+def add_quant_groups_flags(parser: argparse.ArgumentParser) -> None:
+    """--modules and --lm-head: which module groups a quantization scheme applies to (`quant_groups`)."""
+    parser.add_argument("--modules", nargs="+", choices=GROUPS, default=list(DEFAULT_GROUPS),
+                        help=f"module groups to quantize (default: {' '.join(DEFAULT_GROUPS)})")
+    parser.add_argument("--lm-head", action="store_true", help="quantize the LM head too")
+
+
+def quant_groups(args: argparse.Namespace) -> tuple[str, ...]:
+    return tuple(dict.fromkeys([*args.modules, *(["lm_head"] if args.lm_head else [])]))
 
 
 def load_model(args: argparse.Namespace) -> Transformer:

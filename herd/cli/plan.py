@@ -8,10 +8,10 @@ import re
 from pathlib import Path
 
 from herd.checkpoint import read_config, read_quantization
-from herd.cli.common import DTYPES
+from herd.cli.common import DTYPES, add_quant_groups_flags, quant_groups
 from herd.config import PRESETS, ModelConfig, preset
 from herd.plan import Plan, largest_context, largest_slots, machine_memory, plan
-from herd.quant import DEFAULT_GROUPS, GROUPS, SCHEMES
+from herd.quant import SCHEMES
 
 HELP = "Does a model fit? Weights, KV cache and activations for a format, context and slot count."
 UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20,
@@ -29,9 +29,7 @@ def memory_size(text: str) -> int:
 def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", metavar="PRESET|PATH", help=f"a preset ({', '.join(PRESETS)}) or checkpoint directory")
     parser.add_argument("--quant", choices=list(SCHEMES), default=None, help="weight format (default: --dtype)")
-    parser.add_argument("--modules", nargs="+", choices=GROUPS, default=list(DEFAULT_GROUPS),
-                        help="module groups --quant applies to")
-    parser.add_argument("--lm-head", action="store_true", help="quantize the LM head too")
+    add_quant_groups_flags(parser)
     parser.add_argument("--dtype", choices=list(DTYPES), default="bfloat16", help="activations and kept weights")
     parser.add_argument("--context", type=int, default=8192, help="positions per KV slot (default 8192)")
     parser.add_argument("--slots", type=int, default=1, help="KV slots, i.e. sequences served at once (default 1)")
@@ -53,7 +51,7 @@ def _config(name: str) -> tuple[ModelConfig, dict | None]:
 
 def run(args: argparse.Namespace) -> int:
     config, stored = _config(args.model)
-    quant, groups = args.quant, tuple(dict.fromkeys([*args.modules, *(["lm_head"] if args.lm_head else [])]))
+    quant, groups = args.quant, quant_groups(args)
     if stored:  # a checkpoint `herd quantize` wrote: what it holds
         quant, groups = stored["scheme"], stored["groups"]
     total_memory, available = machine_memory()

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 import herd
-from herd.cli.common import DTYPES
-from herd.quant import DEFAULT_GROUPS, GROUPS, SCHEMES
+from herd.cli.common import DTYPES, add_quant_groups_flags, quant_groups
+from herd.quant import SCHEMES
 
 log = logging.getLogger("herd")
 HELP = "Quantize a checkpoint's weights (int8 / int4) into a new checkpoint directory."
@@ -25,9 +25,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scheme", choices=list(SCHEMES), required=True,
                         help="int8: groups of 32 (as Q8_0); int4: groups of 32; int4-g128: Meta's int4_mixed groups")
     parser.add_argument("--out", required=True, metavar="DST", help="directory to write (HF safetensors layout)")
-    parser.add_argument("--modules", nargs="+", choices=GROUPS, default=list(DEFAULT_GROUPS),
-                        help=f"module groups to quantize (default: {' '.join(DEFAULT_GROUPS)})")
-    parser.add_argument("--lm-head", action="store_true", help="quantize the LM head too")
+    add_quant_groups_flags(parser)
     parser.add_argument("--dtype", choices=list(DTYPES), default=None,
                         help="dtype of the weights left unquantized (default: as stored)")
 
@@ -41,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     if out.resolve() == source.resolve():
         print(f"herd quantize: --out must differ from the source ({source})", file=sys.stderr)
         return 2
-    groups = tuple(dict.fromkeys([*args.modules, *(["lm_head"] if args.lm_head else [])]))
+    groups = quant_groups(args)
     start = time.perf_counter()
     log.info("reading %s, quantizing %s to %s ...", source, ", ".join(groups), args.scheme)
     model = herd.load(source, dtype=DTYPES[args.dtype] if args.dtype else None, quantize=args.scheme,

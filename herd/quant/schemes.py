@@ -18,6 +18,7 @@ Shapes: N output rows, K inputs, G groups per row.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -33,10 +34,6 @@ class Scheme:
     bits: int  # 8 or 4
     group: int  # inputs per scale; a multiple of 32
 
-    @property
-    def qmax(self) -> int:
-        return 127 if self.bits == 8 else 7
-
     def groups(self, K: int) -> int:
         return -(-K // self.group)
 
@@ -50,8 +47,9 @@ class Scheme:
         *lead, K = shape
         return (*lead, self.groups(K))
 
-    def bytes_per_weight(self) -> float:
-        return self.bits / 8 + 4 / self.group
+    def nbytes(self, shape: tuple[int, ...]) -> int:
+        """Bytes of a weight of `shape` stored in this scheme: int8 codes and fp32 scales."""
+        return math.prod(self.code_shape(shape)) + 4 * math.prod(self.scale_shape(shape))
 
 
 SCHEMES = {s.name: s for s in (Scheme("int8", 8, 32), Scheme("int4", 4, 32), Scheme("int4-g128", 4, 128))}
@@ -137,16 +135,3 @@ def dequantize(codes: torch.Tensor, scales: torch.Tensor, s: Scheme | str,
     scale = scales.float().repeat_interleave(s.group, dim=-1)[..., :K]
     return (q * scale).to(dtype)
 
-
-def check(name: str, codes: torch.Tensor, scales: torch.Tensor, s: Scheme | str, shape: tuple[int, ...]) -> None:
-    """QuantError naming `name` unless codes and scales describe a weight of `shape` in scheme `s`."""
-    s = scheme(s)
-    want_codes, want_scales = s.code_shape(shape), s.scale_shape(shape)
-    if codes.dtype not in (torch.int8, torch.uint8):
-        raise QuantError(f"{name}: codes are {codes.dtype}, expected int8 ({s.name})")
-    if tuple(codes.shape) != want_codes:
-        raise QuantError(f"{name}: codes of shape {list(codes.shape)}, expected {list(want_codes)} for a "
-                         f"{s.name} weight of shape {list(shape)} (truncated or another scheme?)")
-    if not scales.is_floating_point() or tuple(scales.shape) != want_scales:
-        raise QuantError(f"{name}: scales {scales.dtype} of shape {list(scales.shape)}, expected float32 "
-                         f"{list(want_scales)} for a {s.name} weight of shape {list(shape)} (group {s.group})")
