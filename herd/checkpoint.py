@@ -125,7 +125,7 @@ def load(
         files = _hf_weight_map(path)
         vision_keys = [n for n in files if n.startswith(hf.VISION_PREFIXES)]
     else:
-        files, shards, keys = _meta_shards(path)
+        files, shards, keys = _meta_shards(path, config.text.n_experts)
         vision_keys = [k for k in keys if k.startswith(meta.VISION_PREFIXES)]
     if vision_keys and config.vision is None:
         raise CheckpointError(f"{path}: {len(vision_keys)} vision tensors (e.g. {vision_keys[0]!r}) but the config "
@@ -305,7 +305,7 @@ def _read_hf(
         file = files[theirs]
         tensor = get(theirs)
         _check_shape(ours, theirs, file, tuple(tensor.shape), expected[ours])
-        if ours.endswith(("codes", "_codes")) and ours in quantized:
+        if ours in quantized and ours.endswith("codes"):
             if tensor.dtype not in (torch.int8, torch.uint8):
                 raise CheckpointError(f"{file}: tensor {theirs!r} (herd {ours!r}) holds {tensor.dtype} codes, "
                                       "expected int8")
@@ -337,7 +337,7 @@ def _load_pth(file: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def _meta_shards(path: Path) -> tuple[list[Path], list[dict[str, torch.Tensor]], set[str]]:
+def _meta_shards(path: Path, n_experts: int) -> tuple[list[Path], list[dict[str, torch.Tensor]], set[str]]:
     """The shard files, their (memory-mapped) contents, and the tensor names every shard holds."""
     files = sorted(path.glob("consolidated.*.pth"))
     if not files:
@@ -356,7 +356,6 @@ def _meta_shards(path: Path) -> tuple[list[Path], list[dict[str, torch.Tensor]],
         if [f.name for f in fp8] != [f"fp8_scales_{i}.pt" for i in range(len(files))]:
             raise CheckpointError(f"{path}: fp8 scale files {[f.name for f in fp8]} do not match the "
                                   f"{len(files)} shard(s)")
-        n_experts = meta.model_config_from_params(json.loads((path / "params.json").read_text())).text.n_experts
         try:
             shards = [meta.DequantizedShard(s, _load_pth(f), n_experts) for s, f in zip(shards, fp8, strict=True)]
         except ValueError as err:

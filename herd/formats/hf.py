@@ -424,9 +424,8 @@ def _scaled(weight: torch.Tensor, scale: torch.Tensor | None, out_dim: int) -> t
 
 
 def build_source(source: Source, get: Callable[[str], torch.Tensor]) -> torch.Tensor:
-    """The tensor `source` describes, reading stored tensors with `get(name)`."""
-    if source.kind == "plain":
-        return get(source.parts[0])
+    """The tensor a non-plain `source` describes, reading stored tensors with `get(name)` (plain ones are read
+    as they are)."""
     if source.kind == "linear":
         return _scaled(get(source.parts[0]), get(source.parts[1]), 0)
     if source.kind == "experts":

@@ -264,13 +264,13 @@ class DequantizedShard(dict):
             prefix, which = key.rsplit(".", 1)
             if which not in _FP8_EXPERTS or f"{prefix}.{_FP8_EXPERTS[which]}" not in shard:
                 raise ValueError(f"fp8 scale {key!r} names no expert tensor of the shard")
-            self.pending[f"{prefix}.{_FP8_EXPERTS[which]}"] = (which, scale)
+            self.pending[f"{prefix}.{_FP8_EXPERTS[which]}"] = scale
 
     def __getitem__(self, name: str) -> torch.Tensor:
         tensor = super().__getitem__(name)
         if name not in self.pending:
             return tensor
-        _, scale = self.pending[name]
+        scale = self.pending[name]
         # both layouts keep the output last: [E·D, F_r] × [E, F_r] (W1, W3) and [E·F_r, D] × [E, D] (W2)
         w = tensor.float().view(self.n_experts, -1, tensor.shape[-1]) * scale.float().view(self.n_experts, 1, -1)
         return w.view(tensor.shape)

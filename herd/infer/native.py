@@ -74,17 +74,26 @@ def _fields(block: nn.Module) -> dict[str, tuple[nn.Module | None, str]]:
     return out | {"w13": (getattr(ffn, "w13", None), "weight"), "w2": (ffn.w2, "weight")}
 
 
+def _attrs(owner: nn.Module, attr: str) -> tuple[str, ...]:
+    """The attributes of `owner` the kernel reads for the weight `attr`: the weight itself, or for a quantized
+    module (`herd.quant`) its codes and scales (`codes`/`scales`, or `w13_codes`/`w13_scales` for experts)."""
+    if getattr(owner, "scheme", None) is None:
+        return (attr,)
+    prefix = "" if attr == "weight" else f"{attr}_"
+    return f"{prefix}codes", f"{prefix}scales"
+
+
 def _stored(owner: nn.Module | None, attr: str) -> tuple[torch.Tensor, torch.Tensor | None, int, int] | None:
     """A weight matrix as the kernel reads it: (data, scales, bits, group). Plain: the tensor (bits 0); a
-    quantized module (`herd.quant`): its codes and scales. None where absent."""
+    quantized module: its codes and scales. None where absent."""
     if owner is None:
         return None
-    quantized = getattr(owner, "scheme", None)
-    if quantized is None:
-        t = getattr(owner, attr, None)
-        return None if t is None else (t, None, 0, 0)
-    prefix = "" if attr == "weight" else f"{attr}_"
-    return getattr(owner, f"{prefix}codes"), getattr(owner, f"{prefix}scales"), quantized.bits, quantized.group
+    tensors = [getattr(owner, a, None) for a in _attrs(owner, attr)]
+    if tensors[0] is None:
+        return None
+    if len(tensors) == 1:
+        return tensors[0], None, 0, 0
+    return tensors[0], tensors[1], owner.scheme.bits, owner.scheme.group
 
 
 def _weights(block: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor | None, int, int] | None]:
@@ -136,14 +145,8 @@ class NativeDecode:
         m = self.model
         owners: list[tuple[object, str]] = [(m.tok_embeddings, "weight"), (m.norm, "weight"), (m, "freq_K2")]
         fields = [(m.output, "weight")] + [f for block in m.layers for f in _fields(block).values()]
-        for owner, attr in fields:
-            if owner is None:
-                continue
-            if getattr(owner, "scheme", None) is not None:  # quantized: its codes and scales
-                prefix = "" if attr == "weight" else f"{attr}_"
-                owners += [(owner, f"{prefix}codes"), (owner, f"{prefix}scales")]
-            elif getattr(owner, attr, None) is not None:
-                owners.append((owner, attr))
+        owners += [(owner, a) for owner, attr in fields if _stored(owner, attr) is not None
+                   for a in _attrs(owner, attr)]
         out = []
         for owner, attr in owners:
             stores = [getattr(owner, "_parameters", {}), getattr(owner, "_buffers", {}), owner.__dict__]
@@ -207,9 +210,8 @@ class NativeDecode:
             attention = block.attention
             layers[i].k_cache, layers[i].v_cache = layer.k_SGLK.data_ptr(), layer.v_SGLK.data_ptr()
             layers[i].length, layers[i].chunk = layer.k_SGLK.shape[2], layer.chunk or 0
-            ffn = block.feed_forward  # the hidden size F: the experts' (w2 [E, F, D]) or the dense w2's inputs
-            layers[i].hidden = ffn.w2.in_features if not block.is_moe else getattr(ffn.experts, "hidden", None) or \
-                ffn.experts.w2.shape[1]
+            ffn = block.feed_forward  # the hidden size F: the inputs of the dense or the shared expert's w2
+            layers[i].hidden = (ffn.shared_expert if block.is_moe else ffn).w2.in_features
             layers[i].rope, layers[i].qk_norm = attention.use_rope, attention.use_qk_norm
             layers[i].temperature = attention.temperature_tuning
         self._layers = layers
