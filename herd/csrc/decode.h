@@ -215,7 +215,8 @@ static void attend(const T *q_RK, const T *k_LK, const T *v_LK, long n, long R, 
 
 /* The final-norm hidden states go to out [B, D] and, unless logits_BV is NULL, their logits to logits_BV [B, V].
    Returns 0; -1 when scratch memory cannot be allocated, -2 for a token id outside the vocabulary, -3 for a
-   position outside a layer's cache, -4 for a slot outside the pool of n_slots, -5 for more than MAX_ROWS rows. Nothing is written on an error. */
+   position outside a layer's cache, -4 for a slot outside the pool of n_slots, -5 for more than MAX_ROWS rows.
+   Nothing is written on an error. */
 int NAME(const model_t *m, const int64_t *tokens, const int64_t *positions, const int64_t *slots, int64_t n_slots,
          int64_t B, T *out, T *logits_BV, int threads) {
     const long D = m->dim, H = m->n_heads, G = m->n_kv_heads, K = m->head_dim, R = H / G, E = m->n_experts;
@@ -346,8 +347,7 @@ int NAME(const model_t *m, const int64_t *tokens, const int64_t *positions, cons
                     for (long g = 0; g < n_groups; g++) {
                         const long first = group_start[g];
                         const weight_t w13 = expert_of(&ly->w13, group_expert[g], 2 * Fl, D);
-                        matvec_gather(&w13, xs_of + first, h13_of + first, group_start[g + 1] - first, 2 * Fl, D,
-                                      xf + first * Kmax);
+                        matvec_gather(&w13, xs_of + first, h13_of + first, group_start[g + 1] - first, 2 * Fl, D, xf);
                     }
                     #pragma omp barrier
                     #pragma omp for

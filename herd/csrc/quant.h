@@ -47,21 +47,23 @@ static inline __mmask16 tail16(long left) {
                                       const float *const *xe, const float *const *xo, long K, float *out) {   \
         __m512 acc[N];                                                                                        \
         for (int b = 0; b < N; b++) acc[b] = _mm512_setzero_ps();                                             \
-        const long half = K / 2;                                                                              \
-        const long per_group = group / 32; /* chunks of 16 bytes per scale; no division in the loop */          \
-        for (long j = 0, c = 0, si = 0; j < half; j += 16, si += (++c == per_group), c = c == per_group ? 0 : c) { \
-            const int full = half - j >= 16;                                                                  \
-            const __mmask16 m = tail16(half - j);                                                             \
-            const __m512i v = _mm512_cvtepi8_epi32(full ? _mm_loadu_si128((const __m128i *)(codes + j))       \
-                                                        : _mm_maskz_loadu_epi8(m, codes + j));                \
+        const long half = K / 2; /* by groups of group/2 bytes, as int8 (a chunk of 16 bytes never straddles) */ \
+        for (long g0 = 0, si = 0; g0 < half; g0 += group / 2, si++) {                                         \
             const __m512 s = _mm512_set1_ps(scales[si]);                                                      \
-            const __m512 lo = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_srai_epi32(_mm512_slli_epi32(v, 28), 28)), s); \
-            const __m512 hi = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_srai_epi32(v, 4)), s);                  \
-            for (int b = 0; b < N; b++) {                                                                     \
-                acc[b] = _mm512_fmadd_ps(lo, full ? _mm512_loadu_ps(xe[b] + j) : _mm512_maskz_loadu_ps(m, xe[b] + j), \
-                                         acc[b]);                                                             \
-                acc[b] = _mm512_fmadd_ps(hi, full ? _mm512_loadu_ps(xo[b] + j) : _mm512_maskz_loadu_ps(m, xo[b] + j), \
-                                         acc[b]);                                                             \
+            const long end = g0 + group / 2 < half ? g0 + group / 2 : half;                                   \
+            for (long j = g0; j < end; j += 16) {                                                             \
+                const int full = end - j >= 16;                                                               \
+                const __mmask16 m = tail16(end - j);                                                          \
+                const __m512i v = _mm512_cvtepi8_epi32(full ? _mm_loadu_si128((const __m128i *)(codes + j))   \
+                                                            : _mm_maskz_loadu_epi8(m, codes + j));            \
+                const __m512 lo = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_srai_epi32(_mm512_slli_epi32(v, 28), 28)), s); \
+                const __m512 hi = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_srai_epi32(v, 4)), s);              \
+                for (int b = 0; b < N; b++) {                                                                 \
+                    acc[b] = _mm512_fmadd_ps(lo, full ? _mm512_loadu_ps(xe[b] + j)                            \
+                                                      : _mm512_maskz_loadu_ps(m, xe[b] + j), acc[b]);         \
+                    acc[b] = _mm512_fmadd_ps(hi, full ? _mm512_loadu_ps(xo[b] + j)                            \
+                                                      : _mm512_maskz_loadu_ps(m, xo[b] + j), acc[b]);         \
+                }                                                                                             \
             }                                                                                                 \
         }                                                                                                     \
         for (int b = 0; b < N; b++) out[b] = _mm512_reduce_add_ps(acc[b]);                                    \
