@@ -7,7 +7,7 @@ import logging
 import sys
 
 from herd.checkpoint import CheckpointError
-from herd.cli import chat, data, demo, generate, info, metap, plan, quantize, serve, tokenize, tokenizer, train
+from herd.cli import chat, data, demo, eval, generate, info, metap, plan, quantize, serve, tokenize, tokenizer, train
 from herd.config import ConfigError
 from herd.quant import QuantError
 from herd.tokenizer import TokenizerError
@@ -15,7 +15,7 @@ from herd.tokenizer import TokenizerError
 COMMANDS = {
     "demo": demo, "info": info, "generate": generate, "chat": chat, "tokenize": tokenize, "tokenizer": tokenizer,
     "data": data, "train": train, "metap": metap, "serve": serve, "quantize": quantize,
-    "plan": plan,
+    "plan": plan, "eval": eval,
 }
 
 
@@ -25,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, module in COMMANDS.items():
         module.register(sub.add_parser(name, help=module.HELP, description=module.HELP))
     args = parser.parse_args(argv)
+    args.command_line = ["herd", *(sys.argv[1:] if argv is None else argv)]
     logging.basicConfig(level=logging.INFO, format="herd: %(message)s")
     try:
         return COMMANDS[args.command].run(args) or 0

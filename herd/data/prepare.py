@@ -75,7 +75,9 @@ class _Result:
     error: BadSource | None = None
 
 
-def _split_hash(text: str) -> int:
+def split_hash(text: str) -> int:
+    """The hash that puts a document in the val split when below val_fraction·2⁶⁴ (`herd.eval` picks held-out
+    text by it too)."""
     # surrogatepass: JSON "\ud800" escapes decode to lone surrogates, which strict UTF-8 refuses
     return int.from_bytes(hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()[:8], "big")
 
@@ -98,7 +100,7 @@ class _Encoder:
             tokens = np.empty(len(ids) + 2, self.dtype)
             tokens[0], tokens[-1] = self.tok.bos_id, self.tok.eos_id
             tokens[1:-1] = ids
-            docs.append((_split_hash(text), tokens))
+            docs.append((split_hash(text), tokens))
         return _Result(unit, docs, texts.empty, texts.lines)
 
 
