@@ -5,6 +5,8 @@
   absolute position 0 (spec §1.7). The sequence is cut at absolute chunk boundaries and the
   aligned part is folded into the batch as [B·n, H, C, K], so each chunk runs causal SDPA alone.
 - GQA goes through SDPA's `enable_gqa`, so K/V heads are never materialised H times.
+- Packed training documents (`document_masks`): one boolean mask per batch row keeps attention inside each
+  document (and inside its chunks, counted from the document's start), through SDPA's masked kernels.
 - A run that continues a cached past (`attention_with_past`) attends to the past without a mask
   and to itself causally, as two flash-attention passes merged by their log-sum-exp, so memory
   stays linear in the context however long it is.
@@ -60,6 +62,26 @@ def _chunked_aligned(q_BHSK: torch.Tensor, k_BGSK: torch.Tensor, v_BGSK: torch.T
 
     out = _sdpa_causal(fold(q_BHSK), fold(k_BGSK), fold(v_BGSK))
     return out.unflatten(0, (B, n)).transpose(1, 2).flatten(2, 3)[:, :, :S]
+
+
+def document_masks(documents_BS: torch.Tensor, positions_BS: torch.Tensor,
+                   chunk_size: int | None) -> torch.Tensor:
+    """Which keys each query may see [B, S, S] when packed documents must not attend to each other: causal,
+    inside its document, and with `chunk_size` inside its chunk (chunks counted from the document's start)."""
+    S = documents_BS.shape[1]
+    allowed_BSS = documents_BS[:, :, None] == documents_BS[:, None, :]
+    allowed_BSS &= torch.ones(S, S, dtype=torch.bool, device=documents_BS.device).tril()
+    if chunk_size is not None:
+        chunk_BS = torch.div(positions_BS, chunk_size, rounding_mode="floor")
+        allowed_BSS &= chunk_BS[:, :, None] == chunk_BS[:, None, :]
+    return allowed_BSS
+
+
+def masked_attention(q_BHSK: torch.Tensor, k_BGSK: torch.Tensor, v_BGSK: torch.Tensor,
+                     allowed_BSS: torch.Tensor) -> torch.Tensor:
+    """Self-attention where query i sees key j iff allowed_BSS[:, i, j] (scale 1/sqrt(K))."""
+    gqa = q_BHSK.shape[1] != k_BGSK.shape[1]
+    return F.scaled_dot_product_attention(q_BHSK, k_BGSK, v_BGSK, attn_mask=allowed_BSS[:, None], enable_gqa=gqa)
 
 
 _flash_with_lse = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)

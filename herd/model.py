@@ -26,7 +26,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from herd.attention import causal_attention
+from herd.attention import causal_attention, document_masks, masked_attention
 from herd.config import TextConfig, VisionConfig
 from herd.ffn import FeedForward, RMSNorm, rms_normalize
 from herd.moe import MoE
@@ -68,7 +68,9 @@ class Attention(nn.Module):
         elif self.temperature_tuning:
             q_BSHK = (q_BSHK * pos.temperature_BS[:, :, None, None]).to(q_BSHK.dtype)
         q_BHSK, k_BGSK, v_BGSK = q_BSHK.transpose(1, 2), k_BSGK.transpose(1, 2), v_BSGK.transpose(1, 2)
-        if pos.kv is None:
+        if pos.documents_BS is not None:
+            out_BHSK = masked_attention(q_BHSK, k_BGSK, v_BGSK, pos.mask(self.chunk_size))
+        elif pos.kv is None:
             out_BHSK = causal_attention(q_BHSK, k_BGSK, v_BGSK, start_pos=pos.start, chunk_size=self.chunk_size)
         else:
             out_BHSK = pos.kv.attend(self.layer, q_BHSK, k_BGSK, v_BGSK)
@@ -107,11 +109,27 @@ class Positions:
     scales, and how attention reaches its keys (causal over the tokens alone, or through `kv`)."""
 
     def __init__(self, config: TextConfig, freq_K2: torch.Tensor, positions_BS: torch.Tensor, start: int,
-                 kv: KVView | None = None) -> None:
-        self.positions_BS, self.start, self.kv = positions_BS, start, kv
+                 kv: KVView | None = None, documents_BS: torch.Tensor | None = None) -> None:
+        self.positions_BS, self.start, self.kv, self.documents_BS = positions_BS, start, kv, documents_BS
         self.cos_BSK2, self.sin_BSK2 = angles(positions_BS, freq_K2)
         floors_BS = torch.floor((positions_BS.float() + 1.0) / config.floor_scale)
         self.temperature_BS = torch.log1p(floors_BS) * config.attn_scale + 1.0
+        self._masks: dict[int | None, torch.Tensor] = {}
+
+    def mask(self, chunk_size: int | None) -> torch.Tensor:
+        """The packed documents' attention mask [B, S, S] for global (None) or chunked layers, built once."""
+        if chunk_size not in self._masks:
+            self._masks[chunk_size] = document_masks(self.documents_BS, self.positions_BS, chunk_size)
+        return self._masks[chunk_size]
+
+
+def document_positions(documents_BS: torch.Tensor) -> torch.Tensor:
+    """Each token's position inside its document [B, S], documents being runs of equal ids along S."""
+    S = documents_BS.shape[1]
+    index_BS = torch.arange(S, device=documents_BS.device).expand_as(documents_BS)
+    starts_BS = torch.ones_like(documents_BS, dtype=torch.bool)
+    starts_BS[:, 1:] = documents_BS[:, 1:] != documents_BS[:, :-1]
+    return index_BS - torch.where(starts_BS, index_BS, 0).cummax(dim=1).values
 
 
 class Transformer(nn.Module):
@@ -206,6 +224,7 @@ class Transformer(nn.Module):
         last_only: bool = False,
         kv: KVView | None = None,
         image_features_FD: torch.Tensor | None = None,
+        documents_BS: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The final normalized hidden states [B, S, D]; `last_only` keeps the last position.
 
@@ -213,14 +232,20 @@ class Transformer(nn.Module):
         With `kv` (a view of a KV cache) the view gives their positions and holds their past: prefill of one
         slot's tokens [1, S], or decode of one token per row [B, 1] (`herd.infer.kv_pool`).
         `image_features_FD` (from `encode_images`) fills the `<|patch|>` positions of `tokens_BS`.
+        `documents_BS` (training on packed documents: runs of equal ids) keeps attention inside each document,
+        and positions restart at each document's first token, so every document is seen as if alone.
         """
         S = tokens_BS.shape[1]
         device = tokens_BS.device
-        if kv is not None:
+        if documents_BS is not None:
+            if kv is not None or start_pos:
+                raise ValueError("documents_BS is for training forwards, without a KV cache or start_pos")
+            positions_BS = document_positions(documents_BS)
+        elif kv is not None:
             positions_BS = kv.positions_BS(S, device)
         else:
             positions_BS = torch.arange(start_pos, start_pos + S, device=device)[None, :]
-        pos = Positions(self.config, self.freq_K2, positions_BS, start_pos, kv)
+        pos = Positions(self.config, self.freq_K2, positions_BS, start_pos, kv, documents_BS)
         x_BSD = self.embed(tokens_BS, image_features_FD)
         for block in self.layers:
             x_BSD = block(x_BSD, pos)

@@ -347,3 +347,29 @@ def test_cli_prepare(corpus, tmp_path, capsys):
     assert capsys.readouterr().err.strip().endswith("missing: no such file or directory")
     with pytest.raises(SystemExit):
         run_cli(["prepare", str(corpus)])  # --out is required
+
+
+def test_join_makes_one_document_per_package_and_leaves_out_held_out_files(tmp_path):
+    from herd.data.join import join_packages
+    from herd.data.prepare import split_hash
+
+    src = tmp_path / "src"
+    (src / "pkg" / "sub").mkdir(parents=True)
+    texts = {f"pkg/m{i}.py": f"def f{i}():\n    return {i}\n" for i in range(40)}
+    texts["pkg/sub/deep.py"] = "X = 1\n"
+    texts["top.py"] = "print('top')\n"
+    for rel, text in texts.items():
+        (src / rel).write_text(text)
+    held = {rel for rel, text in texts.items() if split_hash(text) < 0.2 * 2**64}
+    assert held and held != set(texts)
+    counts = join_packages([str(src)], tmp_path / "out", hold_out=0.2, progress=False)
+    out = {p.name: p.read_text() for p in (tmp_path / "out").iterdir()}
+    joined = next(text for name, text in out.items() if name.endswith("-src-pkg.txt"))
+    kept = [rel for rel in sorted(texts) if rel.startswith("pkg/") and rel not in held]
+    assert [line[len("# file: pkg/"):] for line in joined.splitlines() if line.startswith("# file:")] == \
+        [rel[len("pkg/"):] for rel in kept]
+    assert all(texts[rel].strip() in joined for rel in kept)
+    assert not any(texts[rel].strip() in joined for rel in held if rel.startswith("pkg/"))
+    assert counts["held_out"] == len(held) and counts["files"] == len(texts) - len(held)
+    with pytest.raises(DataError, match="not empty"):
+        join_packages([str(src)], tmp_path / "out", progress=False)

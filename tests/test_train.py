@@ -14,6 +14,7 @@ from train_helpers import debug_config, losses, prepared_data, run_cli, run_in_p
 
 import herd
 from herd.config import ConfigError
+from herd.data.shards import TokenShards
 from herd.train import TrainConfig, read_log
 from herd.train.batches import Batches
 from herd.train.schedule import lr_multiplier
@@ -199,3 +200,25 @@ def test_validation_windows_spread_over_the_split() -> None:
     every_NS = batches.validation(None)
     assert every_NS.shape == (100, 11) and every_NS[:, 0].tolist() == list(range(0, 1000, 10))
     assert batches.validation(10**9).shape == (100, 11)
+
+
+def test_init_from_continues_a_model_with_document_masking(data: Path, tmp_path: Path) -> None:
+    run_in_process(config(data, tmp_path / "first", steps=3))
+    start = tmp_path / "first" / "model"
+    run_in_process(config(data, tmp_path / "next", steps=2, seq_len=1024, batch_size=2, model="nonexistent",
+                          init_from=str(start), document_masking=True))
+    # the first step's loss is the starting model's on that batch, each packed document attending to itself
+    model = herd.load(start)
+    shards = TokenShards(data, "train")
+    (batch,) = Batches(shards, 1024, 0).micro_batches(0, 2, 0, 1, 2)
+    inputs, targets = batch[:, :-1], batch[:, 1:]
+    assert (inputs == model.config.bos_id).any()  # the windows hold document starts
+    with torch.no_grad():
+        logits = model(inputs, documents_BS=(inputs == model.config.bos_id).cumsum(1))
+        unmasked = model(inputs)
+    expected = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten()).item()
+    plain = torch.nn.functional.cross_entropy(unmasked.flatten(0, 1), targets.flatten()).item()
+    first = losses(tmp_path / "next")[0]
+    assert first == pytest.approx(expected, abs=1e-4) and abs(first - plain) > 1e-4
+    with pytest.raises(ConfigError, match="vocab_size"):
+        run_in_process(debug_config(data, tmp_path / "bad", init_from=str(start), vocab_size=999))

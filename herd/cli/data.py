@@ -17,6 +17,11 @@ _PREPARE_HELP = ("Tokenize INPUTS into DIR: train/val token shards and manifest.
                  "'stdlib' for this Python's standard library. JSONL lines contribute their \"text\" field.")
 
 
+_JOIN_HELP = ("Write one text file per package of INPUTS (the files of a first-level subdirectory concatenated, each "
+              "after a '# file: path' line) and one per top-level file, into DIR: long documents mixed with short "
+              "ones, for long-context training; tokenize DIR with `herd data prepare`.")
+
+
 def register(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
     p = sub.add_parser("prepare", help="tokenize text into token shards", description=_PREPARE_HELP)
@@ -33,6 +38,13 @@ def register(parser: argparse.ArgumentParser) -> None:
                    help="a bad file (unreadable, not UTF-8, bad JSONL): skip and list it (default) or stop")
     p.add_argument("--overwrite", action="store_true", help="replace DIR if it is an existing dataset")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    j = sub.add_parser("join", help="join each package's files into one long document (long-context data)",
+                       description=_JOIN_HELP)
+    j.add_argument("inputs", nargs="+", metavar="INPUT", help="directory or 'stdlib'")
+    j.add_argument("--out", required=True, metavar="DIR", help="directory of text files to create")
+    j.add_argument("--hold-out", type=float, default=0.0, metavar="F",
+                   help="leave out the files `herd data prepare --val-fraction F` holds out (default 0: none)")
+    j.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _fail(message: str) -> int:
@@ -60,7 +72,22 @@ def _run_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_join(args: argparse.Namespace) -> int:
+    from herd.data.join import join_packages
+
+    try:
+        counts = join_packages(args.inputs, args.out, args.hold_out, progress=not args.no_progress)
+    except DataError as err:
+        return _fail(str(err))
+    print(f"{_count(counts['files'], 'file')} ({counts['held_out']:,} held out) -> "
+          f"{_count(counts['documents'], 'document')} in {args.out}: {counts['packages']:,} joined packages, "
+          f"{counts['characters']:,} characters, the longest {counts['largest']:,}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     if args.data_command == "prepare":
         return _run_prepare(args)
+    if args.data_command == "join":
+        return _run_join(args)
     raise AssertionError(f"unknown data command {args.data_command!r}")  # argparse only allows the above

@@ -71,6 +71,8 @@ def register(parser: argparse.ArgumentParser) -> None:
         if name == "niah":
             g.add_argument("--haystack", nargs="+", default=None,
                            help="haystack sources (default: the stdlib documents `herd demo` holds out)")
+            g.add_argument("--style", choices=["text", "code"], default="text",
+                           help="the needle as an English sentence (RULER's) or as a Python constant")
 
     h = sub.add_parser("lm-eval", help="lm-evaluation-harness tasks with herd as the model (in-process)")
     _common(h)
@@ -115,7 +117,8 @@ def _run(args: argparse.Namespace) -> int:
         table = (f"| items | acc | acc_norm |\n|---:|---:|---:|\n"
                  f"| {figures['items']} | {figures['acc']:.4f} | {figures['acc_norm']:.4f} |")
     elif args.task in ("passkey", "niah"):
-        task = needle.PASSKEY if args.task == "passkey" else needle.niah_task(needle.held_out_text(args.haystack))
+        task = needle.PASSKEY if args.task == "passkey" else needle.niah_task(needle.held_out_text(args.haystack),
+                                                                              args.style)
         grid = needle.run(scorer, tokenizer, task, args.lengths, args.depths, args.trials, args.seed)
         figures = grid.to_dict()
         table = grid.table() + f"\n\naccuracy {grid.overall:.3f} over {len(grid.correct) * grid.trials} trials"

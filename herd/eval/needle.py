@@ -48,7 +48,14 @@ PASSKEY = Task("passkey", PASSKEY_TASK, "\nThe pass key is {key}. Remember it. {
                "\nWhat is the pass key? The pass key is", FILLER)
 
 
-def niah_task(haystack: str) -> Task:
+def niah_task(haystack: str, style: str = "text") -> Task:
+    """The needle task over `haystack`: RULER's English needle, or (`style="code"`) the same key as a Python
+    constant asked for by an assert, for models that have only seen code."""
+    if style == "code":
+        return Task("niah-code", "# Some magic numbers are hidden in the following code. Remember them.\n",
+                    "\nMAGIC_NUMBER = {key}\n", "\nassert MAGIC_NUMBER ==", haystack)
+    if style != "text":
+        raise ValueError(f"unknown needle style {style!r}; use text or code")
     return Task("niah", NIAH_TASK, "\nThe special magic number is {key}.\n",
                 "\nWhat is the special magic number mentioned in the text above? The special magic number is",
                 haystack)

@@ -23,8 +23,10 @@ PRECISIONS = ("float32", "bfloat16")
 @dataclass(frozen=True)
 class TrainConfig:
     model: str = "herd-10m"  # a preset name, or a checkpoint directory / config.json to start from scratch
+    init_from: str = ""  # a checkpoint to continue from (its architecture and weights; a fresh optimizer)
     vocab_size: int = 0  # 0: the model's own; else a smaller/larger embedding, e.g. the data tokenizer's size
     data: str = ""  # a directory written by `herd data prepare`
+    document_masking: bool = False  # attention stays inside each packed document; positions restart at its BOS
     out: str = "runs/herd"  # checkpoints, log.jsonl and the final model go here
     seq_len: int = 512
     batch_size: int = 16  # sequences per optimizer step, across all processes
@@ -118,7 +120,8 @@ def _as_bool(value: Any) -> bool:
 
 # Fields that change the trajectory of a run; a resume with other values is refused.
 TRAJECTORY_FIELDS = (
-    "model", "vocab_size", "seq_len", "batch_size", "steps", "lr", "min_lr_ratio", "warmup_steps", "schedule",
+    "model", "init_from", "document_masking", "vocab_size",
+    "seq_len", "batch_size", "steps", "lr", "min_lr_ratio", "warmup_steps", "schedule",
     "decay_fraction", "weight_decay", "beta1", "beta2", "eps", "grad_clip", "init_std", "parametrization",
     "metap_base", "seed", "precision", "router_bias_rate", "aux_loss_coef",
 )

@@ -50,8 +50,13 @@ log = logging.getLogger("herd")
 
 
 def model_config(config: TrainConfig, tokenizer: Tokenizer | None) -> TextConfig:
-    """The text config to train: a preset or a config file, with the data's special ids."""
-    if config.model in PRESETS:
+    """The text config to train: the `init_from` checkpoint's, a preset or a config file, with the data's
+    special ids."""
+    if config.init_from:
+        text = read_config(config.init_from).text
+        if config.vocab_size and config.vocab_size != text.vocab_size:
+            raise ConfigError(f"vocab_size {config.vocab_size} differs from {config.init_from}'s {text.vocab_size}")
+    elif config.model in PRESETS:
         text = PRESETS[config.model].text
     elif Path(config.model).exists():
         text = read_config(config.model).text
@@ -154,6 +159,8 @@ class _Trainer:
         model.to_empty(device=device)
         self.plan = metap.rules(model, c.parametrization, c.init_std, c.metap_base)
         metap.init_weights(model, self.plan, generator=torch.Generator(device).manual_seed(c.seed))
+        if c.init_from:
+            self._init_from(model)
         model.train()
         self.balance = RouterBalance(model, c.router_bias_rate, c.aux_loss_coef)
         for block in model.layers:
@@ -162,6 +169,19 @@ class _Trainer:
             if c.compile:
                 block.compile()
         return shard(model, self.world)
+
+    @torch.no_grad()
+    def _init_from(self, model: nn.Module) -> None:
+        """The weights of `init_from` (read through herd's loader: HF or Meta format, checked key by key)."""
+        source = herd.load(self.config.init_from, dtype=torch.float32, text_only=True).state_dict()
+        target = model.state_dict()
+        missing = sorted(set(target) - set(source))
+        if missing:
+            raise ConfigError(f"{self.config.init_from} has no {', '.join(missing[:4])}"
+                              + (f" (and {len(missing) - 4} more)" if len(missing) > 4 else ""))
+        for name, param in target.items():
+            param.copy_(source[name])
+        log.info("initialised from %s", self.config.init_from)
 
     def run(self, resume: bool) -> dict[str, Any]:
         c, world = self.config, self.world
@@ -234,8 +254,10 @@ class _Trainer:
 
     def _loss(self, model: nn.Module, batch_NS: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
         inputs_NS, targets_NS = batch_NS[:, :-1], batch_NS[:, 1:]
+        # A window may open inside a document: its first tokens form a document of their own.
+        documents_NS = (inputs_NS == self.text.bos_id).cumsum(dim=1) if self.config.document_masking else None
         with torch.autocast(self.world.device.type, torch.bfloat16, enabled=self.config.precision == "bfloat16"):
-            logits_NSV = model(inputs_NS)
+            logits_NSV = model(inputs_NS, documents_BS=documents_NS)
         return F.cross_entropy(logits_NSV.float().flatten(0, 1), targets_NS.flatten(), reduction=reduction)
 
     @torch.no_grad()
