@@ -42,6 +42,20 @@ def timed(fn, reps: int = 3) -> float:
     return statistics.median(times)
 
 
+def herd_rows(path: str, dtype: torch.dtype, windows_NS: torch.Tensor, window: int) -> list[tuple[str, float]]:
+    model = optimize(herd.load(path, dtype=dtype))
+    scorer = Scorer(model, batch_tokens=4096)
+    stream = windows_NS.flatten().tolist()
+    return [
+        ("herd prefill (last position's logits)",
+         timed(lambda: [model(w[None], last_only=True) for w in windows_NS])),
+        ("herd eval perplexity, strided (all tokens scored)",
+         timed(lambda: perplexity.strided(scorer, [stream], window, window))),
+        ("herd eval perplexity, llama.cpp (second halves scored)",
+         timed(lambda: perplexity.llama_cpp(scorer, [stream], 0, window))),
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--windows", type=int, default=8)
@@ -55,17 +69,7 @@ def main() -> None:
     path = ensure_model()
     windows_NS = torch.randint(0, 200_000, (args.windows, args.window), generator=torch.Generator().manual_seed(0))
     n = windows_NS.numel()
-    model = optimize(herd.load(path, dtype=dtype))
-    rows: list[tuple[str, float]] = []
-    rows.append(("herd prefill (last position's logits)",
-                 timed(lambda: [model(w[None], last_only=True) for w in windows_NS])))
-    scorer = Scorer(model, batch_tokens=4096)
-    stream = windows_NS.flatten().tolist()
-    rows.append(("herd eval perplexity, strided (all tokens scored)",
-                 timed(lambda: perplexity.strided(scorer, [stream], args.window, args.window))))
-    rows.append(("herd eval perplexity, llama.cpp (second halves scored)",
-                 timed(lambda: perplexity.llama_cpp(scorer, [stream], 0, args.window))))
-    del model, scorer
+    rows = herd_rows(path, dtype, windows_NS, args.window)
     if not args.no_hf:
         import logging
 

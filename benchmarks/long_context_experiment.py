@@ -87,7 +87,7 @@ def without_temperature(model: Path, out: Path) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--root", type=Path, default=cache_dir() / "long-context")
-    parser.add_argument("--trials", default="4")
+    parser.add_argument("--trials", default="3")
     args = parser.parse_args()
     root = args.root
     root.mkdir(parents=True, exist_ok=True)

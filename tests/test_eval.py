@@ -22,7 +22,6 @@ from herd.eval.scoring import Scorer, encode_pair
 from herd.fast import optimize
 from herd.tokenizer import load_tokenizer
 
-torch.set_grad_enabled(False)
 TEXT = ("The quick brown fox jumps over the lazy dog. Pack my box with five dozen liquor jugs. "
         "How vexingly quick daft zebras jump! Sphinx of black quartz, judge my vow. ") * 3
 
@@ -37,6 +36,7 @@ def tokenizer():
     return load_tokenizer(TOKENIZER)
 
 
+@torch.no_grad()
 def _logprob(model, context: list[int], target: int) -> float:
     """One forward over the context alone: log p(target | context)."""
     return F.log_softmax(model(torch.tensor([context]))[0, -1].double(), dim=-1)[target].item()
@@ -49,7 +49,8 @@ def test_a_batch_of_ragged_requests_scores_as_each_alone(model):
     for (tokens, first), scored in zip(requests, batched, strict=True):
         alone = [_logprob(model, tokens[:i], tokens[i]) for i in range(first, len(tokens))]
         assert scored.logprobs == pytest.approx(alone, abs=1e-5)
-        logits = model(torch.tensor([tokens]))[0]
+        with torch.no_grad():
+            logits = model(torch.tensor([tokens]))[0]
         assert scored.greedy == [int(logits[i - 1].argmax()) == tokens[i] for i in range(first, len(tokens))]
 
 
@@ -90,6 +91,15 @@ def test_strided_windows_score_each_token_once_with_the_overlap_as_context(model
         perplexity.strided(Scorer(model), [ids], window=8, stride=9)
 
 
+def test_strided_windows_without_overlap_leave_each_window_start_unscored(model, tokenizer):
+    ids = tokenizer.encode(TEXT, bos=True)[:40]
+    result = perplexity.strided(Scorer(model), [ids], window=16, stride=16)
+    expected = -sum(_logprob(model, ids[begin:t], ids[t])
+                    for begin in (0, 16, 32) for t in range(begin + 1, min(begin + 16, 40)))
+    assert result.windows == 3 and result.tokens == 39 - 2
+    assert result.nll == pytest.approx(expected, abs=1e-4)
+
+
 def test_llama_cpp_perplexity_scores_second_halves_after_bos(model, tokenizer):
     stream = tokenizer.encode(TEXT, bos=True)
     context = 16
@@ -97,7 +107,8 @@ def test_llama_cpp_perplexity_scores_second_halves_after_bos(model, tokenizer):
     nll, count = 0.0, 0
     for w in range(n):
         window = [tokenizer.bos_id, *stream[w * context + 1 : (w + 1) * context]]
-        logp = F.log_softmax(model(torch.tensor([window]))[0].double(), dim=-1)
+        with torch.no_grad():
+            logp = F.log_softmax(model(torch.tensor([window]))[0].double(), dim=-1)
         for i in range(context // 2, context - 1):
             nll -= logp[i, window[i + 1]].item()
             count += 1

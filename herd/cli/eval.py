@@ -86,14 +86,14 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        return _run(args)
+        with torch.no_grad():
+            return _run(args)
     except (DataError, ValueError) as err:
         print(f"herd eval {args.task}: error: {err}", file=sys.stderr)
         return 2
 
 
 def _run(args: argparse.Namespace) -> int:
-    torch.set_grad_enabled(False)
     model, tokenizer = load_with_tokenizer(args)
     if args.fast:
         optimize(model)

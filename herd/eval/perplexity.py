@@ -92,8 +92,8 @@ def strided(scorer: Scorer, sequences: list[list[int]], window: int, stride: int
         done = 1  # tokens before this index are scored (the first token never is)
         for begin in range(0, len(ids), stride):
             end = min(begin + window, len(ids))
-            if end > done:
-                requests.append((ids[begin:end], done - begin))
+            if end > done:  # a window's first token has no context inside it, so it is never scored (HF's rule)
+                requests.append((ids[begin:end], max(done - begin, 1)))
                 done = end
             if end == len(ids):
                 break
