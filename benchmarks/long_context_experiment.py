@@ -4,6 +4,7 @@ the attention temperature, and an all-RoPE baseline given the same mid-training 
 
     .venv/bin/herd demo                                          # once: the demo's tokenizer and stdlib shards
     .venv/bin/python benchmarks/long_context_experiment.py      # every stage, skipping those already done
+    .venv/bin/python benchmarks/long_context_experiment.py --report   # the tables in docs/LONG_CONTEXT.md
 
 Every stage is a `herd` command (printed before it runs) writing under --root; a finished stage is skipped, so
 a killed run continues where it stopped. Arms (the same mid-training token budget each):
@@ -17,7 +18,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import random
 import shlex
 import shutil
 import subprocess
@@ -26,7 +29,11 @@ from pathlib import Path
 
 import herd
 from herd.config import preset
-from herd.files import cache_dir
+from herd.data.prepare import split_hash
+from herd.data.sources import STDLIB, read_document, resolve
+from herd.eval import needle
+from herd.files import cache_dir, write_text_atomic
+from herd.tokenizer import load_tokenizer
 
 DEMO = cache_dir() / "demo"
 HERD = [sys.executable, "-m", "herd"]
@@ -71,6 +78,27 @@ def train(out: Path, *flags: str | Path) -> Path:
     return out / "model"
 
 
+def retrieval_docs(out: Path, tokenizer_path: Path, n_docs: int, seed: int = 1) -> None:
+    """`n_docs` passkey and code-needle documents (half each) as JSONL, 128 to 4,096 tokens (log-uniform), keys
+    and depths seeded, the code haystack from the stdlib's *training* documents (the evaluation's is held out)."""
+    tokenizer = load_tokenizer(tokenizer_path)
+    threshold = math.floor(needle.HELD_OUT * 2**64)
+    train_code = "\n\n".join(t for path in resolve([STDLIB]) for t in read_document(path)
+                              if split_hash(t) >= threshold)[:3_000_000]
+    tasks = [(needle.PASSKEY, tokenizer.encode(needle.FILLER)),
+             (needle.niah_task(train_code, "code"), tokenizer.encode(train_code))]
+    rng = random.Random(seed)
+    lines = []
+    for i in range(n_docs):
+        task, hay_ids = tasks[i % 2]
+        length = round(math.exp(rng.uniform(math.log(128), math.log(4096))))
+        key = str(rng.randrange(10_000, 100_000))
+        prompt, answer = needle.build(tokenizer, task, hay_ids, length, rng.random(), key, rng)
+        lines.append(json.dumps({"text": tokenizer.decode(prompt[1:] + answer)}))
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / "retrieval.jsonl", "\n".join(lines) + "\n")
+
+
 def without_temperature(model: Path, out: Path) -> Path:
     """`model` with attention temperature tuning off: its config edited, its weights linked."""
     if not out.exists():
@@ -84,12 +112,66 @@ def without_temperature(model: Path, out: Path) -> Path:
     return out
 
 
+ARMS = {"a": "(a) iRoPE, 256 continued", "b": "(b) iRoPE, 1K then 4K", "c": "(c) = (b), no temperature",
+        "d": "(d) all-RoPE, 1K then 4K"}
+NAMES = {"pre-irope": "iRoPE, pretrained only", "pre-rope": "all-RoPE, pretrained only", **ARMS,
+         **{"r" + k: v.replace(")", "+r)", 1) for k, v in ARMS.items()}}
+BASELINE = {n: "pre-rope" if n in ("pre-rope", "d", "rd") else "pre-irope" for n in NAMES}
+
+
+def report(results: Path) -> None:
+    """The experiment's tables, from the `herd eval --json` records under `results`."""
+    def load(name: str, kind: str) -> dict | None:
+        path = results / f"{name}-{kind}.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    names = [n for n in NAMES if load(n, "short")]
+    print("Short context: validation loss of the pretraining data at 256 tokens (windows of 256, all scored)\n")
+    print("| model | mean NLL | vs its pretrained model |\n|---|---:|---:|")
+    for n in names:
+        nll, base = load(n, "short")["mean_nll"], load(BASELINE[n], "short")
+        delta = f"{nll - base['mean_nll']:+.4f}" if base and BASELINE[n] != n else "–"
+        print(f"| {NAMES[n]} | {nll:.4f} | {delta} |")
+    long = {n: load(n, "long") for n in names if load(n, "long")}
+    if long:
+        bins = next(iter(long.values()))["position_bins"]
+        print("\nLong context: mean NLL of the long-document validation split by position in a 16,384-token window\n")
+        print("| model | " + " | ".join(f"{b['from']:,}–{b['to']:,}" for b in bins) + " | all |")
+        print("|---|" + "---:|" * (len(bins) + 1))
+        for n, rec in long.items():
+            cells = " | ".join(f"{b['mean_nll']:.2f}" for b in rec["position_bins"])
+            print(f"| {NAMES[n]} | {cells} | {rec['mean_nll']:.3f} |")
+    for kind, title in (("passkey", "Passkey"), ("niah-code", "Needle in held-out stdlib code")):
+        grids = {n: load(n, kind) for n in names if load(n, kind)}
+        if not grids:
+            continue
+        lengths = next(iter(grids.values()))["lengths"]
+        for metric, what in (("accuracy", "accuracy (every key token greedy)"),
+                             ("key_logprob", "log-probability of the whole key, mean over trials and depths")):
+            print(f"\n{title}: {what} by prompt length, over all depths\n")
+            print("| model | " + " | ".join(f"{n:,}" for n in lengths) + " |")
+            print("|---|" + "---:|" * len(lengths))
+            for n, rec in grids.items():
+                if metric == "accuracy":
+                    cells = [rec["by_length"][str(length)] for length in lengths]
+                else:
+                    cells = [sum(c["key_logprob"] for c in rec["grid"] if c["length"] == length)
+                             / sum(1 for c in rec["grid"] if c["length"] == length) for length in lengths]
+                print(f"| {NAMES[n]} | " + " | ".join(f"{c:.2f}" for c in cells) + " |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--root", type=Path, default=cache_dir() / "long-context")
     parser.add_argument("--trials", default="3")
+    parser.add_argument("--retrieval-docs", type=int, default=1500,
+                        help="synthetic retrieval documents in the second mix's arms (0: only the plain mix)")
+    parser.add_argument("--report", action="store_true", help="print the results' tables (markdown) and stop")
     args = parser.parse_args()
     root = args.root
+    if args.report:
+        report(root / "results")
+        return
     root.mkdir(parents=True, exist_ok=True)
     tokenizer = DEMO / "tokenizer.json"
     if not (DEMO / "data" / "manifest.json").exists():
@@ -103,13 +185,21 @@ def main() -> None:
     pre = {name: train(root / f"pre-{name}", "--model", path, "--data", DEMO / "data", *PRETRAIN)
            for name, path in shapes.items()}
     models = {"pre-irope": pre["irope"], "pre-rope": pre["rope"]}
-    for arm, stages in STAGES.items():
-        start = pre["rope" if arm == "d" else "irope"]
-        for k, (seq, batch, steps) in enumerate(stages):
-            start = train(root / f"arm-{arm}-{k}-{seq}", "--init-from", start, "--data", root / "long-data",
-                          "--seq-len", str(seq), "--batch-size", str(batch), "--steps", str(steps), *MID)
-        models[arm] = start
-    models["c"] = without_temperature(models["b"], root / "arm-c-model")
+    mixes = {"": root / "long-data"}
+    if args.retrieval_docs:
+        mixes["r"] = root / "long-data-r"
+        if not (mixes["r"] / "manifest.json").exists():
+            retrieval_docs(root / "retrieval", tokenizer, args.retrieval_docs)
+            sh(*HERD, "data", "prepare", root / "joined", root / "retrieval", "--out", mixes["r"], "--tokenizer",
+               tokenizer, "--val-fraction", "0.05", "--no-progress", "--overwrite")
+    for mix, data in mixes.items():
+        for arm, stages in STAGES.items():
+            start = pre["rope" if arm == "d" else "irope"]
+            for k, (seq, batch, steps) in enumerate(stages):
+                start = train(root / f"arm-{mix}{arm}-{k}-{seq}", "--init-from", start, "--data", data,
+                              "--seq-len", str(seq), "--batch-size", str(batch), "--steps", str(steps), *MID)
+            models[mix + arm] = start
+        models[mix + "c"] = without_temperature(models[mix + "b"], root / f"arm-{mix}c-model")
 
     results = root / "results"
     results.mkdir(exist_ok=True)
