@@ -29,8 +29,6 @@ from pathlib import Path
 
 import herd
 from herd.config import preset
-from herd.data.prepare import split_hash
-from herd.data.sources import STDLIB, read_document, resolve
 from herd.eval import needle
 from herd.files import cache_dir, write_text_atomic
 from herd.tokenizer import load_tokenizer
@@ -82,9 +80,7 @@ def retrieval_docs(out: Path, tokenizer_path: Path, n_docs: int, seed: int = 1) 
     """`n_docs` passkey and code-needle documents (half each) as JSONL, 128 to 4,096 tokens (log-uniform), keys
     and depths seeded, the code haystack from the stdlib's *training* documents (the evaluation's is held out)."""
     tokenizer = load_tokenizer(tokenizer_path)
-    threshold = math.floor(needle.HELD_OUT * 2**64)
-    train_code = "\n\n".join(t for path in resolve([STDLIB]) for t in read_document(path)
-                              if split_hash(t) >= threshold)[:3_000_000]
+    train_code = needle.held_out_text(max_chars=3_000_000, split="train")[:3_000_000]
     tasks = [(needle.PASSKEY, tokenizer.encode(needle.FILLER)),
              (needle.niah_task(train_code, "code"), tokenizer.encode(train_code))]
     rng = random.Random(seed)
@@ -125,14 +121,15 @@ def report(results: Path) -> None:
         path = results / f"{name}-{kind}.json"
         return json.loads(path.read_text()) if path.exists() else None
 
-    names = [n for n in NAMES if load(n, "short")]
+    short = {n: rec for n in NAMES if (rec := load(n, "short"))}
+    names = list(short)
     print("Short context: validation loss of the pretraining data at 256 tokens (windows of 256, all scored)\n")
     print("| model | mean NLL | vs its pretrained model |\n|---|---:|---:|")
-    for n in names:
-        nll, base = load(n, "short")["mean_nll"], load(BASELINE[n], "short")
+    for n, rec in short.items():
+        nll, base = rec["mean_nll"], short.get(BASELINE[n])
         delta = f"{nll - base['mean_nll']:+.4f}" if base and BASELINE[n] != n else "–"
         print(f"| {NAMES[n]} | {nll:.4f} | {delta} |")
-    long = {n: load(n, "long") for n in names if load(n, "long")}
+    long = {n: rec for n in names if (rec := load(n, "long"))}
     if long:
         bins = next(iter(long.values()))["position_bins"]
         print("\nLong context: mean NLL of the long-document validation split by position in a 16,384-token window\n")
@@ -142,7 +139,7 @@ def report(results: Path) -> None:
             cells = " | ".join(f"{b['mean_nll']:.2f}" for b in rec["position_bins"])
             print(f"| {NAMES[n]} | {cells} | {rec['mean_nll']:.3f} |")
     for kind, title in (("passkey", "Passkey"), ("niah-code", "Needle in held-out stdlib code")):
-        grids = {n: load(n, kind) for n in names if load(n, kind)}
+        grids = {n: rec for n in names if (rec := load(n, kind))}
         if not grids:
             continue
         lengths = next(iter(grids.values()))["lengths"]

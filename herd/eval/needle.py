@@ -61,20 +61,23 @@ def niah_task(haystack: str, style: str = "text") -> Task:
                 haystack)
 
 
-def held_out_text(inputs: list[str] | None = None, fraction: float = HELD_OUT, max_chars: int = 4_000_000) -> str:
-    """Documents of `inputs` (default: the stdlib) that a `herd data prepare --val-fraction fraction` run holds
-    out, joined by blank lines, up to `max_chars`."""
+def held_out_text(inputs: list[str] | None = None, fraction: float = HELD_OUT, max_chars: int = 4_000_000,
+                  split: str = "val") -> str:
+    """Documents of `inputs` (default: the stdlib) that a `herd data prepare --val-fraction fraction` run puts in
+    `split` ("val": the held-out ones; "train": the rest), joined by blank lines, up to `max_chars`."""
+    if split not in ("val", "train"):
+        raise ValueError(f"unknown split {split!r}; use val or train")
     threshold = math.floor(fraction * 2**64)
     texts, total = [], 0
     for path in resolve(inputs or [STDLIB]):
         for text in read_document(path):
-            if split_hash(text) < threshold:
+            if (split_hash(text) < threshold) == (split == "val"):
                 texts.append(text)
                 total += len(text)
                 if total >= max_chars:
                     return "\n\n".join(texts)
     if not texts:
-        raise ValueError(f"no held-out documents in {' '.join(inputs or [STDLIB])} at fraction {fraction}")
+        raise ValueError(f"no {split} documents in {' '.join(inputs or [STDLIB])} at fraction {fraction}")
     return "\n\n".join(texts)
 
 
