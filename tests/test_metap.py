@@ -88,6 +88,7 @@ def test_coord_check_command(tmp_path: Path, capsys) -> None:
     assert (tmp_path / "coord_check.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
 def test_sweep_command_is_resumable(tmp_path: Path, capsys) -> None:
     data = prepared_data(tmp_path / "data", vocab_size=320)
     args = ["metap", "sweep", "--data", str(data), "--out", str(tmp_path / "sweep"), "--widths", "64", "128",

@@ -117,10 +117,10 @@ def schedules(draw):
     return jobs, draw(st.integers(1, 4))
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                  HealthCheck.too_slow])
-@given(schedules())
-def test_continuous_batching_equals_each_request_alone(multimodal, schedule):
+HEALTH = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+
+
+def _check_schedule(multimodal, schedule) -> None:
     """Random arrivals, prompt lengths across chunk and piece boundaries, shared prefixes (reused from free
     and busy slots), images, mixed sampling settings and seeds, aborts: every request's tokens are those it
     gets alone (greedy and seeded), logprobs within 1e-4; every slot is free at the end."""
@@ -128,6 +128,19 @@ def test_continuous_batching_equals_each_request_alone(multimodal, schedule):
     events, last_step, aborted_at, scheduler = _run(multimodal, jobs, slots)
     _check_against_alone(multimodal, jobs, events, aborted_at, last_step)
     assert scheduler.pool.n_free == slots and not scheduler.has_work()
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=HEALTH)
+@given(schedules())
+def test_continuous_batching_equals_each_request_alone(multimodal, schedule):
+    _check_schedule(multimodal, schedule)
+
+
+@pytest.mark.slow
+@settings(max_examples=40, deadline=None, suppress_health_check=HEALTH)
+@given(schedules())
+def test_continuous_batching_equals_each_request_alone_wide(multimodal, schedule):
+    _check_schedule(multimodal, schedule)
 
 
 def test_requests_submitted_from_another_thread(scout):
@@ -279,6 +292,7 @@ def test_a_sequence_stops_at_the_pool_context(scout):
     assert len(events) == 6 and events[-1].finish_reason == "length"
 
 
+@pytest.mark.slow
 def test_thousand_requests_keep_memory_flat(scout):
     """1,000 requests through 4 slots: resident memory after the first ten is where it ends, and every slot
     is free."""

@@ -116,6 +116,7 @@ def test_gradient_accumulation_matches(data: Path, tmp_path: Path) -> None:
     assert losses(tmp_path / "acc") == pytest.approx(losses(tmp_path / "one"), rel=1e-4)
 
 
+@pytest.mark.slow
 def test_router_bias_evens_expert_load(data: Path, tmp_path: Path) -> None:
     """Aux-loss-free balancing lowers the max/mean expert load against no balancing."""
     common = dict(steps=60, lr=1e-2, eval_every=100, ckpt_every=100)  # at this LR the router collapses unaided
