@@ -33,6 +33,7 @@ def _within_one_rounding(got: torch.Tensor, want: torch.Tensor) -> bool:
     return bool(((got.float() - want.float()).abs() <= ulp + 1e-6).all())
 
 
+@pytest.mark.slow
 def test_the_kernel_builds_where_the_cpu_has_avx512_bf16(fresh_kernels):
     # This machine's CI has AVX512-BF16 and a C compiler: the native path must not quietly fall away.
     assert cpu_kernels.available() == NATIVE

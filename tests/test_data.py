@@ -167,6 +167,7 @@ def dataset_bytes(out: Path) -> dict[str, bytes]:
     return {**files, "manifest": json.dumps(manifest).encode()}
 
 
+@pytest.mark.slow
 def test_deterministic_for_any_worker_count(tmp_path, monkeypatch, tok):
     corpus = many_docs(tmp_path / "corpus")
     monkeypatch.setattr(prepare_mod, "JSONL_CHUNK_BYTES", 256)  # the JSONL file becomes several ranges

@@ -206,6 +206,7 @@ def checkpoint(tmp_path_factory):
     return debug_checkpoint(tmp_path_factory.mktemp("eval") / "debug-model")
 
 
+@pytest.mark.slow
 def test_herd_eval_perplexity_prints_a_table_and_json(checkpoint, tmp_path, capsys):
     text = tmp_path / "text.txt"
     text.write_text(TEXT)
@@ -220,6 +221,7 @@ def test_herd_eval_perplexity_prints_a_table_and_json(checkpoint, tmp_path, caps
     assert record["command"].startswith("herd eval perplexity") and len(record["checkpoint_fingerprint"]) == 16
 
 
+@pytest.mark.slow
 def test_herd_eval_choice_and_passkey_from_the_command(checkpoint, tmp_path, capsys):
     items = tmp_path / "items.jsonl"
     items.write_text("".join(json.dumps(i) + "\n" for i in _items(4)))

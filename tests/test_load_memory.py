@@ -4,6 +4,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 from hf_oracle import SCOUT_LIKE
 
 import herd
@@ -23,6 +24,7 @@ MEASURE = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_peak_memory_near_weight_size(tmp_path):
     model = herd.build(preset("herd-50m"), seed=0)  # 45M parameters, 180 MB in float32
     herd.save(model, tmp_path / "big")

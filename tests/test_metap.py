@@ -65,6 +65,7 @@ def test_metap_equals_standard_at_the_base_shape() -> None:
         assert ours[name].lr_scale == standard[name].lr_scale == 1.0
 
 
+@pytest.mark.slow
 def test_activations_are_order_one_at_init_across_widths() -> None:
     """Under metap the residual stream's coordinate size at init does not depend on width; under the
     standard parametrization it grows with √width."""

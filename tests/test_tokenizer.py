@@ -322,6 +322,7 @@ def hf_tok(hf_json) -> HFTokenizer:
     return HFTokenizer(hf_json)
 
 
+@pytest.mark.slow
 def test_hf_same_interface_and_table(hf_tok, tok):
     assert hf_tok.special == tok.special and hf_tok.n_words == tok.n_words and hf_tok.n_base == tok.n_base
     assert (hf_tok.bos_id, hf_tok.eos_id, hf_tok.pad_id, hf_tok.stop_ids) == (
@@ -329,6 +330,7 @@ def test_hf_same_interface_and_table(hf_tok, tok):
     assert all(hf_tok.piece(i) == tok.piece(i) for i in range(0, tok.n_words, 97))
 
 
+@pytest.mark.slow
 def test_hf_same_ids(hf_tok, tok):
     assert hf_tok.encode("<|eot|>") == [40, 104, 81, 359, 159276]
     assert hf_tok.encode("Hi", bos=True) == [200000, 25181]  # BOS only when asked
@@ -342,6 +344,7 @@ def test_hf_same_ids(hf_tok, tok):
     assert hf_tok.decode([*ids, 200008]) == tok.decode([*ids, 200008])
 
 
+@pytest.mark.slow
 def test_load_tokenizer_picks_tokenizer_json(hf_json, tmp_path, monkeypatch):
     (tmp_path / "tokenizer.json").symlink_to(hf_json)
     (tmp_path / "hf.bin").symlink_to(hf_json)  # sniffed as JSON despite the name
