@@ -4,7 +4,7 @@ the attention temperature, and an all-RoPE baseline given the same mid-training 
 
     .venv/bin/herd demo                                          # once: the demo's tokenizer and stdlib shards
     .venv/bin/python benchmarks/long_context_experiment.py      # every stage, skipping those already done
-    .venv/bin/python benchmarks/long_context_experiment.py --report   # the tables in docs/LONG_CONTEXT.md
+    .venv/bin/python benchmarks/long_context_experiment.py --report --plots docs/long_context   # its tables, plots
 
 Every stage is a `herd` command (printed before it runs) writing under --root; a finished stage is skipped, so
 a killed run continues where it stopped. Arms (the same mid-training token budget each):
@@ -157,6 +157,60 @@ def report(results: Path) -> None:
                 print(f"| {NAMES[n]} | " + " | ".join(f"{c:.2f}" for c in cells) + " |")
 
 
+def plots(results: Path, out: Path) -> None:
+    """Two figures for docs/LONG_CONTEXT.md: the long validation loss by position, and the key's
+    log-probability by prompt length in both retrieval tasks, one line per model."""
+    from herd.train.metap import pyplot
+
+    plt = pyplot()
+    out.mkdir(parents=True, exist_ok=True)
+    records = {(n, kind): json.loads(path.read_text()) for n in NAMES for kind in ("long", "passkey", "niah-code")
+               if (path := results / f"{n}-{kind}.json").exists()}
+    style = {n: "--" if BASELINE[n] == "pre-rope" else "-" for n in NAMES}  # all-RoPE dashed
+    fig, axes = plt.subplots(1, 2, figsize=(14, 4.5))
+    base = records.get(("pre-irope", "long"))
+    for n in NAMES:
+        if (rec := records.get((n, "long"))):
+            bins = rec["position_bins"]
+            centres = [(b["from"] + b["to"]) / 2 for b in bins]
+            axes[0].plot(centres, [b["mean_nll"] for b in bins], style[n], marker=".", label=NAMES[n])
+            if base:  # the same text at every position for every model: the difference removes its noise
+                axes[1].plot(centres, [b["mean_nll"] - a["mean_nll"] for b, a in zip(bins, base["position_bins"],
+                                                                                       strict=True)],
+                             style[n], marker=".", label=NAMES[n])
+    for ax in axes:
+        ax.axvline(4096, color="grey", lw=0.8, ls=":")
+        ax.set_xlabel("position in the window (bins of 1,024; dotted: the mid-training length)")
+    axes[0].set_ylabel("mean NLL (nats)")
+    axes[0].set_title("Long-document validation loss by position")
+    axes[1].set_ylabel("NLL minus iRoPE-pretrained's NLL (nats)")
+    axes[1].set_title("The same, against the iRoPE model before mid-training")
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="center right", fontsize=8)
+    fig.tight_layout(rect=(0, 0, 0.8, 1))
+    fig.savefig(out / "nll_by_position.png", dpi=110)
+    plt.close(fig)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for ax, (kind, title) in zip(axes, (("passkey", "passkey in filler"), ("niah-code", "key in held-out code")),
+                                 strict=True):
+        for n in NAMES:
+            if (rec := records.get((n, kind))):
+                lengths = rec["lengths"]
+                means = [sum(c["key_logprob"] for c in rec["grid"] if c["length"] == length)
+                         / sum(1 for c in rec["grid"] if c["length"] == length) for length in lengths]
+                ax.plot(lengths, means, style[n], marker=".", label=NAMES[n])
+        ax.axhline(-5 * math.log(10), color="grey", lw=0.8, ls=":")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("prompt length (tokens)")
+        ax.set_title(title)
+    axes[0].set_ylabel("log p(5-digit key), mean over depths and trials")
+    axes[0].text(256, -5 * math.log(10) + 0.3, "uniform over 5 digits", fontsize=8, color="grey")
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "key_logprob_by_length.png", dpi=110)
+    plt.close(fig)
+    print(f"plots in {out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--root", type=Path, default=cache_dir() / "long-context")
@@ -164,10 +218,13 @@ def main() -> None:
     parser.add_argument("--retrieval-docs", type=int, default=1500,
                         help="synthetic retrieval documents in the second mix's arms (0: only the plain mix)")
     parser.add_argument("--report", action="store_true", help="print the results' tables (markdown) and stop")
+    parser.add_argument("--plots", type=Path, help="with --report: write its two figures (PNG) here too")
     args = parser.parse_args()
     root = args.root
     if args.report:
         report(root / "results")
+        if args.plots:
+            plots(root / "results", args.plots)
         return
     root.mkdir(parents=True, exist_ok=True)
     tokenizer = DEMO / "tokenizer.json"
