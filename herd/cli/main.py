@@ -7,14 +7,29 @@ import logging
 import sys
 
 from herd.checkpoint import CheckpointError
-from herd.cli import chat, data, demo, eval, generate, info, metap, plan, quantize, serve, tokenize, tokenizer, train
+from herd.cli import (
+    chat,
+    data,
+    demo,
+    eval,
+    generate,
+    info,
+    metap,
+    plan,
+    quantize,
+    serve,
+    sft,
+    tokenize,
+    tokenizer,
+    train,
+)
 from herd.config import ConfigError
 from herd.quant import QuantError
 from herd.tokenizer import TokenizerError
 
 COMMANDS = {
     "demo": demo, "info": info, "generate": generate, "chat": chat, "tokenize": tokenize, "tokenizer": tokenizer,
-    "data": data, "train": train, "metap": metap, "serve": serve, "quantize": quantize,
+    "data": data, "train": train, "sft": sft, "metap": metap, "serve": serve, "quantize": quantize,
     "plan": plan, "eval": eval,
 }
 

@@ -13,12 +13,17 @@ from herd.train.config import TrainConfig
 HELP = "Pretrain a Llama-4-architecture model (use torchrun --nproc-per-node N for data parallel)."
 
 
-def register(parser: argparse.ArgumentParser) -> None:
+def register(parser: argparse.ArgumentParser, base: TrainConfig | None = None,
+             fixed: tuple[str, ...] = ()) -> None:
+    """Every TrainConfig field as a flag (but `fixed` ones), with `base`'s values as the defaults shown."""
     parser.add_argument("--config", metavar="FILE", help="JSON file of TrainConfig fields (flags override it)")
     parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     parser.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")
-    defaults = TrainConfig()
+    defaults = base or TrainConfig()
+    parser.set_defaults(train_base=defaults, train_fixed=fixed)
     for field in dataclasses.fields(TrainConfig):
+        if field.name in fixed:
+            continue
         flag = "--" + field.name.replace("_", "-")
         default = getattr(defaults, field.name)
         if isinstance(default, bool):
@@ -29,9 +34,12 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    base = TrainConfig.from_file(args.config) if args.config else TrainConfig()
-    names = [f.name for f in dataclasses.fields(TrainConfig)]
-    flags = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    base: TrainConfig = getattr(args, "train_base", None) or TrainConfig()
+    fixed = getattr(args, "train_fixed", ())
+    if args.config:
+        base = base.replace(**{k: v for k, v in TrainConfig.file_values(args.config).items() if k not in fixed})
+    names = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in fixed]
+    flags = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
     return base.replace(**flags)
 
 
@@ -43,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         summary = train(config_from_args(args), resume=args.resume, progress=not args.no_progress)
     except (ConfigError, DataError, ResumeError, ValueError) as err:
-        print(f"herd train: error: {err}", file=sys.stderr)
+        print(f"herd {args.command}: error: {err}", file=sys.stderr)
         return 2
     if summary.get("is_main"):
         val, loss = summary.get("val_loss"), summary.get("loss")

@@ -9,15 +9,53 @@ run needs only its step count, and the global batch is the same for any number o
   windows alone would score only the first documents (a held-out split of a few files can open with a
   generated table that any model predicts almost perfectly).
 
+`Batch` is what every training data source hands the trainer; `TokenWindows` makes them from `Batches`.
+
 Shapes: N sequences, S sequence length.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
 import torch
 
 from herd.data.shards import TokenShards
+
+
+@dataclass
+class Batch:
+    """Sequences of S + 1 tokens: the inputs are the first S, the next-token targets the last S.
+
+    `documents_NS` (optional) numbers the packed documents of the inputs: attention stays inside each and
+    positions restart at its start. `targets_NS` (optional) marks the targets that count in the loss
+    (supervised tokens in fine-tuning); None counts every one.
+    """
+
+    tokens_NS: torch.Tensor
+    documents_NS: torch.Tensor | None = None
+    targets_NS: torch.Tensor | None = None
+
+    def to(self, device: torch.device) -> Batch:
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device)
+
+        return Batch(self.tokens_NS.to(device), move(self.documents_NS), move(self.targets_NS))
+
+    def __len__(self) -> int:
+        return self.tokens_NS.shape[0]
+
+    def n_targets(self) -> int:
+        n, s = self.tokens_NS.shape
+        return n * (s - 1) if self.targets_NS is None else int(self.targets_NS.sum())
+
+    def slice(self, i: int, j: int) -> Batch:
+        def part(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t[i:j]
+
+        return Batch(self.tokens_NS[i:j], part(self.documents_NS), part(self.targets_NS))
 
 
 class Batches:
@@ -52,3 +90,26 @@ class Batches:
         n = self.n_windows if n is None else min(n, self.n_windows)
         picks = [i * self.n_windows // n for i in range(n)]
         return torch.from_numpy(np.stack([self.shards.read(i * self.seq_len, self.seq_len + 1) for i in picks]))
+
+
+class TokenWindows:
+    """Pretraining data: windows of the token shards (`Batches`), with documents split at BOS when masking."""
+
+    def __init__(self, shards: TokenShards, seq_len: int, seed: int, bos_id: int | None) -> None:
+        self.shards, self.seq_len, self.seed, self.bos_id = shards, seq_len, seed, bos_id
+        self.windows = Batches(shards, seq_len, seed)
+
+    def _batch(self, tokens_NS: torch.Tensor) -> Batch:
+        # A window may open inside a document: its first tokens form a document of their own.
+        documents = None if self.bos_id is None else (tokens_NS[:, :-1] == self.bos_id).cumsum(dim=1)
+        return Batch(tokens_NS, documents)
+
+    def micro_batches(self, step: int, batch_size: int, rank: int, world: int, micro: int) -> list[Batch]:
+        return [self._batch(t) for t in self.windows.micro_batches(step, batch_size, rank, world, micro)]
+
+    def validation(self, n: int) -> Batch:
+        return self._batch(self.windows.validation(n))
+
+    def fingerprint(self) -> dict[str, Any]:
+        m = self.shards.manifest
+        return {"train_tokens": len(self.shards), "tokenizer": m.get("tokenizer", {}).get("sha256")}

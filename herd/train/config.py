@@ -17,11 +17,13 @@ from typing import Any
 from herd.config import ConfigError
 
 SCHEDULES = ("cosine", "wsd", "constant")
+OBJECTIVES = ("lm", "sft")
 PRECISIONS = ("float32", "bfloat16")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
+    objective: str = "lm"  # lm: next-token prediction on token shards (herd train) | sft: on chat data (herd sft)
     model: str = "herd-10m"  # a preset name, or a checkpoint directory / config.json to start from scratch
     init_from: str = ""  # a checkpoint to continue from (its architecture and weights; a fresh optimizer)
     vocab_size: int = 0  # 0: the model's own; else a smaller/larger embedding, e.g. the data tokenizer's size
@@ -59,6 +61,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         checks = [
+            (self.objective in OBJECTIVES, f"objective must be one of {', '.join(OBJECTIVES)}"),
             (self.seq_len > 0, "seq_len must be > 0"),
             (self.vocab_size >= 0, "vocab_size must be >= 0"),
             (self.batch_size > 0, "batch_size must be > 0"),
@@ -85,6 +88,11 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], where: str = "train config") -> TrainConfig:
+        return cls(**cls.values(raw, where))
+
+    @classmethod
+    def values(cls, raw: dict[str, Any], where: str = "train config") -> dict[str, Any]:
+        """The typed values of the fields `raw` names; an unknown key or a wrong type is an error naming it."""
         known = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(raw) - set(known))
         if unknown:
@@ -96,17 +104,22 @@ class TrainConfig:
                 values[key] = kind(value) if kind is not bool else _as_bool(value)
             except (TypeError, ValueError):
                 raise ConfigError(f"{where}: {key}={value!r} is not a {kind.__name__}") from None
-        return cls(**values)
+        return values
 
     @classmethod
-    def from_file(cls, path: str | Path) -> TrainConfig:
+    def file_values(cls, path: str | Path) -> dict[str, Any]:
+        """The typed values a JSON config file sets (only those it names)."""
         try:
             raw = json.loads(Path(path).read_text())
         except (OSError, json.JSONDecodeError) as err:
             raise ConfigError(f"cannot read train config {path}: {err}") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: a train config is a JSON object")
-        return cls.from_dict(raw, str(path))
+        return cls.values(raw, str(path))
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> TrainConfig:
+        return cls(**cls.file_values(path))
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
@@ -120,7 +133,7 @@ def _as_bool(value: Any) -> bool:
 
 # Fields that change the trajectory of a run; a resume with other values is refused.
 TRAJECTORY_FIELDS = (
-    "model", "init_from", "document_masking", "vocab_size",
+    "objective", "model", "init_from", "document_masking", "vocab_size",
     "seq_len", "batch_size", "steps", "lr", "min_lr_ratio", "warmup_steps", "schedule",
     "decay_fraction", "weight_decay", "beta1", "beta2", "eps", "grad_clip", "init_std", "parametrization",
     "metap_base", "seed", "precision", "router_bias_rate", "aux_loss_coef",

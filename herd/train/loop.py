@@ -1,12 +1,17 @@
-"""`herd train`: pretraining a Llama-4-architecture model on token shards.
+"""`herd train` and `herd sft`: one trainer, its data source and objective chosen by the config.
+
+- Data: token windows of `herd data prepare` shards (pretraining, `herd.train.batches.TokenWindows`), or
+  chat conversations packed with their loss masks (fine-tuning, `herd.train.chat_data`). Objective:
+  next-token cross-entropy over the counted targets (`herd.train.objectives`). Starting point: a fresh
+  initialisation, or `init_from` (a checkpoint's architecture and weights, a fresh optimizer).
 
 - The model is built on every process from the same seed, then prepared from outside in one
   place: activation checkpointing, torch.compile per block, FSDP2 sharding (in that order).
 - Initialisation and per-group AdamW settings come from `herd.train.metap` (MetaP by default, or the
   standard parametrization); every group's LR follows `herd.train.schedule`; gradients are clipped
   by global norm; bf16 autocast is optional.
-- The loss of a step is the mean next-token cross-entropy over all of its tokens, whatever the
-  split into processes and micro-batches.
+- The loss of a step is the mean over all of its counted targets, whatever the split into processes
+  and micro-batches: every micro-batch's sum is divided by the step's total count.
 - Every `ckpt_every` steps a full checkpoint (`herd.train.checkpoints`); `resume=True` continues
   from the latest one, truncating log lines written after it, so the logged curve is the same as
   that of an uninterrupted run.
@@ -28,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
@@ -41,8 +45,10 @@ from herd.model import Transformer
 from herd.tokenizer import Tokenizer, TokenizerError, load_tokenizer
 from herd.train import checkpoints, faults, metap
 from herd.train.balance import RouterBalance
-from herd.train.batches import Batches
+from herd.train.batches import TokenWindows
+from herd.train.chat_data import ChatData, chat_splits
 from herd.train.config import TRAJECTORY_FIELDS, TrainConfig
+from herd.train.objectives import NextToken
 from herd.train.parallel import World, all_reduce_sum, close_world, init_world, shard
 from herd.train.schedule import lr_multiplier
 
@@ -69,7 +75,9 @@ def model_config(config: TrainConfig, tokenizer: Tokenizer | None) -> TextConfig
             raise ConfigError(f"the data's tokenizer has {tokenizer.n_words:,} ids but the model has a vocabulary "
                               f"of {text.vocab_size:,}; prepare the data with a matching tokenizer")
         text = text.replace(bos_id=tokenizer.bos_id, eos_ids=tokenizer.stop_ids, pad_id=tokenizer.pad_id)
-    return text.replace(router_bias=bool(config.router_bias_rate) and text.n_experts > 0)
+    # A checkpoint's learned selection bias stays part of its routing (frozen when balancing is off).
+    keep = bool(config.init_from) and text.router_bias
+    return text.replace(router_bias=keep or (bool(config.router_bias_rate) and text.n_experts > 0))
 
 
 def _checkpoint_activations(block: nn.Module) -> None:
@@ -130,22 +138,35 @@ class _Trainer:
         self.out = Path(c.out)
         self.ckpt_dir = self.out / "checkpoints"
         if not c.data:
-            raise ConfigError("no data: pass --data DIR (a directory written by `herd data prepare`)")
-        self.train_data = TokenShards(c.data, "train")
-        val = TokenShards(c.data, "val")
-        self.val_data = val if len(val) > c.seq_len else None
-        self.tokenizer = self._tokenizer()
-        self.text = model_config(c, self.tokenizer)
+            raise ConfigError("no data: pass --data DIR (a directory written by `herd data prepare`)"
+                              if c.objective == "lm" else "no data: pass --data FILE.jsonl (or a directory)")
+        if c.objective == "sft":
+            if not c.init_from:
+                raise ConfigError("fine-tuning starts from a model: pass --init-from CHECKPOINT")
+            self.tokenizer: Tokenizer | None = load_tokenizer(c.init_from)
+            self.text = model_config(c, self.tokenizer)
+            self.train_data: TokenWindows | ChatData
+            self.val_data: TokenWindows | ChatData | None
+            self.train_data, self.val_data = chat_splits(c.data, self.tokenizer, c.seq_len, c.seed)
+        else:
+            shards = TokenShards(c.data, "train")
+            self.tokenizer = self._tokenizer(shards)
+            self.text = model_config(c, self.tokenizer)
+            bos = self.text.bos_id if c.document_masking else None
+            self.train_data = TokenWindows(shards, c.seq_len, c.seed, bos)
+            val = TokenShards(c.data, "val")
+            self.val_data = TokenWindows(val, c.seq_len, c.seed, bos) if len(val) > c.seq_len else None
+        self.objective = NextToken(bfloat16=c.precision == "bfloat16", accuracy=c.objective == "sft")
         per_rank, rem = divmod(c.batch_size, world.size)
         self.micro = c.micro_batch_size or per_rank
         if rem or per_rank % self.micro:
             raise ConfigError(f"batch_size {c.batch_size} must split into {world.size} process(es) × micro-batches "
                               f"of {self.micro}")
-        self.batches = Batches(self.train_data, c.seq_len, c.seed)
         self.tokens_per_step = c.batch_size * c.seq_len
 
-    def _tokenizer(self) -> Tokenizer | None:
-        source = self.train_data.manifest.get("tokenizer", {}).get("path")
+    @staticmethod
+    def _tokenizer(shards: TokenShards) -> Tokenizer | None:
+        source = shards.manifest.get("tokenizer", {}).get("path")
         try:
             return load_tokenizer(source)
         except TokenizerError as err:
@@ -233,58 +254,57 @@ class _Trainer:
         multiplier = lr_multiplier(step, c)
         for group in optimizer.param_groups:
             group["lr"] = group["peak_lr"] * multiplier
-        micro_batches = self.batches.micro_batches(step, c.batch_size, world.rank, world.size, self.micro)
-        loss_sum = torch.zeros((), device=world.device)
+        micro_batches = self.train_data.micro_batches(step, c.batch_size, world.rank, world.size, self.micro)
+        count = all_reduce_sum(torch.tensor(float(sum(self.objective.count(b) for b in micro_batches)),
+                                            dtype=torch.float64), world)
+        # Gradients are averaged over processes (FSDP), so each process's sums are scaled by its count.
+        scale = world.size / max(float(count), 1.0)
+        sums: dict[str, torch.Tensor] = {}
         for i, batch in enumerate(micro_batches):
             if world.size > 1:  # reduce-scatter gradients once, after the last micro-batch
                 model.set_requires_gradient_sync(i == len(micro_batches) - 1)
-            loss = self._loss(model, batch.to(world.device))
+            out = self.objective.sums(model, batch.to(world.device))
             aux = self.balance.aux_loss()
-            ((loss if aux is None else loss + aux) / len(micro_batches)).backward()
+            loss = out["loss"] * scale
+            (loss if aux is None else loss + aux / len(micro_batches)).backward()
             self.balance.end_micro_batch()
-            loss_sum += loss.detach()
+            for name, value in out.items():
+                sums[name] = sums.get(name, 0) + value.detach().double()
         faults.maybe_fail("step", step + 1)
         grad_norm = _grad_norm(model, c.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         loads = self.balance.end_step(lambda t: all_reduce_sum(t, world))
-        loss = float(all_reduce_sum(loss_sum / len(micro_batches), world)) / world.size
-        return {"step": step + 1, "loss": loss, "lr": optimizer.param_groups[0]["lr"],
-                "grad_norm": round(grad_norm, 5), "tokens": (step + 1) * self.tokens_per_step, **loads}
-
-    def _loss(self, model: nn.Module, batch_NS: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-        inputs_NS, targets_NS = batch_NS[:, :-1], batch_NS[:, 1:]
-        # A window may open inside a document: its first tokens form a document of their own.
-        documents_NS = (inputs_NS == self.text.bos_id).cumsum(dim=1) if self.config.document_masking else None
-        with torch.autocast(self.world.device.type, torch.bfloat16, enabled=self.config.precision == "bfloat16"):
-            logits_NSV = model(inputs_NS, documents_BS=documents_NS)
-        return F.cross_entropy(logits_NSV.float().flatten(0, 1), targets_NS.flatten(), reduction=reduction)
+        means = {name: float(all_reduce_sum(value, world) / max(float(count), 1.0)) for name, value in sums.items()}
+        record = {"step": step + 1, "loss": means.pop("loss"), "lr": optimizer.param_groups[0]["lr"],
+                  "grad_norm": round(grad_norm, 5), "tokens": (step + 1) * self.tokens_per_step, **loads}
+        if c.objective == "sft":
+            record.update({name: round(v, 5) for name, v in means.items()}, supervised_tokens=int(count))
+        return record
 
     @torch.no_grad()
     def _evaluate(self, model: nn.Module) -> float | None:
         if self.val_data is None:
             return None
         c, world = self.config, self.world
-        windows = Batches(self.val_data, c.seq_len, c.seed).validation(c.eval_batches * c.batch_size)
+        windows = self.val_data.validation(c.eval_batches * c.batch_size)
         per_rank = len(windows) // world.size
         if per_rank == 0:
             return None
-        mine = windows[world.rank * per_rank:(world.rank + 1) * per_rank]
+        mine = windows.slice(world.rank * per_rank, (world.rank + 1) * per_rank)
         model.eval()
-        total = torch.zeros((), dtype=torch.float64, device=world.device)
+        total = torch.zeros(2, dtype=torch.float64, device=world.device)  # the loss's sum, its count
         for i in range(0, per_rank, self.micro):
-            total += self._loss(model, mine[i:i + self.micro].to(world.device), reduction="sum").double()
+            part = mine.slice(i, i + self.micro).to(world.device)
+            total[0] += self.objective.sums(model, part)["loss"].double()
+            total[1] += self.objective.count(part)
         model.train()
-        n_tokens = per_rank * world.size * c.seq_len
-        return round(float(all_reduce_sum(total, world)) / n_tokens, 6)
+        loss_sum, count = all_reduce_sum(total, world).tolist()
+        return round(loss_sum / max(count, 1.0), 6)
 
     def _state(self, step: int) -> dict[str, Any]:
-        return {"train": self.config.to_dict(), "data": self._data_fingerprint(), "samples_seen":
+        return {"train": self.config.to_dict(), "data": self.train_data.fingerprint(), "samples_seen":
                 step * self.config.batch_size, "world_size": self.world.size}
-
-    def _data_fingerprint(self) -> dict[str, Any]:
-        m = self.train_data.manifest
-        return {"train_tokens": len(self.train_data), "tokenizer": m.get("tokenizer", {}).get("sha256")}
 
     def _resume(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
         found = checkpoints.checkpoints(self.ckpt_dir)
@@ -295,11 +315,13 @@ class _Trainer:
         with open(latest / "state.json") as f:
             saved = json.load(f)
         before = saved["train"]
-        changed = [f"{k}={before.get(k)!r}" for k in TRAJECTORY_FIELDS if before.get(k) != getattr(self.config, k)]
+        defaults = TrainConfig()  # a field newer than the checkpoint had its default then
+        changed = [f"{k}={before.get(k)!r}" for k in TRAJECTORY_FIELDS
+                   if before.get(k, getattr(defaults, k)) != getattr(self.config, k)]
         if changed:
             raise checkpoints.ResumeError(f"{latest}: the run was started with other settings: {', '.join(changed)} "
                                           "(start a new --out, or resume with the same settings)")
-        if saved["data"] != self._data_fingerprint():
+        if saved["data"] != self.train_data.fingerprint():
             raise checkpoints.ResumeError(f"{latest}: the checkpoint was trained on other data ({saved['data']})")
         state = checkpoints.load(latest, model, optimizer)
         log.info("resumed from %s (step %d, written by %d process(es))", latest, state["step"], state["world_size"])
