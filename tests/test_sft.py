@@ -162,7 +162,7 @@ def test_bad_chat_data_names_the_line(base: Path, tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"bad.jsonl:2: not JSON"):
         ChatData(bad, tokenizer, 64, 0)
     bad.write_text(json.dumps({"prompt": "hi"}) + "\n")
-    with pytest.raises(DataError, match=r"bad.jsonl:1: a conversation is an object with a `messages` list"):
+    with pytest.raises(DataError, match=r"bad.jsonl:1: a record is an object with a `messages` list"):
         ChatData(bad, tokenizer, 64, 0)
     bad.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n")
     with pytest.raises(DataError, match="no conversation with an assistant message"):

@@ -11,6 +11,7 @@ from herd.cli import (
     chat,
     data,
     demo,
+    dpo,
     eval,
     generate,
     info,
@@ -29,7 +30,7 @@ from herd.tokenizer import TokenizerError
 
 COMMANDS = {
     "demo": demo, "info": info, "generate": generate, "chat": chat, "tokenize": tokenize, "tokenizer": tokenizer,
-    "data": data, "train": train, "sft": sft, "metap": metap, "serve": serve, "quantize": quantize,
+    "data": data, "train": train, "sft": sft, "dpo": dpo, "metap": metap, "serve": serve, "quantize": quantize,
     "plan": plan, "eval": eval,
 }
 

@@ -31,31 +31,38 @@ class Batch:
 
     `documents_NS` (optional) numbers the packed documents of the inputs: attention stays inside each and
     positions restart at its start. `targets_NS` (optional) marks the targets that count in the loss
-    (supervised tokens in fine-tuning); None counts every one.
+    (supervised tokens in fine-tuning); None counts every one. A sample is `group` rows (a preference
+    pair's chosen and rejected rows); `reference_N` (optional) is each row's log-probability under the
+    reference model. Length and slicing count samples, not rows.
     """
 
     tokens_NS: torch.Tensor
     documents_NS: torch.Tensor | None = None
     targets_NS: torch.Tensor | None = None
+    reference_N: torch.Tensor | None = None
+    group: int = 1
 
     def to(self, device: torch.device) -> Batch:
         def move(t: torch.Tensor | None) -> torch.Tensor | None:
             return None if t is None else t.to(device)
 
-        return Batch(self.tokens_NS.to(device), move(self.documents_NS), move(self.targets_NS))
+        return Batch(self.tokens_NS.to(device), move(self.documents_NS), move(self.targets_NS),
+                     move(self.reference_N), self.group)
 
     def __len__(self) -> int:
-        return self.tokens_NS.shape[0]
+        return self.tokens_NS.shape[0] // self.group
 
     def n_targets(self) -> int:
         n, s = self.tokens_NS.shape
         return n * (s - 1) if self.targets_NS is None else int(self.targets_NS.sum())
 
     def slice(self, i: int, j: int) -> Batch:
-        def part(t: torch.Tensor | None) -> torch.Tensor | None:
-            return None if t is None else t[i:j]
+        """Samples i … j - 1."""
+        def rows(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t[i * self.group : j * self.group]
 
-        return Batch(self.tokens_NS[i:j], part(self.documents_NS), part(self.targets_NS))
+        return Batch(self.tokens_NS[i * self.group : j * self.group], rows(self.documents_NS), rows(self.targets_NS),
+                     rows(self.reference_N), self.group)
 
 
 class Batches:

@@ -52,8 +52,8 @@ def chat_splits(data: str | Path, tokenizer: Tokenizer, seq_len: int, seed: int)
     return ChatData(path, tokenizer, seq_len, seed), None
 
 
-def read_conversations(path: Path) -> list[dict[str, Any]]:
-    """The conversations of a JSONL file, each checked for a `messages` list; errors name the line."""
+def read_conversations(path: Path, key: str = "messages") -> list[dict[str, Any]]:
+    """The records of a JSONL file, each checked for a `key` list of messages; errors name the line."""
     out = []
     with open(path, encoding="utf-8") as f:
         for number, line in enumerate(f, start=1):
@@ -63,8 +63,8 @@ def read_conversations(path: Path) -> list[dict[str, Any]]:
                 record = json.loads(line)
             except json.JSONDecodeError as err:
                 raise DataError(f"{path}:{number}: not JSON ({err.msg})") from None
-            if not isinstance(record, dict) or not isinstance(record.get("messages"), list):
-                raise DataError(f"{path}:{number}: a conversation is an object with a `messages` list")
+            if not isinstance(record, dict) or not isinstance(record.get(key), list):
+                raise DataError(f"{path}:{number}: a record is an object with a `{key}` list of messages")
             out.append(record)
     return out
 

@@ -17,13 +17,14 @@ from typing import Any
 from herd.config import ConfigError
 
 SCHEDULES = ("cosine", "wsd", "constant")
-OBJECTIVES = ("lm", "sft")
+OBJECTIVES = ("lm", "sft", "dpo")
 PRECISIONS = ("float32", "bfloat16")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     objective: str = "lm"  # lm: next-token prediction on token shards (herd train) | sft: on chat data (herd sft)
+    #                        | dpo: preference pairs (herd dpo)
     model: str = "herd-10m"  # a preset name, or a checkpoint directory / config.json to start from scratch
     init_from: str = ""  # a checkpoint to continue from (its architecture and weights; a fresh optimizer)
     vocab_size: int = 0  # 0: the model's own; else a smaller/larger embedding, e.g. the data tokenizer's size
@@ -58,6 +59,9 @@ class TrainConfig:
     ckpt_every: int = 100
     keep_checkpoints: int = 2
     log_every: int = 10
+    beta: float = 0.1  # dpo: the strength of the pull toward the reference
+    nll_weight: float = 0.0  # dpo: weight of the chosen side's NLL added to the loss (RPO; 0: plain DPO)
+    reference: str = ""  # dpo: the reference model ("": init_from)
 
     def __post_init__(self) -> None:
         checks = [
@@ -77,6 +81,7 @@ class TrainConfig:
             (self.grad_clip >= 0, "grad_clip must be >= 0"),
             (self.keep_checkpoints >= 1, "keep_checkpoints must be >= 1"),
             (self.eval_batches >= 1, "eval_batches must be >= 1"),
+            (self.beta > 0 and self.nll_weight >= 0, "beta must be > 0 and nll_weight >= 0"),
             (self.ckpt_every > 0 and self.eval_every > 0 and self.log_every > 0, "*_every must be > 0"),
         ]
         for ok, message in checks:
@@ -136,5 +141,5 @@ TRAJECTORY_FIELDS = (
     "objective", "model", "init_from", "document_masking", "vocab_size",
     "seq_len", "batch_size", "steps", "lr", "min_lr_ratio", "warmup_steps", "schedule",
     "decay_fraction", "weight_decay", "beta1", "beta2", "eps", "grad_clip", "init_std", "parametrization",
-    "metap_base", "seed", "precision", "router_bias_rate", "aux_loss_coef",
+    "metap_base", "seed", "precision", "router_bias_rate", "aux_loss_coef", "beta", "nll_weight", "reference",
 )

@@ -48,7 +48,8 @@ from herd.train.balance import RouterBalance
 from herd.train.batches import TokenWindows
 from herd.train.chat_data import ChatData, chat_splits
 from herd.train.config import TRAJECTORY_FIELDS, TrainConfig
-from herd.train.objectives import NextToken
+from herd.train.objectives import NextToken, Preference, reference_logps
+from herd.train.pair_data import PairData, pair_splits
 from herd.train.parallel import World, all_reduce_sum, close_world, init_world, shard
 from herd.train.schedule import lr_multiplier
 
@@ -140,14 +141,15 @@ class _Trainer:
         if not c.data:
             raise ConfigError("no data: pass --data DIR (a directory written by `herd data prepare`)"
                               if c.objective == "lm" else "no data: pass --data FILE.jsonl (or a directory)")
-        if c.objective == "sft":
+        self.train_data: TokenWindows | ChatData | PairData
+        self.val_data: TokenWindows | ChatData | PairData | None
+        if c.objective in ("sft", "dpo"):
             if not c.init_from:
-                raise ConfigError("fine-tuning starts from a model: pass --init-from CHECKPOINT")
+                raise ConfigError("post-training starts from a model: pass --init-from CHECKPOINT")
             self.tokenizer: Tokenizer | None = load_tokenizer(c.init_from)
             self.text = model_config(c, self.tokenizer)
-            self.train_data: TokenWindows | ChatData
-            self.val_data: TokenWindows | ChatData | None
-            self.train_data, self.val_data = chat_splits(c.data, self.tokenizer, c.seq_len, c.seed)
+            splits = chat_splits if c.objective == "sft" else pair_splits
+            self.train_data, self.val_data = splits(c.data, self.tokenizer, c.seq_len, c.seed)
         else:
             shards = TokenShards(c.data, "train")
             self.tokenizer = self._tokenizer(shards)
@@ -156,13 +158,15 @@ class _Trainer:
             self.train_data = TokenWindows(shards, c.seq_len, c.seed, bos)
             val = TokenShards(c.data, "val")
             self.val_data = TokenWindows(val, c.seq_len, c.seed, bos) if len(val) > c.seq_len else None
-        self.objective = NextToken(bfloat16=c.precision == "bfloat16", accuracy=c.objective == "sft")
+        bf16 = c.precision == "bfloat16"
+        self.objective = (Preference(c.beta, c.nll_weight, bf16) if c.objective == "dpo"
+                          else NextToken(bfloat16=bf16, accuracy=c.objective == "sft"))
         per_rank, rem = divmod(c.batch_size, world.size)
         self.micro = c.micro_batch_size or per_rank
         if rem or per_rank % self.micro:
             raise ConfigError(f"batch_size {c.batch_size} must split into {world.size} process(es) × micro-batches "
                               f"of {self.micro}")
-        self.tokens_per_step = c.batch_size * c.seq_len
+        self.tokens_per_step = c.batch_size * c.seq_len * getattr(self.train_data, "rows_per_sample", 1)
 
     @staticmethod
     def _tokenizer(shards: TokenShards) -> Tokenizer | None:
@@ -215,6 +219,8 @@ class _Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             checkpoints.remove_partial(self.ckpt_dir)
             _write_json(self.out / "config.json", {"train": c.to_dict(), "model": dataclasses.asdict(self.text)})
+        if c.objective == "dpo":
+            self._reference()
         logbook = _Log(self.out / "log.jsonl", start if resume else None, world.is_main)
         bar = tqdm(total=c.steps, initial=start, desc="train", unit="step", dynamic_ncols=True,
                    disable=not (self.progress and world.is_main))
@@ -278,9 +284,41 @@ class _Trainer:
         means = {name: float(all_reduce_sum(value, world) / max(float(count), 1.0)) for name, value in sums.items()}
         record = {"step": step + 1, "loss": means.pop("loss"), "lr": optimizer.param_groups[0]["lr"],
                   "grad_norm": round(grad_norm, 5), "tokens": (step + 1) * self.tokens_per_step, **loads}
+        record.update({name: round(v, 5) for name, v in means.items()})
         if c.objective == "sft":
-            record.update({name: round(v, 5) for name, v in means.items()}, supervised_tokens=int(count))
+            record["supervised_tokens"] = int(count)
         return record
+
+    def _reference(self) -> None:
+        """Every pair's log-probabilities under the reference model, computed once and kept beside the run
+        (`reference_logps.safetensors`, keyed by the reference and the data), then attached to the data."""
+        from safetensors import safe_open
+        from safetensors.torch import save_file
+
+        c, world = self.config, self.world
+        source = c.reference or c.init_from
+        splits = {"train": self.train_data, **({"val": self.val_data} if self.val_data is not None else {})}
+        key = json.dumps({"reference": str(Path(source).resolve()), "precision": c.precision,
+                          **{name: data.fingerprint() for name, data in splits.items()}}, sort_keys=True)
+        path = self.out / "reference_logps.safetensors"
+        if path.exists():
+            with safe_open(path, "pt") as f:
+                if f.metadata().get("key") == key:
+                    for name, data in splits.items():
+                        data.reference_N2 = f.get_tensor(name)
+                    return
+        reference = herd.load(source, dtype=torch.float32, text_only=True).to(world.device)
+        for data in splits.values():
+            data.reference_N2 = reference_logps(reference, data.all_pairs(self.micro), c.precision == "bfloat16",
+                                                progress=self.progress and world.is_main)
+        del reference
+        if world.is_main:
+            tmp = path.with_name(path.name + ".tmp")
+            save_file({name: data.reference_N2.contiguous() for name, data in splits.items()}, tmp,
+                      metadata={"key": key})
+            os.replace(tmp, path)
+        log.info("reference log-probabilities of %s for %s", source, ", ".join(
+            f"{len(data)} {name} pairs" for name, data in splits.items()))
 
     @torch.no_grad()
     def _evaluate(self, model: nn.Module) -> float | None:

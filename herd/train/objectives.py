@@ -45,3 +45,59 @@ class NextToken:
             with torch.no_grad():
                 out["token_accuracy"] = (logits_NSV.argmax(dim=-1) == targets_NS).sum().float()
         return out
+
+
+def sequence_logps(model: nn.Module, batch: Batch, bfloat16: bool = False) -> torch.Tensor:
+    """Each row's summed log-probability of its counted targets, [N]."""
+    inputs_NS, targets_NS = batch.tokens_NS[:, :-1], batch.tokens_NS[:, 1:]
+    if batch.targets_NS is not None:
+        targets_NS = targets_NS.masked_fill(~batch.targets_NS, IGNORE)
+    with torch.autocast(inputs_NS.device.type, torch.bfloat16, enabled=bfloat16):
+        logits_NSV = model(inputs_NS, documents_BS=batch.documents_NS)
+    nll_NS = F.cross_entropy(logits_NSV.float().flatten(0, 1), targets_NS.flatten(), ignore_index=IGNORE,
+                             reduction="none").view(targets_NS.shape)  # zero where ignored
+    return -nll_NS.sum(dim=1)
+
+
+class Preference:
+    """DPO's sigmoid loss over pairs: −log σ(β·[(log π(c) − log π_ref(c)) − (log π(r) − log π_ref(r))]).
+
+    The reference's log-probabilities come with the batch (computed once before training). With
+    `nll_weight` > 0, the chosen side's token-mean NLL is added per pair (RPO; TRL's `rpo_alpha`). The
+    metrics are TRL's: the implicit rewards β·(log π − log π_ref) of each side, their margin, and the
+    fraction of pairs where the chosen reward is the larger.
+    """
+
+    def __init__(self, beta: float, nll_weight: float = 0.0, bfloat16: bool = False) -> None:
+        self.beta, self.nll_weight, self.bfloat16 = beta, nll_weight, bfloat16
+
+    def count(self, batch: Batch) -> int:
+        return len(batch)
+
+    def sums(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+        if batch.reference_N is None:
+            raise ValueError("preference batches need the reference's log-probabilities (reference_logps)")
+        logp_N = sequence_logps(model, batch, self.bfloat16)
+        rewards_N = self.beta * (logp_N - batch.reference_N.to(logp_N))
+        chosen_P, rejected_P = rewards_N[0::2], rewards_N[1::2]
+        margin_P = chosen_P - rejected_P
+        loss_P = -F.logsigmoid(margin_P)
+        if self.nll_weight:
+            n_chosen_P = batch.targets_NS[0::2].sum(dim=1).clamp_min(1)
+            loss_P = loss_P + self.nll_weight * (-logp_N[0::2] / n_chosen_P)
+        with torch.no_grad():
+            metrics = {"rewards_chosen": chosen_P.sum(), "rewards_rejected": rejected_P.sum(),
+                       "reward_margin": margin_P.sum(), "reward_accuracy": (margin_P > 0).float().sum()}
+        return {"loss": loss_P.sum(), **metrics}
+
+
+@torch.no_grad()
+def reference_logps(model: nn.Module, batches: list[Batch], bfloat16: bool = False,
+                    progress: bool = False) -> torch.Tensor:
+    """The reference model's log-probabilities of every row of `batches`, as [pairs, 2] (chosen, rejected)."""
+    from tqdm import tqdm
+
+    model.eval()
+    out = [sequence_logps(model, batch, bfloat16).view(-1, batch.group).double().cpu()
+           for batch in tqdm(batches, desc="reference", unit="batch", disable=not progress)]
+    return torch.cat(out)
