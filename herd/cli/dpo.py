@@ -18,7 +18,8 @@ BASE = TrainConfig(objective="dpo", router_bias_rate=0.0, weight_decay=0.0, lr=5
 
 
 def register(parser: argparse.ArgumentParser) -> None:
-    train.register(parser, BASE, fixed=("objective", "model", "vocab_size", "document_masking"))
+    fixed = ("objective", "model", "vocab_size", "document_masking", *train.DISTILL_FIELDS)
+    train.register(parser, BASE, fixed=fixed)
 
 
 def run(args: argparse.Namespace) -> int:

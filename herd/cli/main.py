@@ -11,6 +11,7 @@ from herd.cli import (
     chat,
     data,
     demo,
+    distill,
     dpo,
     eval,
     generate,
@@ -30,8 +31,8 @@ from herd.tokenizer import TokenizerError
 
 COMMANDS = {
     "demo": demo, "info": info, "generate": generate, "chat": chat, "tokenize": tokenize, "tokenizer": tokenizer,
-    "data": data, "train": train, "sft": sft, "dpo": dpo, "metap": metap, "serve": serve, "quantize": quantize,
-    "plan": plan, "eval": eval,
+    "data": data, "train": train, "sft": sft, "dpo": dpo, "distill": distill, "metap": metap, "serve": serve,
+    "quantize": quantize, "plan": plan, "eval": eval,
 }
 
 

@@ -17,8 +17,9 @@ BASE = TrainConfig(objective="sft", router_bias_rate=0.0, weight_decay=0.0, lr=1
 
 
 def register(parser: argparse.ArgumentParser) -> None:
-    train.register(parser, BASE, fixed=("objective", "model", "vocab_size", "document_masking", "beta", "nll_weight",
-                                        "reference"))
+    fixed = ("objective", "model", "vocab_size", "document_masking", *train.DISTILL_FIELDS, "beta", "nll_weight",
+             "reference")
+    train.register(parser, BASE, fixed=fixed)
 
 
 def run(args: argparse.Namespace) -> int:

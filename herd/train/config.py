@@ -17,14 +17,14 @@ from typing import Any
 from herd.config import ConfigError
 
 SCHEDULES = ("cosine", "wsd", "constant")
-OBJECTIVES = ("lm", "sft", "dpo")
+OBJECTIVES = ("lm", "sft", "dpo", "distill")
 PRECISIONS = ("float32", "bfloat16")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     objective: str = "lm"  # lm: next-token prediction on token shards (herd train) | sft: on chat data (herd sft)
-    #                        | dpo: preference pairs (herd dpo)
+    #                        | dpo: preference pairs (herd dpo) | distill: token shards with a teacher (herd distill)
     model: str = "herd-10m"  # a preset name, or a checkpoint directory / config.json to start from scratch
     init_from: str = ""  # a checkpoint to continue from (its architecture and weights; a fresh optimizer)
     vocab_size: int = 0  # 0: the model's own; else a smaller/larger embedding, e.g. the data tokenizer's size
@@ -62,6 +62,13 @@ class TrainConfig:
     beta: float = 0.1  # dpo: the strength of the pull toward the reference
     nll_weight: float = 0.0  # dpo: weight of the chosen side's NLL added to the loss (RPO; 0: plain DPO)
     reference: str = ""  # dpo: the reference model ("": init_from)
+    teacher: str = ""  # distill: the teacher checkpoint (the same vocabulary as the student)
+    soft_loss: str = "forward_kl"  # distill: forward_kl | reverse_kl | jsd
+    jsd_beta: float = 0.5  # distill: the generalized JSD's interpolation (0: forward KL, 1: reverse KL)
+    temperature: float = 1.0  # distill: the soft targets' temperature τ (the soft loss is scaled by τ²)
+    alpha: float = 0.5  # distill: the soft loss's weight (1 − alpha on the data's cross-entropy)
+    alpha_rule: str = "fixed"  # distill: fixed | linear (alpha → alpha_end over the run) | confidence (per token)
+    alpha_end: float = 0.5  # distill: where `linear` ends
 
     def __post_init__(self) -> None:
         checks = [
@@ -82,6 +89,8 @@ class TrainConfig:
             (self.keep_checkpoints >= 1, "keep_checkpoints must be >= 1"),
             (self.eval_batches >= 1, "eval_batches must be >= 1"),
             (self.beta > 0 and self.nll_weight >= 0, "beta must be > 0 and nll_weight >= 0"),
+            (0 <= self.alpha <= 1 and 0 <= self.alpha_end <= 1, "alpha and alpha_end must be in [0, 1]"),
+            (0 <= self.jsd_beta <= 1 and self.temperature > 0, "jsd_beta must be in [0, 1] and temperature > 0"),
             (self.ckpt_every > 0 and self.eval_every > 0 and self.log_every > 0, "*_every must be > 0"),
         ]
         for ok, message in checks:
@@ -142,4 +151,5 @@ TRAJECTORY_FIELDS = (
     "seq_len", "batch_size", "steps", "lr", "min_lr_ratio", "warmup_steps", "schedule",
     "decay_fraction", "weight_decay", "beta1", "beta2", "eps", "grad_clip", "init_std", "parametrization",
     "metap_base", "seed", "precision", "router_bias_rate", "aux_loss_coef", "beta", "nll_weight", "reference",
+    "teacher", "soft_loss", "jsd_beta", "temperature", "alpha", "alpha_rule", "alpha_end",
 )

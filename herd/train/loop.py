@@ -48,7 +48,7 @@ from herd.train.balance import RouterBalance
 from herd.train.batches import TokenWindows
 from herd.train.chat_data import ChatData, chat_splits
 from herd.train.config import TRAJECTORY_FIELDS, TrainConfig
-from herd.train.objectives import NextToken, Preference, reference_logps
+from herd.train.objectives import Distill, NextToken, Preference, reference_logps
 from herd.train.pair_data import PairData, pair_splits
 from herd.train.parallel import World, all_reduce_sum, close_world, init_world, shard
 from herd.train.schedule import lr_multiplier
@@ -159,14 +159,31 @@ class _Trainer:
             val = TokenShards(c.data, "val")
             self.val_data = TokenWindows(val, c.seq_len, c.seed, bos) if len(val) > c.seq_len else None
         bf16 = c.precision == "bfloat16"
-        self.objective = (Preference(c.beta, c.nll_weight, bf16) if c.objective == "dpo"
-                          else NextToken(bfloat16=bf16, accuracy=c.objective == "sft"))
+        self.objective: NextToken | Preference | Distill
+        if c.objective == "dpo":
+            self.objective = Preference(c.beta, c.nll_weight, bf16)
+        elif c.objective == "distill":
+            self.objective = Distill(self._teacher(), c.soft_loss, c.alpha, c.alpha_rule, c.alpha_end, c.jsd_beta,
+                                     c.temperature, bf16)
+        else:
+            self.objective = NextToken(bfloat16=bf16, accuracy=c.objective == "sft")
         per_rank, rem = divmod(c.batch_size, world.size)
         self.micro = c.micro_batch_size or per_rank
         if rem or per_rank % self.micro:
             raise ConfigError(f"batch_size {c.batch_size} must split into {world.size} process(es) × micro-batches "
                               f"of {self.micro}")
         self.tokens_per_step = c.batch_size * c.seq_len * getattr(self.train_data, "rows_per_sample", 1)
+
+    def _teacher(self) -> nn.Module:
+        """The frozen teacher, whole on every process (it is not sharded)."""
+        if not self.config.teacher:
+            raise ConfigError("distillation needs a teacher: pass --teacher CHECKPOINT")
+        teacher = herd.load(self.config.teacher, dtype=torch.float32, text_only=True)
+        if teacher.config.vocab_size != self.text.vocab_size:
+            raise ConfigError(f"the teacher {self.config.teacher} has a vocabulary of {teacher.config.vocab_size:,} "
+                              f"and the student {self.text.vocab_size:,}: distillation needs the same tokenizer")
+        teacher.requires_grad_(False)
+        return teacher.to(self.world.device)
 
     @staticmethod
     def _tokenizer(shards: TokenShards) -> Tokenizer | None:
@@ -258,6 +275,8 @@ class _Trainer:
     def _step(self, model: nn.Module, optimizer: torch.optim.Optimizer, step: int) -> dict[str, Any]:
         c, world = self.config, self.world
         multiplier = lr_multiplier(step, c)
+        if isinstance(self.objective, Distill):
+            self.objective.progress = step / c.steps  # alpha's schedule
         for group in optimizer.param_groups:
             group["lr"] = group["peak_lr"] * multiplier
         micro_batches = self.train_data.micro_batches(step, c.batch_size, world.rank, world.size, self.micro)

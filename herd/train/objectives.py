@@ -15,6 +15,8 @@ Shapes: N sequences, S sequence length, V vocabulary.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -101,3 +103,78 @@ def reference_logps(model: nn.Module, batches: list[Batch], bfloat16: bool = Fal
     out = [sequence_logps(model, batch, bfloat16).view(-1, batch.group).double().cpu()
            for batch in tqdm(batches, desc="reference", unit="batch", disable=not progress)]
     return torch.cat(out)
+
+
+SOFT_LOSSES = ("forward_kl", "reverse_kl", "jsd")
+ALPHA_RULES = ("fixed", "linear", "confidence")
+
+
+def soft_loss(student_NV: torch.Tensor, teacher_NV: torch.Tensor, kind: str, beta: float = 0.5,
+              temperature: float = 1.0) -> torch.Tensor:
+    """Per-row divergence between the teacher's and the student's next-token distributions at `temperature`, [N].
+
+    forward_kl = KL(teacher ‖ student) (mass-covering, classic distillation); reverse_kl = KL(student ‖ teacher)
+    (mode-seeking); jsd = β·KL(teacher ‖ M) + (1 − β)·KL(student ‖ M) with M = β·teacher + (1 − β)·student,
+    the generalized JSD of GKD, taken as forward KL at β = 0 and reverse KL at β = 1 (TRL's convention).
+    """
+    s_NV = F.log_softmax(student_NV.float() / temperature, dim=-1)
+    t_NV = F.log_softmax(teacher_NV.float() / temperature, dim=-1)
+
+    def kl(p_NV: torch.Tensor, q_NV: torch.Tensor) -> torch.Tensor:  # KL(p ‖ q) from log-probabilities
+        return (p_NV.exp() * (p_NV - q_NV)).sum(dim=-1)
+
+    if kind == "forward_kl" or (kind == "jsd" and beta == 0):
+        return kl(t_NV, s_NV)
+    if kind == "reverse_kl" or (kind == "jsd" and beta == 1):
+        return kl(s_NV, t_NV)
+    if kind != "jsd":
+        raise ValueError(f"soft loss must be one of {', '.join(SOFT_LOSSES)}, got {kind!r}")
+    m_NV = torch.logsumexp(torch.stack([t_NV + math.log(beta), s_NV + math.log1p(-beta)]), dim=0)
+    return beta * kl(t_NV, m_NV) + (1 - beta) * kl(s_NV, m_NV)
+
+
+class Distill:
+    """Distillation from a teacher on the same tokens: per target, α·τ²·soft + (1 − α)·hard, hard the
+    cross-entropy with the data's next token, soft a divergence from the teacher at temperature τ (τ² keeps the
+    soft gradients' scale as τ changes, as in Hinton et al.).
+
+    α is `fixed`; `linear` from `alpha` to `alpha_end` over the run; or `confidence`: per token, α·p_teacher(y),
+    the probability the teacher gives the true next token (at τ = 1). Where the teacher is right and sure its
+    distribution is the richer target; where it gives the truth little mass its soft target would teach the
+    student its mistake, so the data's token takes over. This is the rule we chose for Meta's "dynamic"
+    weighting of soft and hard targets, which Meta did not publish.
+    """
+
+    def __init__(self, teacher: nn.Module, kind: str = "forward_kl", alpha: float = 0.5, rule: str = "fixed",
+                 alpha_end: float = 0.5, beta: float = 0.5, temperature: float = 1.0, bfloat16: bool = False) -> None:
+        if rule not in ALPHA_RULES:
+            raise ValueError(f"alpha rule must be one of {', '.join(ALPHA_RULES)}, got {rule!r}")
+        if kind not in SOFT_LOSSES:
+            raise ValueError(f"soft loss must be one of {', '.join(SOFT_LOSSES)}, got {kind!r}")
+        self.teacher, self.kind, self.alpha, self.rule, self.alpha_end = teacher.eval(), kind, alpha, rule, alpha_end
+        self.beta, self.temperature, self.bfloat16 = beta, temperature, bfloat16
+        self.progress = 0.0  # the run's fraction done, set by the trainer each step (for `linear`)
+
+    def count(self, batch: Batch) -> int:
+        return batch.n_targets()
+
+    def sums(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+        inputs_NS, targets_NS = batch.tokens_NS[:, :-1], batch.tokens_NS[:, 1:]
+        counted_NS = torch.ones_like(targets_NS, dtype=torch.bool) if batch.targets_NS is None else batch.targets_NS
+        with torch.autocast(inputs_NS.device.type, torch.bfloat16, enabled=self.bfloat16):
+            student_NSV = model(inputs_NS, documents_BS=batch.documents_NS)
+            with torch.no_grad():
+                teacher_NSV = self.teacher(inputs_NS, documents_BS=batch.documents_NS)
+        student_TV, teacher_TV = student_NSV.float()[counted_NS], teacher_NSV.float()[counted_NS]
+        target_T = targets_NS[counted_NS]
+        hard_T = F.cross_entropy(student_TV, target_T, reduction="none")
+        soft_T = soft_loss(student_TV, teacher_TV, self.kind, self.beta, self.temperature) * self.temperature**2
+        if self.rule == "confidence":
+            with torch.no_grad():
+                alpha_T = self.alpha * torch.softmax(teacher_TV, dim=-1).gather(1, target_T[:, None])[:, 0]
+        else:
+            value = self.alpha + (self.alpha_end - self.alpha) * self.progress if self.rule == "linear" else self.alpha
+            alpha_T = torch.full_like(hard_T, value)
+        loss_T = alpha_T * soft_T + (1 - alpha_T) * hard_T
+        return {"loss": loss_T.sum(), "hard_loss": hard_T.detach().sum(), "soft_loss": soft_T.detach().sum(),
+                "alpha": alpha_T.sum()}
