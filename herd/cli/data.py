@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from herd.data.filter import SIGNALS
 from herd.data.prepare import DEFAULT_SHARD_TOKENS, prepare
 from herd.data.sources import DataError
 from herd.tokenizer import TokenizerError
@@ -16,6 +17,10 @@ _PREPARE_HELP = ("Tokenize INPUTS into DIR: train/val token shards and manifest.
                  "(searched recursively for text, code and .jsonl files), a glob (quote it; ** recurses), or "
                  "'stdlib' for this Python's standard library. JSONL lines contribute their \"text\" field.")
 
+
+_FILTER_HELP = ("Score each conversation of FILE with a judge model (the answer's NLL, instruction-following "
+                "difficulty, pass rate of sampled answers under a verifier, or a 1-10 rubric) and keep the hard ones: "
+                "DIR/train.jsonl holds the kept lines, DIR/scores.jsonl every item's scores.")
 
 _JOIN_HELP = ("Write one text file per package of INPUTS (the files of a first-level subdirectory concatenated, each "
               "after a '# file: path' line) and one per top-level file, into DIR: long documents mixed with short "
@@ -45,6 +50,26 @@ def register(parser: argparse.ArgumentParser) -> None:
     j.add_argument("--hold-out", type=float, default=0.0, metavar="F",
                    help="leave out the files `herd data prepare --val-fraction F` holds out (default 0: none)")
     j.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+    f = sub.add_parser("filter", help="score chat data's difficulty with a judge model and drop the easy part",
+                       description=_FILTER_HELP)
+    f.add_argument("data", metavar="FILE", help="chat JSONL (herd sft's format; the last message is the answer)")
+    f.add_argument("--judge", required=True, metavar="MODEL", help="the judge: any herd checkpoint")
+    f.add_argument("--out", required=True, metavar="DIR", help="writes DIR/train.jsonl and DIR/scores.jsonl")
+    f.add_argument("--signals", nargs="+", default=["nll"], choices=SIGNALS, help="difficulty signals (default nll)")
+    keep = f.add_mutually_exclusive_group(required=True)
+    keep.add_argument("--drop-easy-fraction", type=float, metavar="F", help="drop the easiest F of the items")
+    keep.add_argument("--keep-band", type=float, nargs=2, metavar=("LO", "HI"),
+                      help="keep the items whose difficulty percentile is in [LO, HI]")
+    f.add_argument("--samples", type=int, default=4, metavar="N", help="pass_rate: samples per question (default 4)")
+    f.add_argument("--pass-k", type=int, default=None, metavar="K", help="pass_rate: also record pass@K (default N)")
+    f.add_argument("--temperature", type=float, default=0.8, help="pass_rate: sampling temperature (default 0.8)")
+    f.add_argument("--max-new-tokens", type=int, default=64, help="pass_rate: answer length cap (default 64)")
+    f.add_argument("--verifier", default="exact",
+                   help="pass_rate: exact, number, or module:function(output, reference) -> bool (default exact)")
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _fail(message: str) -> int:
@@ -85,7 +110,28 @@ def _run_join(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_filter(args: argparse.Namespace) -> int:
+    import herd
+    from herd.data.filter import Judge, filter_file
+    from herd.tokenizer import load_tokenizer
+
+    try:
+        judge = Judge(herd.load(args.judge), load_tokenizer(args.judge), progress=not args.no_progress)
+        counts = filter_file(args.data, judge, args.out, signals=args.signals,
+                             drop_easy_fraction=args.drop_easy_fraction,
+                             keep_band=tuple(args.keep_band) if args.keep_band else None, samples=args.samples,
+                             pass_k=args.pass_k, temperature=args.temperature, max_new_tokens=args.max_new_tokens,
+                             verifier=args.verifier, seed=args.seed)
+    except (DataError, TokenizerError) as err:
+        return _fail(str(err))
+    print(f"kept {counts['kept']:,} of {_count(counts['items'], 'conversation')} by {', '.join(counts['signals'])} "
+          f"-> {args.out}/train.jsonl (scores in {args.out}/scores.jsonl)")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.data_command == "filter":
+        return _run_filter(args)
     if args.data_command == "prepare":
         return _run_prepare(args)
     if args.data_command == "join":

@@ -1,0 +1,108 @@
+"""`herd data filter`: pass@k, percentiles, verifiers, the keep rules, and byte-identical outputs from a real judge."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from train_helpers import prepared_data
+
+import herd
+from herd.cli.main import main
+from herd.config import preset
+from herd.data.filter import exact, filter_file, number, pass_at_k, percentiles
+from herd.data.sources import DataError
+from herd.tokenizer import load_tokenizer
+
+VOCAB = 320
+
+
+def test_pass_at_k_is_the_chance_that_k_of_the_samples_include_a_pass() -> None:
+    for n, c, k in [(5, 2, 1), (5, 2, 2), (6, 0, 3), (4, 4, 2), (7, 3, 5)]:
+        draws = list(itertools.combinations([1] * c + [0] * (n - c), k))
+        assert pass_at_k(n, c, k) == pytest.approx(sum(any(d) for d in draws) / len(draws))
+
+
+def test_percentiles_share_ties_and_put_missing_values_in_the_middle() -> None:
+    assert percentiles([3.0, 1.0, 2.0]) == [1.0, 0.0, 0.5]
+    assert percentiles([1.0, 1.0, 5.0, None]) == [0.25, 0.25, 1.0, 0.5]
+    assert percentiles([None, 2.0]) == [0.5, 0.5]
+
+
+def test_verifiers() -> None:
+    assert exact(" 936. ", "936") and exact("Paris", "paris") and not exact("936 apples", "936")
+    assert number("The answer is 1,036.", "1036") and not number("no idea", "12") and not number("13", "12")
+
+
+class StubJudge:
+    """Answers NLL = the item's index; sampled answers right for even items only."""
+
+    def answer_nll(self, items, with_question: bool) -> list[float]:
+        return [float(i + 1) if with_question else 2.0 * (i + 1) for i in range(len(items))]
+
+    def samples(self, questions, n, temperature, seed, max_new_tokens) -> list[list[str]]:
+        return [[str(i) if i % 2 == 0 else "wrong"] * n for i in range(len(questions))]
+
+    def rubric(self, questions) -> list[float | None]:
+        return [None] * len(questions)
+
+
+def items(n: int) -> list[dict]:
+    return [{"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": str(i)}]}
+            for i in range(n)]
+
+
+def write_jsonl(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def test_keep_rules_and_outputs(tmp_path: Path) -> None:
+    data = write_jsonl(tmp_path / "chat.jsonl", items(10))
+    counts = filter_file(data, StubJudge(), tmp_path / "nll", signals=["nll"], drop_easy_fraction=0.6)
+    assert counts == {"items": 10, "kept": 4, "signals": ["nll"]}
+    kept = (tmp_path / "nll" / "train.jsonl").read_text().splitlines(keepends=True)
+    assert kept == data.read_text().splitlines(keepends=True)[6:]  # the highest NLLs, lines as read
+    scores = [json.loads(line) for line in (tmp_path / "nll" / "scores.jsonl").read_text().splitlines()]
+    assert [s["kept"] for s in scores] == [False] * 6 + [True] * 4 and scores[9]["percentile"] == 1.0
+
+    filter_file(data, StubJudge(), tmp_path / "pass", signals=["pass_rate"], drop_easy_fraction=0.5, samples=3)
+    scores = [json.loads(line) for line in (tmp_path / "pass" / "scores.jsonl").read_text().splitlines()]
+    assert [s["kept"] for s in scores] == [i % 2 == 1 for i in range(10)]  # the ones the judge gets wrong
+    assert scores[0]["pass@3"] == 1.0 and scores[1]["pass@3"] == 0.0 and scores[0]["passed"] == 3
+
+    filter_file(data, StubJudge(), tmp_path / "band", signals=["ifd", "rubric"], keep_band=(0.0, 1.0))
+    scores = [json.loads(line) for line in (tmp_path / "band" / "scores.jsonl").read_text().splitlines()]
+    assert all(s["ifd"] == 0.5 and s["rubric"] is None and s["kept"] for s in scores)
+
+    with pytest.raises(DataError, match="exactly one"):
+        filter_file(data, StubJudge(), tmp_path / "x", drop_easy_fraction=0.5, keep_band=(0.0, 1.0))
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"messages": [{"role": "user", "content": "no answer"}]}])
+    with pytest.raises(DataError, match=r"bad\.jsonl:1: a conversation to score ends with the assistant"):
+        filter_file(bad, StubJudge(), tmp_path / "x", drop_easy_fraction=0.5)
+
+
+def test_a_real_judge_gives_byte_identical_outputs_for_a_seed(tmp_path: Path) -> None:
+    """Every signal through `herd data filter` with a random debug judge, twice: the same bytes."""
+    prepared_data(tmp_path, VOCAB)
+    tokenizer = load_tokenizer(tmp_path / "tokenizer.json")
+    text = preset("debug").text.replace(vocab_size=VOCAB, bos_id=tokenizer.bos_id, eos_ids=tokenizer.stop_ids,
+                                        pad_id=tokenizer.pad_id)
+    judge = tmp_path / "judge"
+    herd.save(herd.build(text, seed=1), judge)
+    shutil.copyfile(tmp_path / "tokenizer.json", judge / "tokenizer.json")
+    data = write_jsonl(tmp_path / "chat.jsonl", items(6))
+    outputs = []
+    for run in ("a", "b"):
+        args = ["data", "filter", str(data), "--judge", str(judge), "--out", str(tmp_path / run), "--signals", "nll",
+                "ifd", "pass_rate", "rubric", "--drop-easy-fraction", "0.5", "--samples", "2", "--max-new-tokens", "4",
+                "--seed", "3", "--no-progress"]
+        assert main(args) == 0
+        outputs.append([(tmp_path / run / name).read_bytes() for name in ("train.jsonl", "scores.jsonl")])
+    assert outputs[0] == outputs[1]
+    scores = [json.loads(line) for line in outputs[0][1].decode().splitlines()]
+    assert len(scores) == 6 and sum(s["kept"] for s in scores) == 3
+    assert all(s["nll"] > 0 and s["ifd"] > 0 and 0 <= s["pass_rate"] <= 1 for s in scores)
