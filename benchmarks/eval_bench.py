@@ -17,12 +17,10 @@ vocabulary every scored token costs 2·512·202,048 FLOPs in the head, ~3.4× th
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
-from bench import THREADS, ensure_model
+from bench import THREADS, _median_time, ensure_model
 
 import herd
 from herd.eval import perplexity
@@ -33,13 +31,8 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def timed(fn, reps: int = 3) -> float:
-    fn()
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    fn()  # warm-up
+    return _median_time(fn, reps)
 
 
 def herd_rows(path: str, dtype: torch.dtype, windows_NS: torch.Tensor, window: int) -> list[tuple[str, float]]:

@@ -78,3 +78,20 @@ def in_process_state(slots: int, context: int, **served: object) -> State:
     state.served = Served(tokenizer, "debug", scheduler.limit, tuple(tokenizer.stop_ids), model.vision, **served)
     state.runner = Runner(scheduler)
     return state
+
+
+def multiple_choice_task(root: Path, items: list, metrics: tuple[str, ...] = ("acc",)) -> Path:
+    """A local lm-eval task `herd_mc` over `items` ({"question", "choices", "answer"}): its include directory."""
+    import json
+
+    data = root / "items.jsonl"
+    data.write_text("".join(json.dumps(item) + "\n" for item in items))
+    tasks = root / "tasks"
+    tasks.mkdir()
+    (tasks / "herd_mc.yaml").write_text(
+        "task: herd_mc\ndataset_path: json\n"
+        f"dataset_kwargs:\n  data_files:\n    test: {data}\n"
+        "test_split: test\noutput_type: multiple_choice\n"
+        'doc_to_text: "{{question}}"\ndoc_to_choice: "{{choices}}"\ndoc_to_target: "{{answer}}"\n'
+        "metric_list:\n" + "".join(f"  - metric: {m}\n" for m in metrics))
+    return tasks

@@ -9,11 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from train_helpers import prepared_data, read_log, run_in_process
+from train_helpers import chat_model, prepared_data, read_log, run_in_process
 
 import herd
 from herd.config import ConfigError, preset
-from herd.tokenizer import load_tokenizer
 from herd.train import TrainConfig
 from herd.train.batches import Batch
 from herd.train.objectives import SOFT_LOSSES, Distill, soft_loss
@@ -75,16 +74,8 @@ def test_soft_loss_matches_trl_generalized_jsd(beta: float, temperature: float) 
 def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     """Shards, a teacher and a student start (random debug models sharing the compact tokenizer)."""
     root = tmp_path_factory.mktemp("distill")
-    data = prepared_data(root, VOCAB)
-    tokenizer = load_tokenizer(root / "tokenizer.json")
-    text = preset("debug").text.replace(vocab_size=VOCAB, bos_id=tokenizer.bos_id, eos_ids=tokenizer.stop_ids,
-                                        pad_id=tokenizer.pad_id)
-    paths = []
-    for seed in (7, 8):
-        path = root / f"model-{seed}"
-        herd.save(herd.build(text, seed=seed), path)
-        paths.append(path)
-    return data, paths[0], paths[1]
+    return prepared_data(root, VOCAB), chat_model(root, seed=7, vocab_size=VOCAB), chat_model(root, seed=8,
+                                                                                              vocab_size=VOCAB)
 
 
 def test_alpha_rules(setup) -> None:

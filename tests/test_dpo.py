@@ -12,12 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from train_helpers import prepared_data, read_log, run_in_process
+from train_helpers import chat_model, read_log, run_in_process, write_jsonl
 
 import herd
 from herd.chat import render
 from herd.cli.main import main
-from herd.config import preset
 from herd.data.sources import DataError
 from herd.tokenizer import load_tokenizer
 from herd.train import TrainConfig
@@ -31,17 +30,7 @@ VOCAB = 320
 def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """Two random debug models (policy start, another reference) with the compact test tokenizer."""
     root = tmp_path_factory.mktemp("dpo")
-    prepared_data(root, VOCAB)
-    tokenizer = load_tokenizer(root / "tokenizer.json")
-    text = preset("debug").text.replace(vocab_size=VOCAB, bos_id=tokenizer.bos_id, eos_ids=tokenizer.stop_ids,
-                                        pad_id=tokenizer.pad_id)
-    out = []
-    for seed in (3, 4):
-        path = root / f"model-{seed}"
-        herd.save(herd.build(text, seed=seed), path)
-        shutil.copyfile(root / "tokenizer.json", path / "tokenizer.json")
-        out.append(path)
-    return out[0], out[1]
+    return chat_model(root, seed=3, vocab_size=VOCAB), chat_model(root, seed=4, vocab_size=VOCAB)
 
 
 def sums(n: int, seed: int) -> list[dict]:
@@ -55,11 +44,6 @@ def sums(n: int, seed: int) -> list[dict]:
                       "chosen": [{"role": "assistant", "content": str(a + b)}],
                       "rejected": str(wrong)})
     return pairs
-
-
-def write_jsonl(path: Path, records: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    return path
 
 
 def dpo_config(model: Path, data: Path, out: Path, **changes: object) -> TrainConfig:

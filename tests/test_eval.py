@@ -11,7 +11,7 @@ import random
 import pytest
 import torch
 import torch.nn.functional as F
-from serve_helpers import TOKENIZER, debug_checkpoint
+from serve_helpers import TOKENIZER, debug_checkpoint, multiple_choice_task
 
 import herd
 from herd.cli.main import main
@@ -242,16 +242,7 @@ def test_the_lm_eval_adapter_gives_the_numbers_of_herd_eval_choice(model, tokeni
     from herd.eval.harness import HerdLM, evaluate
 
     items = _items(8)
-    data = tmp_path / "items.jsonl"
-    data.write_text("".join(json.dumps(item) + "\n" for item in items))
-    tasks = tmp_path / "tasks"
-    tasks.mkdir()
-    (tasks / "herd_mc.yaml").write_text(
-        "task: herd_mc\ndataset_path: json\n"
-        f"dataset_kwargs:\n  data_files:\n    test: {data}\n"
-        "test_split: test\noutput_type: multiple_choice\n"
-        'doc_to_text: "{{question}}"\ndoc_to_choice: "{{choices}}"\ndoc_to_target: "{{answer}}"\n'
-        "metric_list:\n  - metric: acc\n  - metric: acc_norm\n")
+    tasks = multiple_choice_task(tmp_path, items, ("acc", "acc_norm"))
     results = evaluate(HerdLM(model, tokenizer), ["herd_mc"], str(tasks))
     ours = choice.evaluate(Scorer(model), tokenizer, items)
     for sample in results["samples"]["herd_mc"]:

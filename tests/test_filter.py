@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import itertools
 import json
-import shutil
 from pathlib import Path
 
 import pytest
-from train_helpers import prepared_data
+from train_helpers import chat_model, write_jsonl
 
-import herd
 from herd.cli.main import main
-from herd.config import preset
 from herd.data.filter import exact, filter_file, number, pass_at_k, percentiles
 from herd.data.sources import DataError
-from herd.tokenizer import load_tokenizer
 
 VOCAB = 320
 
@@ -55,11 +51,6 @@ def items(n: int) -> list[dict]:
             for i in range(n)]
 
 
-def write_jsonl(path: Path, records: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    return path
-
-
 def test_keep_rules_and_outputs(tmp_path: Path) -> None:
     data = write_jsonl(tmp_path / "chat.jsonl", items(10))
     counts = filter_file(data, StubJudge(), tmp_path / "nll", signals=["nll"], drop_easy_fraction=0.6)
@@ -87,13 +78,7 @@ def test_keep_rules_and_outputs(tmp_path: Path) -> None:
 
 def test_a_real_judge_gives_byte_identical_outputs_for_a_seed(tmp_path: Path) -> None:
     """Every signal through `herd data filter` with a random debug judge, twice: the same bytes."""
-    prepared_data(tmp_path, VOCAB)
-    tokenizer = load_tokenizer(tmp_path / "tokenizer.json")
-    text = preset("debug").text.replace(vocab_size=VOCAB, bos_id=tokenizer.bos_id, eos_ids=tokenizer.stop_ids,
-                                        pad_id=tokenizer.pad_id)
-    judge = tmp_path / "judge"
-    herd.save(herd.build(text, seed=1), judge)
-    shutil.copyfile(tmp_path / "tokenizer.json", judge / "tokenizer.json")
+    judge = chat_model(tmp_path, seed=1, vocab_size=VOCAB)
     data = write_jsonl(tmp_path / "chat.jsonl", items(6))
     outputs = []
     for run in ("a", "b"):

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 import torch
-from serve_helpers import debug_checkpoint, live_server
+from serve_helpers import debug_checkpoint, live_server, multiple_choice_task
 
 import herd
 from herd.tokenizer import load_tokenizer
@@ -34,16 +34,7 @@ def _items(n: int) -> list[dict]:
 def test_lm_eval_local_completions_matches_offline_scoring(tmp_path):
     checkpoint = debug_checkpoint(tmp_path / "debug-model")
     items = _items(12)
-    data = tmp_path / "items.jsonl"
-    data.write_text("".join(json.dumps(item) + "\n" for item in items))
-    tasks = tmp_path / "tasks"
-    tasks.mkdir()
-    (tasks / "herd_mc.yaml").write_text(
-        "task: herd_mc\ndataset_path: json\n"
-        f"dataset_kwargs:\n  data_files:\n    test: {data}\n"
-        "test_split: test\noutput_type: multiple_choice\n"
-        'doc_to_text: "{{question}}"\ndoc_to_choice: "{{choices}}"\ndoc_to_target: "{{answer}}"\n'
-        "metric_list:\n  - metric: acc\n")
+    tasks = multiple_choice_task(tmp_path, items)
     out = tmp_path / "out"
     env = os.environ | {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     with live_server(checkpoint, "--max-slots", "2", "--max-context", "512") as (base, _):

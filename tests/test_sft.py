@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from train_helpers import prepared_data, read_log, run_cli, run_in_process
+from train_helpers import chat_model, read_log, run_cli, run_in_process, write_jsonl
 
 import herd
 from herd.cli.main import main
-from herd.config import ConfigError, preset
+from herd.config import ConfigError
 from herd.data.sources import DataError
 from herd.tokenizer import load_tokenizer
 from herd.train import TrainConfig
@@ -27,15 +26,7 @@ VOCAB = 320
 @pytest.fixture(scope="module")
 def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random debug model with the compact test tokenizer beside it (the `--init-from` of every test)."""
-    root = tmp_path_factory.mktemp("sft")
-    prepared_data(root, VOCAB)
-    tokenizer = load_tokenizer(root / "tokenizer.json")
-    text = preset("debug").text.replace(vocab_size=VOCAB, bos_id=tokenizer.bos_id, eos_ids=tokenizer.stop_ids,
-                                        pad_id=tokenizer.pad_id)
-    model_dir = root / "base"
-    herd.save(herd.build(text, seed=3), model_dir)
-    shutil.copyfile(root / "tokenizer.json", model_dir / "tokenizer.json")
-    return model_dir
+    return chat_model(tmp_path_factory.mktemp("sft"), seed=3, vocab_size=VOCAB)
 
 
 def arithmetic(n: int, seed: int) -> list[dict]:
@@ -48,11 +39,6 @@ def arithmetic(n: int, seed: int) -> list[dict]:
             messages.insert(0, {"role": "system", "content": "Answer with the number only."})
         out.append({"messages": messages})
     return out
-
-
-def write_jsonl(path: Path, records: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    return path
 
 
 def sft_config(base: Path, data: Path, out: Path, **changes: object) -> TrainConfig:

@@ -84,3 +84,29 @@ def run_cli(config: TrainConfig, *extra: str, fault: str | None = None, nproc: i
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--standalone",
                "-m", "herd", "train", "--no-progress", *cli_args(config), *extra]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def chat_model(root: Path, seed: int, vocab_size: int = 320) -> Path:
+    """A random debug model beside the compact test tokenizer of `prepared_data(root, vocab_size)` (its chat
+    specials included), saved in root/model-SEED: a starting point for the post-training tests."""
+    import shutil
+
+    import herd
+    from herd.config import preset
+    from herd.tokenizer import load_tokenizer
+
+    prepared_data(root, vocab_size)
+    tokenizer = load_tokenizer(root / "tokenizer.json")
+    text = preset("debug").text.replace(vocab_size=vocab_size, bos_id=tokenizer.bos_id, eos_ids=tokenizer.stop_ids,
+                                        pad_id=tokenizer.pad_id)
+    path = root / f"model-{seed}"
+    herd.save(herd.build(text, seed=seed), path)
+    shutil.copyfile(root / "tokenizer.json", path / "tokenizer.json")
+    return path
+
+
+def write_jsonl(path: Path, records: list) -> Path:
+    import json
+
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path

@@ -21,8 +21,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -35,21 +36,27 @@ from herd.train.batches import Batch
 log = logging.getLogger("herd")
 
 IMAGE_PARTS = ("image_url", "image")
+T = TypeVar("T")
 
 
-def chat_splits(data: str | Path, tokenizer: Tokenizer, seq_len: int, seed: int) -> tuple[ChatData, ChatData | None]:
-    """The training and (when there is one) validation conversations of `data`."""
+def jsonl_splits(data: str | Path, open_split: Callable[[Path, bool], T], what: str) -> tuple[T, T | None]:
+    """`data` as (train, val or None): a JSONL file (training only), or a directory holding train.jsonl and
+    optionally val.jsonl; `open_split(path, shuffle)` reads one (validation unshuffled)."""
     path = Path(data)
     if path.is_dir():
         train, val = path / "train.jsonl", path / "val.jsonl"
         if not train.is_file():
-            raise DataError(f"{path} has no train.jsonl (chat data: a JSONL file, or a directory with "
-                            "train.jsonl and optionally val.jsonl)")
-        return (ChatData(train, tokenizer, seq_len, seed),
-                ChatData(val, tokenizer, seq_len, seed, shuffle=False) if val.is_file() else None)
+            raise DataError(f"{path} has no train.jsonl ({what}: a JSONL file, or a directory with train.jsonl and "
+                            "optionally val.jsonl)")
+        return open_split(train, True), open_split(val, False) if val.is_file() else None
     if not path.is_file():
-        raise DataError(f"chat data {path} does not exist")
-    return ChatData(path, tokenizer, seq_len, seed), None
+        raise DataError(f"{what} {path} does not exist")
+    return open_split(path, True), None
+
+
+def chat_splits(data: str | Path, tokenizer: Tokenizer, seq_len: int, seed: int) -> tuple[ChatData, ChatData | None]:
+    """The training and (when there is one) validation conversations of `data`."""
+    return jsonl_splits(data, lambda path, shuffle: ChatData(path, tokenizer, seq_len, seed, shuffle), "chat data")
 
 
 def read_conversations(path: Path, key: str = "messages") -> list[dict[str, Any]]:

@@ -29,24 +29,15 @@ from herd.chat import render
 from herd.data.sources import DataError
 from herd.tokenizer import Tokenizer
 from herd.train.batches import Batch
-from herd.train.chat_data import read_conversations
+from herd.train.chat_data import jsonl_splits, read_conversations
 
 log = logging.getLogger("herd")
 
 
 def pair_splits(data: str | Path, tokenizer: Tokenizer, seq_len: int, seed: int) -> tuple[PairData, PairData | None]:
     """The training and (when there is one) validation pairs of `data`."""
-    path = Path(data)
-    if path.is_dir():
-        train, val = path / "train.jsonl", path / "val.jsonl"
-        if not train.is_file():
-            raise DataError(f"{path} has no train.jsonl (preference data: a JSONL file, or a directory with "
-                            "train.jsonl and optionally val.jsonl)")
-        return (PairData(train, tokenizer, seq_len, seed),
-                PairData(val, tokenizer, seq_len, seed, shuffle=False) if val.is_file() else None)
-    if not path.is_file():
-        raise DataError(f"preference data {path} does not exist")
-    return PairData(path, tokenizer, seq_len, seed), None
+    return jsonl_splits(data, lambda path, shuffle: PairData(path, tokenizer, seq_len, seed, shuffle),
+                        "preference data")
 
 
 def _completion(value: Any, where: str, key: str) -> list[dict[str, Any]]:
