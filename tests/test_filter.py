@@ -91,3 +91,36 @@ def test_a_real_judge_gives_byte_identical_outputs_for_a_seed(tmp_path: Path) ->
     scores = [json.loads(line) for line in outputs[0][1].decode().splitlines()]
     assert len(scores) == 6 and sum(s["kept"] for s in scores) == 3
     assert all(s["nll"] > 0 and s["ifd"] > 0 and 0 <= s["pass_rate"] <= 1 for s in scores)
+
+
+def test_pairs_are_mined_from_the_models_own_answers(tmp_path: Path) -> None:
+    """Stub answers: even questions right, odd wrong. Every question has a failing answer once the reference
+    fills in for a missing pass; with every answer right there is no pair."""
+    from herd.data.pairs import mine_pairs
+
+    class Mixed(StubJudge):
+        def samples(self, questions, n, temperature, seed, max_new_tokens):
+            return [["wrong", str(i)] if i % 2 == 0 else ["wrong"] * n for i in range(len(questions))]
+
+    data = write_jsonl(tmp_path / "chat.jsonl", items(4))
+    counts = mine_pairs(data, Mixed(), tmp_path / "pairs.jsonl", samples=2)
+    assert counts == {"questions": 4, "pairs": 4, "all_passed": 0, "reference_chosen": 2}
+    pairs = [json.loads(line) for line in (tmp_path / "pairs.jsonl").read_text().splitlines()]
+    assert [p["chosen"][0]["content"] for p in pairs] == ["0", "1", "2", "3"]  # a pass, or the reference
+    assert all(p["rejected"][0]["content"] == "wrong" and p["prompt"][-1]["role"] == "user" for p in pairs)
+    counts = mine_pairs(data, StubJudge(), tmp_path / "strict.jsonl", samples=2, reference_fallback=False)
+    assert counts == {"questions": 4, "pairs": 0, "all_passed": 2, "reference_chosen": 0}
+
+
+def test_mined_pairs_are_byte_identical_for_a_seed_and_train_dpo(tmp_path: Path) -> None:
+    judge = chat_model(tmp_path, seed=1, vocab_size=VOCAB)
+    data = write_jsonl(tmp_path / "chat.jsonl", items(6))
+    outputs = []
+    for run in ("a", "b"):
+        args = ["data", "pairs", str(data), "--model", str(judge), "--out", str(tmp_path / f"{run}.jsonl"),
+                "--samples", "2", "--max-new-tokens", "4", "--seed", "5"]
+        assert main(args) == 0
+        outputs.append((tmp_path / f"{run}.jsonl").read_bytes())
+    assert outputs[0] == outputs[1] and outputs[0].count(b"\n") == 6  # a random model gets none right
+    assert main(["dpo", "--init-from", str(judge), "--data", str(tmp_path / "a.jsonl"), "--out", str(tmp_path / "dpo"),
+                 "--seq-len", "64", "--batch-size", "2", "--steps", "2", "--no-progress"]) == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from herd.data.filter import SIGNALS
 from herd.data.prepare import DEFAULT_SHARD_TOKENS, prepare
@@ -21,6 +22,10 @@ _PREPARE_HELP = ("Tokenize INPUTS into DIR: train/val token shards and manifest.
 _FILTER_HELP = ("Score each conversation of FILE with a judge model (the answer's NLL, instruction-following "
                 "difficulty, pass rate of sampled answers under a verifier, or a 1-10 rubric) and keep the hard ones: "
                 "DIR/train.jsonl holds the kept lines, DIR/scores.jsonl every item's scores.")
+
+_PAIRS_HELP = ("Sample K answers per question of FILE from MODEL, check them against the reference with a verifier, "
+               "and write DPO pairs: chosen the first answer that passes (or the reference), rejected the first that "
+               "fails. Questions every answer passes are skipped.")
 
 _JOIN_HELP = ("Write one text file per package of INPUTS (the files of a first-level subdirectory concatenated, each "
               "after a '# file: path' line) and one per top-level file, into DIR: long documents mixed with short "
@@ -50,8 +55,6 @@ def register(parser: argparse.ArgumentParser) -> None:
     j.add_argument("--hold-out", type=float, default=0.0, metavar="F",
                    help="leave out the files `herd data prepare --val-fraction F` holds out (default 0: none)")
     j.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
     f = sub.add_parser("filter", help="score chat data's difficulty with a judge model and drop the easy part",
                        description=_FILTER_HELP)
     f.add_argument("data", metavar="FILE", help="chat JSONL (herd sft's format; the last message is the answer)")
@@ -62,14 +65,27 @@ def register(parser: argparse.ArgumentParser) -> None:
     keep.add_argument("--drop-easy-fraction", type=float, metavar="F", help="drop the easiest F of the items")
     keep.add_argument("--keep-band", type=float, nargs=2, metavar=("LO", "HI"),
                       help="keep the items whose difficulty percentile is in [LO, HI]")
-    f.add_argument("--samples", type=int, default=4, metavar="N", help="pass_rate: samples per question (default 4)")
+    _sampling_flags(f, "pass_rate: ")
     f.add_argument("--pass-k", type=int, default=None, metavar="K", help="pass_rate: also record pass@K (default N)")
-    f.add_argument("--temperature", type=float, default=0.8, help="pass_rate: sampling temperature (default 0.8)")
-    f.add_argument("--max-new-tokens", type=int, default=64, help="pass_rate: answer length cap (default 64)")
-    f.add_argument("--verifier", default="exact",
-                   help="pass_rate: exact, number, or module:function(output, reference) -> bool (default exact)")
-    f.add_argument("--seed", type=int, default=0)
     f.add_argument("--no-progress", action="store_true", help="no progress bar")
+    m = sub.add_parser("pairs", help="mine preference pairs for herd dpo from a model's own sampled answers",
+                       description=_PAIRS_HELP)
+    m.add_argument("data", metavar="FILE", help="chat JSONL (the last message is the reference answer)")
+    m.add_argument("--model", required=True, metavar="MODEL", help="the policy that answers (a herd checkpoint)")
+    m.add_argument("--out", required=True, metavar="FILE", help="the pairs' JSONL")
+    _sampling_flags(m, "")
+    m.add_argument("--no-reference-fallback", action="store_true",
+                   help="skip questions no answer passes (default: the reference answer is chosen)")
+
+
+def _sampling_flags(parser: argparse.ArgumentParser, what: str) -> None:
+    """The flags of sampling answers and checking them (filter's pass_rate, pairs)."""
+    parser.add_argument("--samples", type=int, default=4, metavar="N", help=f"{what}answers per question (default 4)")
+    parser.add_argument("--temperature", type=float, default=0.8, help=f"{what}sampling temperature (default 0.8)")
+    parser.add_argument("--max-new-tokens", type=int, default=64, help=f"{what}answer length cap (default 64)")
+    parser.add_argument("--verifier", default="exact",
+                        help=f"{what}exact, number, or module:function(output, reference) -> bool (default exact)")
+    parser.add_argument("--seed", type=int, default=0, help="the first sample's seed (sample j: seed + j)")
 
 
 def _fail(message: str) -> int:
@@ -110,18 +126,27 @@ def _run_join(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_filter(args: argparse.Namespace) -> int:
+def _judge(path: str, progress: bool = False) -> Any:
     import herd
-    from herd.data.filter import Judge, filter_file
+    from herd.data.filter import Judge
     from herd.tokenizer import load_tokenizer
 
+    return Judge(herd.load(path), load_tokenizer(path), progress=progress)
+
+
+def _sampling(args: argparse.Namespace) -> dict[str, Any]:
+    return dict(samples=args.samples, temperature=args.temperature, max_new_tokens=args.max_new_tokens,
+                verifier=args.verifier, seed=args.seed)
+
+
+def _run_filter(args: argparse.Namespace) -> int:
+    from herd.data.filter import filter_file
+
     try:
-        judge = Judge(herd.load(args.judge), load_tokenizer(args.judge), progress=not args.no_progress)
-        counts = filter_file(args.data, judge, args.out, signals=args.signals,
+        counts = filter_file(args.data, _judge(args.judge, not args.no_progress), args.out, signals=args.signals,
                              drop_easy_fraction=args.drop_easy_fraction,
-                             keep_band=tuple(args.keep_band) if args.keep_band else None, samples=args.samples,
-                             pass_k=args.pass_k, temperature=args.temperature, max_new_tokens=args.max_new_tokens,
-                             verifier=args.verifier, seed=args.seed)
+                             keep_band=tuple(args.keep_band) if args.keep_band else None, pass_k=args.pass_k,
+                             **_sampling(args))
     except (DataError, TokenizerError) as err:
         return _fail(str(err))
     print(f"kept {counts['kept']:,} of {_count(counts['items'], 'conversation')} by {', '.join(counts['signals'])} "
@@ -129,7 +154,22 @@ def _run_filter(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_pairs(args: argparse.Namespace) -> int:
+    from herd.data.pairs import mine_pairs
+
+    try:
+        counts = mine_pairs(args.data, _judge(args.model), args.out,
+                            reference_fallback=not args.no_reference_fallback, **_sampling(args))
+    except (DataError, TokenizerError) as err:
+        return _fail(str(err))
+    print(f"{counts['pairs']:,} pairs from {_count(counts['questions'], 'question')} -> {args.out} "
+          f"({counts['all_passed']:,} all passed, skipped; {counts['reference_chosen']:,} with the reference chosen)")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.data_command == "pairs":
+        return _run_pairs(args)
     if args.data_command == "filter":
         return _run_filter(args)
     if args.data_command == "prepare":

@@ -104,7 +104,7 @@ def split_item(record: dict[str, Any], where: str) -> tuple[list[dict[str, Any]]
     return messages[:-1], messages[-1]
 
 
-def _text(message: dict[str, Any]) -> str:
+def message_text(message: dict[str, Any]) -> str:
     content = message.get("content", "")
     if isinstance(content, list):
         return "".join(part.get("text", "") for part in content if isinstance(part, dict))
@@ -161,7 +161,7 @@ class Judge:
         for j in range(n):
             params = SamplingParams(temperature=temperature, top_p=1.0, seed=seed + j, max_new_tokens=max_new_tokens)
             for i, completion in enumerate(self.engine.generate(prompts, params)):
-                out[i].append(_text({"content": parse_assistant(self.tokenizer, completion.token_ids).content}))
+                out[i].append(message_text({"content": parse_assistant(self.tokenizer, completion.token_ids).content}))
         return out
 
     def rubric(self, questions: Sequence[list[dict]]) -> list[float | None]:
@@ -169,7 +169,7 @@ class Judge:
 
         prompts = []
         for question in questions:
-            task = "\n".join(_text(m) for m in question if m.get("role") in ("user", "system"))
+            task = "\n".join(message_text(m) for m in question if m.get("role") in ("user", "system"))
             prompts.append(render(self.tokenizer, [{"role": "user", "content": RUBRIC.format(task=task)}]).ids)
         replies = self.engine.generate(prompts, SamplingParams(temperature=0.0, max_new_tokens=6))
         scores = []
@@ -221,7 +221,7 @@ def filter_file(data: str | Path, judge: Judge, out: str | Path, *, signals: Seq
         k = pass_k or samples
         passes = []
         for record, outputs, (_, reference) in zip(records, answers, items, strict=True):
-            c = sum(bool(check(output, _text(reference))) for output in outputs)
+            c = sum(bool(check(output, message_text(reference))) for output in outputs)
             record.update(passed=c, samples=samples, **{f"pass@{k}": round(pass_at_k(samples, c, k), 6)})
             passes.append(1.0 - c / samples)
         columns["pass_rate"] = passes
