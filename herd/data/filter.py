@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from herd.chat import parse_assistant, render
-from herd.data.sources import DataError
+from herd.data.sources import DataError, jsonl_records
 from herd.files import write_text_atomic
 from herd.tokenizer import Tokenizer
 
@@ -102,6 +102,15 @@ def split_item(record: dict[str, Any], where: str) -> tuple[list[dict[str, Any]]
             or messages[-1].get("role") != "assistant":
         raise DataError(f"{where}: a conversation to score ends with the assistant's reference answer")
     return messages[:-1], messages[-1]
+
+
+def read_items(path: str | Path) -> tuple[list[str], list[tuple[list[dict[str, Any]], dict[str, Any]]]]:
+    """The non-blank lines of a chat JSONL file as read, and each one's (question, reference answer)."""
+    lines, items = [], []
+    for number, line, record in jsonl_records(Path(path)):
+        lines.append(line)
+        items.append(split_item(record if isinstance(record, dict) else {}, f"{path}:{number}"))
+    return lines, items
 
 
 def message_text(message: dict[str, Any]) -> str:
@@ -194,17 +203,9 @@ def filter_file(data: str | Path, judge: Judge, out: str | Path, *, signals: Seq
         raise DataError("--drop-easy-fraction must be in [0, 1)")
     if keep_band is not None and not 0 <= keep_band[0] <= keep_band[1] <= 1:
         raise DataError("--keep-band needs 0 <= LO <= HI <= 1")
-    path = Path(data)
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines(keepends=True) if line.strip()]
-    items = []
-    for number_, line in enumerate(lines, start=1):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path}:{number_}: not JSON ({err.msg})") from None
-        items.append(split_item(record if isinstance(record, dict) else {}, f"{path}:{number_}"))
+    lines, items = read_items(data)
     if not items:
-        raise DataError(f"{path}: no conversations")
+        raise DataError(f"{data}: no conversations")
 
     records: list[dict[str, Any]] = [{"index": i} for i in range(len(items))]
     columns: dict[str, list[float | None]] = {}

@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from herd.data.filter import Judge, load_verifier, message_text, split_item
+from herd.data.filter import Judge, load_verifier, message_text, read_items
 from herd.data.sources import DataError
 from herd.files import write_text_atomic
 
@@ -28,14 +28,7 @@ def mine_pairs(data: str | Path, judge: Judge, out: str | Path, *, samples: int 
     """Write preference pairs mined from `judge`'s own answers to the questions of `data`; returns counts."""
     if samples < 1:
         raise DataError("--samples must be >= 1")
-    path = Path(data)
-    items = []
-    for number, line in enumerate((ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()), 1):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path}:{number}: not JSON ({err.msg})") from None
-        items.append(split_item(record if isinstance(record, dict) else {}, f"{path}:{number}"))
+    _, items = read_items(data)
     check = load_verifier(verifier)
     answers = judge.samples([q for q, _ in items], samples, temperature, seed, max_new_tokens)
     lines, counts = [], {"questions": len(items), "pairs": 0, "all_passed": 0, "reference_chosen": 0}

@@ -20,8 +20,10 @@ import json
 import logging
 import os
 import sysconfig
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 __all__ = ["JSONL_SUFFIXES", "TEXT_SUFFIXES", "DataError", "read_document", "resolve"]
 
@@ -207,6 +209,19 @@ def read_texts(path: Path, start: int = 0, end: int | None = None) -> Texts:
     if is_jsonl(path):
         return _jsonl_texts(text)
     return Texts([text]) if text.strip() else Texts([], empty=1)
+
+
+def jsonl_records(path: Path) -> Iterator[tuple[int, str, Any]]:
+    """(line number, line as read, its JSON) for every non-blank line of a JSONL file; a line that is not JSON
+    is a DataError naming it. For the files whose records are structured (chat, preference pairs)."""
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield number, line, json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path}:{number}: not JSON ({err.msg})") from None
 
 
 def read_document(path: Path) -> list[str]:

@@ -65,21 +65,39 @@ class Batch:
                      rows(self.reference_N), self.group)
 
 
+def step_samples(step: int, batch_size: int, rank: int, world: int, micro: int) -> list[range]:
+    """The global sample indices of process `rank`'s micro-batches in optimizer step `step`: samples s·B … s·B + B - 1,
+    split into `world` contiguous shares, each cut into micro-batches of `micro`."""
+    per_rank = batch_size // world
+    first = step * batch_size + rank * per_rank
+    return [range(first + m, first + m + micro) for m in range(0, per_rank, micro)]
+
+
+class EpochOrder:
+    """Global sample s -> item: each epoch visits all n items once, in a seeded random order."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed = n, seed
+        self._epoch, self._order = -1, np.empty(0, dtype=np.int64)
+
+    def permutation(self, epoch: int) -> np.ndarray:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(self.n, generator=generator).numpy()
+
+    def __call__(self, sample: int) -> int:
+        epoch, i = divmod(sample, self.n)
+        if epoch != self._epoch:
+            self._order, self._epoch = self.permutation(epoch), epoch
+        return int(self._order[i])
+
+
 class Batches:
     def __init__(self, shards: TokenShards, seq_len: int, seed: int) -> None:
         self.shards, self.seq_len, self.seed = shards, seq_len, seed
         self.n_windows = (len(shards) - 1) // seq_len
         if self.n_windows < 1:
             raise ValueError(f"{len(shards)} tokens are too few for one sequence of {seq_len} + 1")
-        self._epoch, self._order = -1, np.empty(0, dtype=np.int64)
-
-    def _window(self, sample: int) -> int:
-        epoch, i = divmod(sample, self.n_windows)
-        if epoch != self._epoch:
-            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._order = torch.randperm(self.n_windows, generator=generator).numpy()
-            self._epoch = epoch
-        return int(self._order[i])
+        self._window = EpochOrder(self.n_windows, seed)
 
     def samples(self, samples: range) -> torch.Tensor:
         """Token windows [N, S + 1] of the given global sample indices (in the shuffled order)."""
@@ -88,9 +106,7 @@ class Batches:
 
     def micro_batches(self, step: int, batch_size: int, rank: int, world: int, micro: int) -> list[torch.Tensor]:
         """This process's micro-batches [micro, S + 1] of optimizer step `step`."""
-        per_rank = batch_size // world
-        first = step * batch_size + rank * per_rank
-        return [self.samples(range(first + m, first + m + micro)) for m in range(0, per_rank, micro)]
+        return [self.samples(r) for r in step_samples(step, batch_size, rank, world, micro)]
 
     def validation(self, n: int | None) -> torch.Tensor:
         """min(n, available) windows [N, S + 1] spread evenly over the split, in order (all of them for None)."""
@@ -101,6 +117,8 @@ class Batches:
 
 class TokenWindows:
     """Pretraining data: windows of the token shards (`Batches`), with documents split at BOS when masking."""
+
+    rows_per_sample = 1
 
     def __init__(self, shards: TokenShards, seq_len: int, seed: int, bos_id: int | None) -> None:
         self.shards, self.seq_len, self.seed, self.bos_id = shards, seq_len, seed, bos_id

@@ -19,7 +19,6 @@ Shapes: N windows, S sequence length.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -29,9 +28,9 @@ import numpy as np
 import torch
 
 from herd.chat import render
-from herd.data.sources import DataError
+from herd.data.sources import DataError, jsonl_records
 from herd.tokenizer import Tokenizer
-from herd.train.batches import Batch
+from herd.train.batches import Batch, EpochOrder, step_samples
 
 log = logging.getLogger("herd")
 
@@ -62,21 +61,16 @@ def chat_splits(data: str | Path, tokenizer: Tokenizer, seq_len: int, seed: int)
 def read_conversations(path: Path, key: str = "messages") -> list[dict[str, Any]]:
     """The records of a JSONL file, each checked for a `key` list of messages; errors name the line."""
     out = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}:{number}: not JSON ({err.msg})") from None
-            if not isinstance(record, dict) or not isinstance(record.get(key), list):
-                raise DataError(f"{path}:{number}: a record is an object with a `{key}` list of messages")
-            out.append(record)
+    for number, _, record in jsonl_records(path):
+        if not isinstance(record, dict) or not isinstance(record.get(key), list):
+            raise DataError(f"{path}:{number}: a record is an object with a `{key}` list of messages")
+        out.append(record)
     return out
 
 
 class ChatData:
+    rows_per_sample = 1
+
     def __init__(self, path: Path, tokenizer: Tokenizer, seq_len: int, seed: int, shuffle: bool = True) -> None:
         self.path, self.seq_len, self.seed, self.shuffle = path, seq_len, seed, shuffle
         self.pad_id = tokenizer.pad_id
@@ -105,18 +99,14 @@ class ChatData:
         if no_answer or cut:
             log.warning("%s: %d conversation(s) without an assistant message dropped, %d cut to %d tokens",
                         path, no_answer, cut, seq_len + 1)
-        self.n_tokens = sum(len(ids) for ids in self.ids)
         self._epochs: list[list[list[int]]] = []  # per epoch, its windows as lists of conversation indices
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def _pack(self, epoch: int) -> list[list[int]]:
-        if self.shuffle:
-            order = torch.randperm(len(self.ids), generator=torch.Generator().manual_seed(
-                self.seed * 1_000_003 + epoch)).tolist()
-        else:
-            order = list(range(len(self.ids)))
+        order = (EpochOrder(len(self.ids), self.seed).permutation(epoch).tolist() if self.shuffle
+                 else list(range(len(self.ids))))
         windows: list[list[int]] = []
         current: list[int] = []
         used = 0
@@ -160,9 +150,7 @@ class ChatData:
 
     def micro_batches(self, step: int, batch_size: int, rank: int, world: int, micro: int) -> list[Batch]:
         """This process's micro-batches of optimizer step `step` (as `Batches.micro_batches`)."""
-        per_rank = batch_size // world
-        first = step * batch_size + rank * per_rank
-        return [self._batch([self._window(first + m + j) for j in range(micro)]) for m in range(0, per_rank, micro)]
+        return [self._batch([self._window(s) for s in r]) for r in step_samples(step, batch_size, rank, world, micro)]
 
     def validation(self, n: int) -> Batch:
         """The first n windows (all of them when fewer), packed in file order."""

@@ -172,7 +172,7 @@ class _Trainer:
         if rem or per_rank % self.micro:
             raise ConfigError(f"batch_size {c.batch_size} must split into {world.size} process(es) × micro-batches "
                               f"of {self.micro}")
-        self.tokens_per_step = c.batch_size * c.seq_len * getattr(self.train_data, "rows_per_sample", 1)
+        self.tokens_per_step = c.batch_size * c.seq_len * self.train_data.rows_per_sample
 
     def _teacher(self) -> nn.Module:
         """The frozen teacher, whole on every process (it is not sharded)."""

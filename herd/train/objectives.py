@@ -26,6 +26,16 @@ from herd.train.batches import Batch
 IGNORE = -100
 
 
+def forward(model: nn.Module, batch: Batch, bfloat16: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch's next-token logits [N, S, V] in fp32 and its targets [N, S], IGNORE where not counted."""
+    inputs_NS, targets_NS = batch.tokens_NS[:, :-1], batch.tokens_NS[:, 1:]
+    if batch.targets_NS is not None:
+        targets_NS = targets_NS.masked_fill(~batch.targets_NS, IGNORE)
+    with torch.autocast(inputs_NS.device.type, torch.bfloat16, enabled=bfloat16):
+        logits_NSV = model(inputs_NS, documents_BS=batch.documents_NS)
+    return logits_NSV.float(), targets_NS
+
+
 class NextToken:
     def __init__(self, bfloat16: bool = False, accuracy: bool = False) -> None:
         self.bfloat16, self.accuracy = bfloat16, accuracy
@@ -35,12 +45,7 @@ class NextToken:
 
     def sums(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
         """{"loss": the summed cross-entropy, ["token_accuracy": the number of argmax hits]} of the batch."""
-        inputs_NS, targets_NS = batch.tokens_NS[:, :-1], batch.tokens_NS[:, 1:]
-        if batch.targets_NS is not None:
-            targets_NS = targets_NS.masked_fill(~batch.targets_NS, IGNORE)
-        with torch.autocast(inputs_NS.device.type, torch.bfloat16, enabled=self.bfloat16):
-            logits_NSV = model(inputs_NS, documents_BS=batch.documents_NS)
-        logits_NSV = logits_NSV.float()
+        logits_NSV, targets_NS = forward(model, batch, self.bfloat16)
         out = {"loss": F.cross_entropy(logits_NSV.flatten(0, 1), targets_NS.flatten(), ignore_index=IGNORE,
                                        reduction="sum")}
         if self.accuracy:
@@ -51,12 +56,8 @@ class NextToken:
 
 def sequence_logps(model: nn.Module, batch: Batch, bfloat16: bool = False) -> torch.Tensor:
     """Each row's summed log-probability of its counted targets, [N]."""
-    inputs_NS, targets_NS = batch.tokens_NS[:, :-1], batch.tokens_NS[:, 1:]
-    if batch.targets_NS is not None:
-        targets_NS = targets_NS.masked_fill(~batch.targets_NS, IGNORE)
-    with torch.autocast(inputs_NS.device.type, torch.bfloat16, enabled=bfloat16):
-        logits_NSV = model(inputs_NS, documents_BS=batch.documents_NS)
-    nll_NS = F.cross_entropy(logits_NSV.float().flatten(0, 1), targets_NS.flatten(), ignore_index=IGNORE,
+    logits_NSV, targets_NS = forward(model, batch, bfloat16)
+    nll_NS = F.cross_entropy(logits_NSV.flatten(0, 1), targets_NS.flatten(), ignore_index=IGNORE,
                              reduction="none").view(targets_NS.shape)  # zero where ignored
     return -nll_NS.sum(dim=1)
 
@@ -159,14 +160,11 @@ class Distill:
         return batch.n_targets()
 
     def sums(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
-        inputs_NS, targets_NS = batch.tokens_NS[:, :-1], batch.tokens_NS[:, 1:]
-        counted_NS = torch.ones_like(targets_NS, dtype=torch.bool) if batch.targets_NS is None else batch.targets_NS
-        with torch.autocast(inputs_NS.device.type, torch.bfloat16, enabled=self.bfloat16):
-            student_NSV = model(inputs_NS, documents_BS=batch.documents_NS)
-            with torch.no_grad():
-                teacher_NSV = self.teacher(inputs_NS, documents_BS=batch.documents_NS)
-        student_TV, teacher_TV = student_NSV.float()[counted_NS], teacher_NSV.float()[counted_NS]
-        target_T = targets_NS[counted_NS]
+        student_NSV, targets_NS = forward(model, batch, self.bfloat16)
+        with torch.no_grad():
+            teacher_NSV, _ = forward(self.teacher, batch, self.bfloat16)
+        counted_NS = targets_NS != IGNORE
+        student_TV, teacher_TV, target_T = student_NSV[counted_NS], teacher_NSV[counted_NS], targets_NS[counted_NS]
         hard_T = F.cross_entropy(student_TV, target_T, reduction="none")
         soft_T = soft_loss(student_TV, teacher_TV, self.kind, self.beta, self.temperature) * self.temperature**2
         if self.rule == "confidence":

@@ -28,7 +28,7 @@ import torch
 from herd.chat import render
 from herd.data.sources import DataError
 from herd.tokenizer import Tokenizer
-from herd.train.batches import Batch
+from herd.train.batches import Batch, EpochOrder, step_samples
 from herd.train.chat_data import jsonl_splits, read_conversations
 
 log = logging.getLogger("herd")
@@ -85,21 +85,14 @@ class PairData:
         if cut or dropped:
             log.warning("%s: %d side(s) cut to %d tokens, %d pair(s) without completion tokens dropped",
                         path, cut, seq_len + 1, dropped)
-        self._epoch, self._order = -1, np.empty(0, dtype=np.int64)
+        self._order = EpochOrder(len(self.ids), seed)
         self.reference_N2: torch.Tensor | None = None  # per pair: the reference's log p(chosen), log p(rejected)
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def _pair(self, sample: int) -> int:
-        if not self.shuffle:
-            return sample % len(self.ids)
-        epoch, i = divmod(sample, len(self.ids))
-        if epoch != self._epoch:
-            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._order = torch.randperm(len(self.ids), generator=generator).numpy()
-            self._epoch = epoch
-        return int(self._order[i])
+        return self._order(sample) if self.shuffle else sample % len(self.ids)
 
     def batch(self, pairs: list[int]) -> Batch:
         """Rows chosen, rejected for each of `pairs` (indices into this data), padded to seq_len + 1."""
@@ -116,9 +109,7 @@ class PairData:
 
     def micro_batches(self, step: int, batch_size: int, rank: int, world: int, micro: int) -> list[Batch]:
         """This process's micro-batches of optimizer step `step`, `micro` pairs each."""
-        per_rank = batch_size // world
-        first = step * batch_size + rank * per_rank
-        return [self.batch([self._pair(first + m + j) for j in range(micro)]) for m in range(0, per_rank, micro)]
+        return [self.batch([self._pair(s) for s in r]) for r in step_samples(step, batch_size, rank, world, micro)]
 
     def validation(self, n: int) -> Batch:
         return self.batch(list(range(min(n, len(self.ids)))))
