@@ -21,6 +21,7 @@ Shapes: B batch, S sequence, D model dim, H heads, G kv heads, K head dim, V voc
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 import torch
@@ -32,6 +33,9 @@ from herd.ffn import FeedForward, RMSNorm, rms_normalize
 from herd.moe import MoE
 from herd.rope import angles, apply_rope, inv_freq
 from herd.vision import VisionModel
+
+# Parameters that write into the residual stream (a block's last matrix): their init is scaled down with depth.
+OUTPUT_PROJECTIONS = ("wo.weight", "w2.weight", "experts.w2")
 
 
 class Attention(nn.Module):
@@ -172,18 +176,26 @@ class Transformer(nn.Module):
         if self.vision is not None:
             self.vision.init_buffers()
 
+    def init_std(self, name: str, std: float = 0.02) -> float:
+        """The standard initialisation of a text parameter: N(0, std), output projections std / sqrt(2L) (GPT-2),
+        0 for norm gains (they start at 1)."""
+        if name.endswith("norm.weight"):
+            return 0.0
+        return std / math.sqrt(2 * self.config.n_layers) if name.endswith(OUTPUT_PROJECTIONS) else std
+
     @torch.no_grad()
-    def init_weights(self, std: float = 0.02, generator: torch.Generator | None = None) -> None:
-        """Random initialisation: N(0, std) weights, output projections scaled by 1/sqrt(2L), unit norms."""
-        out_std = std / math.sqrt(2 * self.config.n_layers)
+    def init_weights(self, std: float = 0.02, generator: torch.Generator | None = None,
+                     stds: Mapping[str, float] | None = None) -> None:
+        """Random initialisation, the one place weights are drawn: norm gains 1, router biases 0, every other text
+        parameter N(0, σ) in parameter order, σ from `stds` by name (a parametrization's, e.g. MetaP's) or else
+        `init_std`; the vision tower by its own rule."""
         for name, param in self.named_parameters():
             if name.startswith("vision."):
                 continue
             if name.endswith("norm.weight"):
                 param.fill_(1.0)
             else:
-                is_out = name.endswith(("wo.weight", "w2.weight", "experts.w2"))
-                param.normal_(0.0, out_std if is_out else std, generator=generator)
+                param.normal_(0.0, stds[name] if stds is not None else self.init_std(name, std), generator=generator)
         for module in self.modules():
             if isinstance(module, MoE) and module.router_bias is not None:
                 module.router_bias.zero_()

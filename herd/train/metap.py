@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from herd.config import PRESETS, ConfigError, TextConfig
-from herd.moe import MoE
+from herd.model import OUTPUT_PROJECTIONS
 
 log = logging.getLogger("herd")
 PARAMETRIZATIONS = ("metap", "standard")
@@ -65,7 +65,7 @@ def group_of(name: str) -> str:
         return "norm"
     if name.endswith("router.weight"):
         return "router"
-    if name.endswith(("wo.weight", "w2.weight", "experts.w2")):
+    if name.endswith(OUTPUT_PROJECTIONS):
         return "hidden_out"
     if name.endswith(("wq.weight", "wk.weight", "wv.weight", "w1.weight", "w3.weight", "experts.w13")):
         return "hidden_in"
@@ -127,8 +127,7 @@ def rules(model: nn.Module, parametrization: str, std: float, base: str | TextCo
             continue
         group, fan_in = group_of(name), _fan_in(name, param)
         if parametrization == "standard":
-            stds = {"hidden_out": std / math.sqrt(2 * config.n_layers), "norm": 0.0}
-            out[name] = Rule(group, stds.get(group, std), 1.0, fan_in)
+            out[name] = Rule(group, model.init_std(name, std), 1.0, fan_in)
             continue
         layer_is_moe = ".feed_forward.experts." in name or ".shared_expert." in name
         w = fan_in / _base_fan_in(name, b, layer_is_moe)
@@ -145,21 +144,9 @@ def rules(model: nn.Module, parametrization: str, std: float, base: str | TextCo
     return out
 
 
-@torch.no_grad()
 def init_weights(model: nn.Module, plan: dict[str, Rule], generator: torch.Generator | None = None) -> None:
-    """Initialise `model` by its rules: N(0, std) matrices, unit norm gains, zero router biases."""
-    for name, param in model.named_parameters():
-        rule = plan.get(name)
-        if rule is None:
-            continue
-        if rule.group == "norm":
-            param.fill_(1.0)
-        else:
-            param.normal_(0.0, rule.init_std, generator=generator)
-    for module in model.modules():
-        if isinstance(module, MoE) and module.router_bias is not None:
-            module.router_bias.zero_()
-    model.init_buffers()
+    """Initialise `model` (a text `Transformer`) by its rules, through the model's one initialiser."""
+    model.init_weights(generator=generator, stds={name: rule.init_std for name, rule in plan.items()})
 
 
 def param_groups(model: nn.Module, plan: dict[str, Rule], lr: float, weight_decay: float) -> list[dict]:
