@@ -119,3 +119,96 @@ def test_a_teacher_with_another_vocabulary_is_refused(setup, tmp_path: Path) -> 
         run_in_process(config)
     with pytest.raises(ConfigError, match="--teacher"):
         run_in_process(config.replace(teacher=""))
+
+
+@pytest.mark.parametrize("kind", SOFT_LOSSES)
+def test_a_top_k_teacher_with_every_id_is_the_full_teacher(kind: str) -> None:
+    from herd.train.objectives import soft_loss_topk
+
+    student, teacher = logits(6).float(), logits(7).float()
+    logps, ids = F.log_softmax(teacher, dim=-1).topk(teacher.shape[-1], dim=-1)
+    for t in (1.0, 2.0):
+        torch.testing.assert_close(soft_loss_topk(student, ids, logps, kind, 0.3, t),
+                                   soft_loss(student, teacher, kind, 0.3, t))
+    # A true top-k: forward KL also charges the student's mass outside the teacher's k ids.
+    logps, ids = F.log_softmax(teacher, dim=-1).topk(5, dim=-1)
+    full = F.log_softmax(student, dim=-1).gather(1, ids)
+    restricted = F.log_softmax(student.gather(1, ids), dim=-1)
+    t = F.log_softmax(logps, dim=-1)
+    torch.testing.assert_close(soft_loss_topk(student, ids, logps, "forward_kl"), (t.exp() * (t - full)).sum(-1))
+    torch.testing.assert_close(soft_loss_topk(student, ids, logps, "reverse_kl"),
+                               (restricted.exp() * (restricted - t)).sum(-1))
+
+
+def test_a_precomputed_teacher_trains_as_the_live_one(setup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Top-k with k = V gives the live teacher's losses; a run over cached windows never loads the teacher; a cache
+    of another k is refused."""
+    from herd.train import loop
+
+    data, teacher, student = setup
+    base = TrainConfig(objective="distill", teacher=str(teacher), init_from=str(student), data=str(data), seq_len=32,
+                       batch_size=4, steps=6, lr=3e-3, warmup_steps=0, alpha=0.8, alpha_rule="confidence",
+                       eval_every=3, eval_batches=1, ckpt_every=6, log_every=6, router_bias_rate=0.0)
+    run_in_process(base.replace(out=str(tmp_path / "live")))
+    cache = tmp_path / "cache"
+    topk = base.replace(teacher_topk=VOCAB, teacher_cache=str(cache))
+    run_in_process(topk.replace(out=str(tmp_path / "topk")))
+    live, stored = read_log(tmp_path / "live" / "log.jsonl"), read_log(tmp_path / "topk" / "log.jsonl")
+    for a, b in zip(live, stored, strict=True):
+        for key in ("loss", "soft_loss", "hard_loss", "alpha", "val_loss"):
+            assert (a.get(key) is None) == (b.get(key) is None)
+            if a.get(key) is not None:
+                assert b[key] == pytest.approx(a[key], rel=2e-5, abs=1e-6), key
+    parts = sorted(cache.glob("part-*.safetensors"))
+    assert {p.name.split("-")[1] for p in parts} == {"train", "val"}
+
+    def no_teacher(self):
+        raise AssertionError("the teacher was loaded although every window is cached")
+
+    monkeypatch.setattr(loop._Trainer, "_teacher", no_teacher)
+    run_in_process(topk.replace(out=str(tmp_path / "again")))
+    assert sorted(cache.glob("part-*.safetensors")) == parts
+    assert [r["loss"] for r in read_log(tmp_path / "again" / "log.jsonl")] == [r["loss"] for r in stored]
+    with pytest.raises(ConfigError, match="k: "):
+        run_in_process(topk.replace(out=str(tmp_path / "other"), teacher_topk=8))
+
+
+def test_on_policy_distillation(setup, tmp_path: Path) -> None:
+    """GKD: every micro-batch holds the student's own answers, only their tokens count, the teacher alone teaches
+    (α = 1 there), the divergence falls, and the run is reproducible."""
+    from train_helpers import WORDS, write_jsonl
+
+    from herd.tokenizer import load_tokenizer
+    from herd.train.chat_data import ChatData
+    from herd.train.on_policy import OnPolicy
+
+    _, teacher, student = setup
+    conversations = [{"messages": [{"role": "user", "content": f"{a} {b}"}, {"role": "assistant", "content": b}]}
+                     for a in WORDS[:8] for b in WORDS[8:14]]
+    data = write_jsonl(tmp_path / "chat.jsonl", conversations)
+    tokenizer = load_tokenizer(student)
+    chat = ChatData(data, tokenizer, 64, seed=0)
+    source = OnPolicy(chat, 1.0, 1.0, 6, seed=0)
+    source.policy = herd.load(student)
+    (batch,) = source.micro_batches(0, 2, 0, 1, 2)
+    assert batch.on_policy
+    for row, window in enumerate(chat.window(s) for s in range(2)):
+        counted = batch.tokens_NS[row, 1:][batch.targets_NS[row]].tolist()
+        prompts = [source.prompts[i].tolist() for i in window]
+        tokens = batch.tokens_NS[row].tolist()
+        assert tokens[: len(prompts[0])] == prompts[0]  # the conversation as the data has it, up to its answer
+        assert 0 < len(counted) <= 6 * len(window)  # only the sampled answers count
+
+    config = TrainConfig(objective="distill", teacher=str(teacher), init_from=str(student), data=str(data),
+                         out=str(tmp_path / "run"), seq_len=64, batch_size=4, steps=16, lr=3e-3, warmup_steps=0,
+                         on_policy=1.0, max_new_tokens=6, alpha=0.5, eval_every=16, ckpt_every=16, log_every=16,
+                         router_bias_rate=0.0)
+    run_in_process(config)
+    log = read_log(tmp_path / "run" / "log.jsonl")
+    assert all(r["alpha"] == 1.0 for r in log)
+    first, last = sum(r["soft_loss"] for r in log[:3]) / 3, sum(r["soft_loss"] for r in log[-3:]) / 3
+    assert last < 0.7 * first, (first, last)
+    run_in_process(config.replace(out=str(tmp_path / "again")))
+    assert [r["loss"] for r in read_log(tmp_path / "again" / "log.jsonl")] == [r["loss"] for r in log]
+    with pytest.raises(ConfigError, match="chat JSONL"):
+        run_in_process(config.replace(data=str(setup[0]), out=str(tmp_path / "shards")))

@@ -124,3 +124,39 @@ def test_mined_pairs_are_byte_identical_for_a_seed_and_train_dpo(tmp_path: Path)
     assert outputs[0] == outputs[1] and outputs[0].count(b"\n") == 6  # a random model gets none right
     assert main(["dpo", "--init-from", str(judge), "--data", str(tmp_path / "a.jsonl"), "--out", str(tmp_path / "dpo"),
                  "--seq-len", "64", "--batch-size", "2", "--steps", "2", "--no-progress"]) == 0
+
+
+def test_answer_accuracy_greedy_pass_at_k_and_groups(tmp_path: Path) -> None:
+    """`herd eval answers`' figures from the stub's answers (even items right), per group and overall."""
+    from herd.eval.answers import evaluate
+
+    records = [{**r, "tier": 1 + i // 3} for i, r in enumerate(items(6))]  # tiers 1 (0, 1, 2) and 2 (3, 4, 5)
+    result = evaluate(StubJudge(), write_jsonl(tmp_path / "q.jsonl", records), samples=4, ks=(1, 4),
+                      group_by="tier")
+    assert result.overall.items == 6 and result.overall.greedy == pytest.approx(0.5)
+    assert result.overall.pass_at == {"pass@1": pytest.approx(0.5), "pass@4": pytest.approx(0.5)}
+    assert result.groups["1"].greedy == pytest.approx(2 / 3) and result.groups["2"].greedy == pytest.approx(1 / 3)
+    assert "| all | 6 | 0.500 |" in result.table()
+    with pytest.raises(DataError, match="no field 'level'"):
+        evaluate(StubJudge(), tmp_path / "q.jsonl", group_by="level")
+    with pytest.raises(DataError, match="k <= samples"):
+        evaluate(StubJudge(), tmp_path / "q.jsonl", samples=2, ks=(4,))
+
+
+def test_eval_answers_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = chat_model(tmp_path, seed=0, vocab_size=VOCAB)
+    data = write_jsonl(tmp_path / "q.jsonl", [{**r, "tier": i % 2} for i, r in enumerate(items(4))])
+    args = ["eval", "answers", "--model", str(model), "--data", str(data), "--samples", "3", "--group-by", "tier",
+            "--max-new-tokens", "4", "--verifier", "herd_always_passes:check", "--json"]
+    (tmp_path / "herd_always_passes.py").write_text("def check(output, reference):\n    return True\n")
+    import sys
+
+    sys.path.insert(0, str(tmp_path))
+    try:
+        assert main(args) == 0
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("herd_always_passes", None)
+    record = json.loads(capsys.readouterr().out)
+    assert record["overall"]["greedy"] == 1.0 and record["overall"]["pass_at"] == {"pass@1": 1.0, "pass@3": 1.0}
+    assert sorted(record["groups"]) == ["0", "1"] and record["samples"] == 3

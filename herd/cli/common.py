@@ -114,3 +114,14 @@ def tokenizer_for(path: str | None, vocab_size: int) -> Tokenizer:
 def load_with_tokenizer(args: argparse.Namespace) -> tuple[Transformer, Tokenizer]:
     model = load_model(args)
     return model, tokenizer_for(args.model, model.config.vocab_size)
+
+
+def add_answer_flags(parser: argparse.ArgumentParser, what: str, samples: int = 4) -> None:
+    """The flags of sampling answers and checking them with a verifier (filter's pass_rate, pairs, eval answers)."""
+    parser.add_argument("--samples", type=int, default=samples, metavar="N",
+                        help=f"{what}sampled answers per question (default {samples})")
+    parser.add_argument("--temperature", type=float, default=0.8, help=f"{what}sampling temperature (default 0.8)")
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="answer length cap (default 64)")
+    parser.add_argument("--verifier", default="exact",
+                        help="exact, number, or module:function(output, reference) -> bool (default exact)")
+    parser.add_argument("--seed", type=int, default=0, help="the first sample's seed (sample j: seed + j)")

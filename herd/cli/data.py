@@ -7,6 +7,7 @@ import argparse
 import sys
 from typing import Any
 
+from herd.cli.common import add_answer_flags
 from herd.data.filter import SIGNALS
 from herd.data.prepare import DEFAULT_SHARD_TOKENS, prepare
 from herd.data.sources import DataError
@@ -65,7 +66,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     keep.add_argument("--drop-easy-fraction", type=float, metavar="F", help="drop the easiest F of the items")
     keep.add_argument("--keep-band", type=float, nargs=2, metavar=("LO", "HI"),
                       help="keep the items whose difficulty percentile is in [LO, HI]")
-    _sampling_flags(f, "pass_rate: ")
+    add_answer_flags(f, "pass_rate: ")
     f.add_argument("--pass-k", type=int, default=None, metavar="K", help="pass_rate: also record pass@K (default N)")
     f.add_argument("--no-progress", action="store_true", help="no progress bar")
     m = sub.add_parser("pairs", help="mine preference pairs for herd dpo from a model's own sampled answers",
@@ -73,19 +74,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     m.add_argument("data", metavar="FILE", help="chat JSONL (the last message is the reference answer)")
     m.add_argument("--model", required=True, metavar="MODEL", help="the policy that answers (a herd checkpoint)")
     m.add_argument("--out", required=True, metavar="FILE", help="the pairs' JSONL")
-    _sampling_flags(m, "")
+    add_answer_flags(m, "")
     m.add_argument("--no-reference-fallback", action="store_true",
                    help="skip questions no answer passes (default: the reference answer is chosen)")
-
-
-def _sampling_flags(parser: argparse.ArgumentParser, what: str) -> None:
-    """The flags of sampling answers and checking them (filter's pass_rate, pairs)."""
-    parser.add_argument("--samples", type=int, default=4, metavar="N", help=f"{what}answers per question (default 4)")
-    parser.add_argument("--temperature", type=float, default=0.8, help=f"{what}sampling temperature (default 0.8)")
-    parser.add_argument("--max-new-tokens", type=int, default=64, help=f"{what}answer length cap (default 64)")
-    parser.add_argument("--verifier", default="exact",
-                        help=f"{what}exact, number, or module:function(output, reference) -> bool (default exact)")
-    parser.add_argument("--seed", type=int, default=0, help="the first sample's seed (sample j: seed + j)")
 
 
 def _fail(message: str) -> int:

@@ -14,14 +14,15 @@ from typing import Any
 
 import torch
 
-from herd.cli.common import DTYPES, add_fast_flag, add_quant_flag, load_with_tokenizer
+from herd.cli.common import DTYPES, add_answer_flags, add_fast_flag, add_quant_flag, load_with_tokenizer
 from herd.config import PRESETS
 from herd.data.sources import DataError
-from herd.eval import choice, needle, perplexity
+from herd.eval import answers, choice, needle, perplexity
 from herd.eval.scoring import Scorer, checkpoint_fingerprint
 from herd.fast import optimize
 
-HELP = "Evaluate a model: perplexity, multiple choice, passkey / needle retrieval, lm-eval tasks."
+HELP = ("Evaluate a model: perplexity, multiple choice, verified answers (greedy, pass@k), passkey / needle retrieval, "
+        "lm-eval tasks.")
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -62,6 +63,13 @@ def register(parser: argparse.ArgumentParser) -> None:
     c = sub.add_parser("choice", help="multiple choice by log-likelihood (lm-eval's acc and acc_norm)")
     _common(c)
     c.add_argument("--data", required=True, help='JSONL: {"question": str, "choices": [str, ...], "answer": int}')
+
+    a = sub.add_parser("answers", help="generative accuracy: greedy and pass@k answers checked by a verifier")
+    _common(a)
+    a.add_argument("--data", required=True, help="chat JSONL; the last assistant message is the reference answer")
+    add_answer_flags(a, "", samples=0)
+    a.add_argument("--k", type=int, nargs="+", default=None, metavar="K", help="pass@K for each K (default: 1 and N)")
+    a.add_argument("--group-by", metavar="FIELD", help="also report per value of this record field (e.g. tier)")
 
     for name, what in (("passkey", "passkey retrieval over filler text"),
                        ("niah", "needle in a haystack of held-out text")):
@@ -116,6 +124,14 @@ def _run(args: argparse.Namespace) -> int:
         figures = result.to_dict()
         table = (f"| items | acc | acc_norm |\n|---:|---:|---:|\n"
                  f"| {figures['items']} | {figures['acc']:.4f} | {figures['acc_norm']:.4f} |")
+    elif args.task == "answers":
+        from herd.data.filter import Judge
+
+        ks = args.k or sorted({1, args.samples} - {0})
+        result = answers.evaluate(Judge(model, tokenizer), args.data, verifier=args.verifier, samples=args.samples,
+                                  ks=ks, temperature=args.temperature, seed=args.seed,
+                                  max_new_tokens=args.max_new_tokens, group_by=args.group_by)
+        figures, table = result.to_dict(), result.table()
     elif args.task in ("passkey", "niah"):
         task = needle.PASSKEY if args.task == "passkey" else needle.niah_task(needle.held_out_text(args.haystack),
                                                                               args.style)

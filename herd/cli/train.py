@@ -11,7 +11,8 @@ from herd.config import ConfigError
 from herd.train.config import TrainConfig
 
 # Flags only distillation reads (hidden from the other post-training commands).
-DISTILL_FIELDS = ("teacher", "soft_loss", "jsd_beta", "temperature", "alpha", "alpha_rule", "alpha_end")
+DISTILL_FIELDS = ("teacher", "soft_loss", "jsd_beta", "temperature", "alpha", "alpha_rule", "alpha_end", "teacher_topk",
+                  "teacher_cache", "on_policy", "sample_temperature", "max_new_tokens")
 
 HELP = "Pretrain a Llama-4-architecture model (use torchrun --nproc-per-node N for data parallel)."
 

@@ -33,7 +33,8 @@ class Batch:
     positions restart at its start. `targets_NS` (optional) marks the targets that count in the loss
     (supervised tokens in fine-tuning); None counts every one. A sample is `group` rows (a preference
     pair's chosen and rejected rows); `reference_N` (optional) is each row's log-probability under the
-    reference model. Length and slicing count samples, not rows.
+    reference model. `windows_N` (optional) are the rows' window indices in `split` of the token shards (what a
+    precomputed teacher is keyed by). Length and slicing count samples, not rows.
     """
 
     tokens_NS: torch.Tensor
@@ -41,13 +42,16 @@ class Batch:
     targets_NS: torch.Tensor | None = None
     reference_N: torch.Tensor | None = None
     group: int = 1
+    windows_N: torch.Tensor | None = None
+    split: str = "train"
+    on_policy: bool = False  # the counted targets were sampled from the model being trained
 
     def to(self, device: torch.device) -> Batch:
         def move(t: torch.Tensor | None) -> torch.Tensor | None:
             return None if t is None else t.to(device)
 
         return Batch(self.tokens_NS.to(device), move(self.documents_NS), move(self.targets_NS),
-                     move(self.reference_N), self.group)
+                     move(self.reference_N), self.group, self.windows_N, self.split, self.on_policy)
 
     def __len__(self) -> int:
         return self.tokens_NS.shape[0] // self.group
@@ -62,7 +66,7 @@ class Batch:
             return None if t is None else t[i * self.group : j * self.group]
 
         return Batch(self.tokens_NS[i * self.group : j * self.group], rows(self.documents_NS), rows(self.targets_NS),
-                     rows(self.reference_N), self.group)
+                     rows(self.reference_N), self.group, rows(self.windows_N), self.split, self.on_policy)
 
 
 def step_samples(step: int, batch_size: int, rank: int, world: int, micro: int) -> list[range]:
@@ -99,20 +103,30 @@ class Batches:
             raise ValueError(f"{len(shards)} tokens are too few for one sequence of {seq_len} + 1")
         self._window = EpochOrder(self.n_windows, seed)
 
+    def window_of(self, sample: int) -> int:
+        """The window index of global sample `sample`."""
+        return self._window(sample)
+
+    def read(self, windows: list[int]) -> torch.Tensor:
+        """Token windows [N, S + 1] by window index."""
+        return torch.from_numpy(np.stack([self.shards.read(w * self.seq_len, self.seq_len + 1) for w in windows]))
+
     def samples(self, samples: range) -> torch.Tensor:
         """Token windows [N, S + 1] of the given global sample indices (in the shuffled order)."""
-        rows = [self.shards.read(self._window(s) * self.seq_len, self.seq_len + 1) for s in samples]
-        return torch.from_numpy(np.stack(rows))
+        return self.read([self._window(s) for s in samples])
 
     def micro_batches(self, step: int, batch_size: int, rank: int, world: int, micro: int) -> list[torch.Tensor]:
         """This process's micro-batches [micro, S + 1] of optimizer step `step`."""
         return [self.samples(r) for r in step_samples(step, batch_size, rank, world, micro)]
 
-    def validation(self, n: int | None) -> torch.Tensor:
-        """min(n, available) windows [N, S + 1] spread evenly over the split, in order (all of them for None)."""
+    def validation_windows(self, n: int | None) -> list[int]:
+        """min(n, available) window indices spread evenly over the split, in order (all of them for None)."""
         n = self.n_windows if n is None else min(n, self.n_windows)
-        picks = [i * self.n_windows // n for i in range(n)]
-        return torch.from_numpy(np.stack([self.shards.read(i * self.seq_len, self.seq_len + 1) for i in picks]))
+        return [i * self.n_windows // n for i in range(n)]
+
+    def validation(self, n: int | None) -> torch.Tensor:
+        """The `validation_windows(n)` [N, S + 1]."""
+        return self.read(self.validation_windows(n))
 
 
 class TokenWindows:
@@ -120,20 +134,26 @@ class TokenWindows:
 
     rows_per_sample = 1
 
-    def __init__(self, shards: TokenShards, seq_len: int, seed: int, bos_id: int | None) -> None:
-        self.shards, self.seq_len, self.seed, self.bos_id = shards, seq_len, seed, bos_id
+    def __init__(self, shards: TokenShards, seq_len: int, seed: int, bos_id: int | None, split: str = "train") -> None:
+        self.shards, self.seq_len, self.seed, self.bos_id, self.split = shards, seq_len, seed, bos_id, split
         self.windows = Batches(shards, seq_len, seed)
 
-    def _batch(self, tokens_NS: torch.Tensor) -> Batch:
+    def batch(self, windows: list[int]) -> Batch:
+        """These windows (by index) as a batch."""
+        tokens_NS = self.windows.read(windows)
         # A window may open inside a document: its first tokens form a document of their own.
         documents = None if self.bos_id is None else (tokens_NS[:, :-1] == self.bos_id).cumsum(dim=1)
-        return Batch(tokens_NS, documents)
+        return Batch(tokens_NS, documents, windows_N=torch.tensor(windows, dtype=torch.int64), split=self.split)
+
+    def step_windows(self, step: int, batch_size: int, rank: int, world: int, micro: int) -> list[list[int]]:
+        """The window indices of this process's micro-batches of optimizer step `step`."""
+        return [[self.windows.window_of(s) for s in r] for r in step_samples(step, batch_size, rank, world, micro)]
 
     def micro_batches(self, step: int, batch_size: int, rank: int, world: int, micro: int) -> list[Batch]:
-        return [self._batch(t) for t in self.windows.micro_batches(step, batch_size, rank, world, micro)]
+        return [self.batch(w) for w in self.step_windows(step, batch_size, rank, world, micro)]
 
     def validation(self, n: int) -> Batch:
-        return self._batch(self.windows.validation(n))
+        return self.batch(self.windows.validation_windows(n))
 
     def fingerprint(self) -> dict[str, Any]:
         m = self.shards.manifest

@@ -53,6 +53,12 @@ def jsonl_splits(data: str | Path, open_split: Callable[[Path, bool], T], what: 
     return open_split(path, True), None
 
 
+def is_chat_data(data: str | Path) -> bool:
+    """Whether `data` is chat JSONL (a file, or a directory with train.jsonl) rather than token shards."""
+    path = Path(data)
+    return path.is_file() or (path / "train.jsonl").is_file()
+
+
 def chat_splits(data: str | Path, tokenizer: Tokenizer, seq_len: int, seed: int) -> tuple[ChatData, ChatData | None]:
     """The training and (when there is one) validation conversations of `data`."""
     return jsonl_splits(data, lambda path, shuffle: ChatData(path, tokenizer, seq_len, seed, shuffle), "chat data")
@@ -119,7 +125,7 @@ class ChatData:
         windows.append(current)
         return windows
 
-    def _window(self, sample: int) -> list[int]:
+    def window(self, sample: int) -> list[int]:
         epoch = 0
         while True:
             if epoch == len(self._epochs):
@@ -150,7 +156,7 @@ class ChatData:
 
     def micro_batches(self, step: int, batch_size: int, rank: int, world: int, micro: int) -> list[Batch]:
         """This process's micro-batches of optimizer step `step` (as `Batches.micro_batches`)."""
-        return [self._batch([self._window(s) for s in r]) for r in step_samples(step, batch_size, rank, world, micro)]
+        return [self._batch([self.window(s) for s in r]) for r in step_samples(step, batch_size, rank, world, micro)]
 
     def validation(self, n: int) -> Batch:
         """The first n windows (all of them when fewer), packed in file order."""

@@ -69,6 +69,11 @@ class TrainConfig:
     alpha: float = 0.5  # distill: the soft loss's weight (1 − alpha on the data's cross-entropy)
     alpha_rule: str = "fixed"  # distill: fixed | linear (alpha → alpha_end over the run) | confidence (per token)
     alpha_end: float = 0.5  # distill: where `linear` ends
+    teacher_topk: int = 0  # distill on token shards: the teacher's top-k precomputed into a cache (0: on the fly)
+    teacher_cache: str = ""  # distill: the top-k cache directory, shareable between runs ("": OUT/teacher_topk)
+    on_policy: float = 0.0  # distill on chat data: the fraction of micro-batches answered by the student (GKD's λ)
+    sample_temperature: float = 1.0  # distill on-policy: the student's sampling temperature
+    max_new_tokens: int = 64  # distill on-policy: the student's answer length cap
 
     def __post_init__(self) -> None:
         checks = [
@@ -91,6 +96,9 @@ class TrainConfig:
             (self.beta > 0 and self.nll_weight >= 0, "beta must be > 0 and nll_weight >= 0"),
             (0 <= self.alpha <= 1 and 0 <= self.alpha_end <= 1, "alpha and alpha_end must be in [0, 1]"),
             (0 <= self.jsd_beta <= 1 and self.temperature > 0, "jsd_beta must be in [0, 1] and temperature > 0"),
+            (self.teacher_topk >= 0 and 0 <= self.on_policy <= 1, "teacher_topk must be >= 0, on_policy in [0, 1]"),
+            (self.sample_temperature >= 0 and self.max_new_tokens > 0,
+             "sample_temperature must be >= 0 and max_new_tokens > 0"),
             (self.ckpt_every > 0 and self.eval_every > 0 and self.log_every > 0, "*_every must be > 0"),
         ]
         for ok, message in checks:
@@ -151,5 +159,6 @@ TRAJECTORY_FIELDS = (
     "seq_len", "batch_size", "steps", "lr", "min_lr_ratio", "warmup_steps", "schedule",
     "decay_fraction", "weight_decay", "beta1", "beta2", "eps", "grad_clip", "init_std", "parametrization",
     "metap_base", "seed", "precision", "router_bias_rate", "aux_loss_coef", "beta", "nll_weight", "reference",
-    "teacher", "soft_loss", "jsd_beta", "temperature", "alpha", "alpha_rule", "alpha_end",
+    "teacher", "soft_loss", "jsd_beta", "temperature", "alpha", "alpha_rule", "alpha_end", "teacher_topk",
+    "on_policy", "sample_temperature", "max_new_tokens",
 )

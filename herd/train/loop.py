@@ -46,14 +46,17 @@ from herd.tokenizer import Tokenizer, TokenizerError, load_tokenizer
 from herd.train import checkpoints, faults, metap
 from herd.train.balance import RouterBalance
 from herd.train.batches import TokenWindows
-from herd.train.chat_data import ChatData, chat_splits
+from herd.train.chat_data import ChatData, chat_splits, is_chat_data
 from herd.train.config import TRAJECTORY_FIELDS, TrainConfig
 from herd.train.objectives import Distill, NextToken, Preference, reference_logps
+from herd.train.on_policy import OnPolicy
 from herd.train.pair_data import PairData, pair_splits
-from herd.train.parallel import World, all_reduce_sum, close_world, init_world, shard
+from herd.train.parallel import World, all_reduce_sum, barrier, close_world, init_world, shard
 from herd.train.schedule import lr_multiplier
+from herd.train.teacher_cache import TopKCache, topk_logps
 
 log = logging.getLogger("herd")
+TOPK_PART = 256  # windows per file of a teacher's top-k cache
 
 
 def model_config(config: TrainConfig, tokenizer: Tokenizer | None) -> TextConfig:
@@ -141,30 +144,43 @@ class _Trainer:
         if not c.data:
             raise ConfigError("no data: pass --data DIR (a directory written by `herd data prepare`)"
                               if c.objective == "lm" else "no data: pass --data FILE.jsonl (or a directory)")
-        self.train_data: TokenWindows | ChatData | PairData
+        self.train_data: TokenWindows | ChatData | PairData | OnPolicy
         self.val_data: TokenWindows | ChatData | PairData | None
-        if c.objective in ("sft", "dpo"):
+        chat = c.objective in ("sft", "dpo") or (c.objective == "distill" and is_chat_data(c.data))
+        if chat:
             if not c.init_from:
                 raise ConfigError("post-training starts from a model: pass --init-from CHECKPOINT")
+            if c.teacher_topk:
+                raise ConfigError("a precomputed teacher (--teacher-topk) is keyed by token-shard windows; "
+                                  "distillation on chat data runs the teacher on the fly")
             self.tokenizer: Tokenizer | None = load_tokenizer(c.init_from)
             self.text = model_config(c, self.tokenizer)
-            splits = chat_splits if c.objective == "sft" else pair_splits
+            splits = pair_splits if c.objective == "dpo" else chat_splits
             self.train_data, self.val_data = splits(c.data, self.tokenizer, c.seq_len, c.seed)
+            if c.on_policy:
+                if world.size > 1:
+                    raise ConfigError("on-policy distillation samples with the model being trained: run it on one "
+                                      "process")
+                self.train_data = OnPolicy(self.train_data, c.on_policy, c.sample_temperature, c.max_new_tokens,
+                                           c.seed)
         else:
+            if c.on_policy:
+                raise ConfigError("on-policy distillation has the student answer chat questions: pass chat JSONL "
+                                  "as --data")
             shards = TokenShards(c.data, "train")
             self.tokenizer = self._tokenizer(shards)
             self.text = model_config(c, self.tokenizer)
             bos = self.text.bos_id if c.document_masking else None
             self.train_data = TokenWindows(shards, c.seq_len, c.seed, bos)
             val = TokenShards(c.data, "val")
-            self.val_data = TokenWindows(val, c.seq_len, c.seed, bos) if len(val) > c.seq_len else None
+            self.val_data = TokenWindows(val, c.seq_len, c.seed, bos, "val") if len(val) > c.seq_len else None
         bf16 = c.precision == "bfloat16"
         self.objective: NextToken | Preference | Distill
         if c.objective == "dpo":
             self.objective = Preference(c.beta, c.nll_weight, bf16)
-        elif c.objective == "distill":
-            self.objective = Distill(self._teacher(), c.soft_loss, c.alpha, c.alpha_rule, c.alpha_end, c.jsd_beta,
-                                     c.temperature, bf16)
+        elif c.objective == "distill":  # a precomputed teacher is attached in run(), once the top-k exist
+            self.objective = Distill(None if c.teacher_topk else self._teacher(), c.soft_loss, c.alpha, c.alpha_rule,
+                                     c.alpha_end, c.jsd_beta, c.temperature, bf16)
         else:
             self.objective = NextToken(bfloat16=bf16, accuracy=c.objective == "sft")
         per_rank, rem = divmod(c.batch_size, world.size)
@@ -238,6 +254,10 @@ class _Trainer:
             _write_json(self.out / "config.json", {"train": c.to_dict(), "model": dataclasses.asdict(self.text)})
         if c.objective == "dpo":
             self._reference()
+        if isinstance(self.objective, Distill) and c.teacher_topk:
+            self.objective.cache = self._teacher_topk()
+        if isinstance(self.train_data, OnPolicy):
+            self.train_data.policy = model
         logbook = _Log(self.out / "log.jsonl", start if resume else None, world.is_main)
         bar = tqdm(total=c.steps, initial=start, desc="train", unit="step", dynamic_ncols=True,
                    disable=not (self.progress and world.is_main))
@@ -338,6 +358,45 @@ class _Trainer:
             os.replace(tmp, path)
         log.info("reference log-probabilities of %s for %s", source, ", ".join(
             f"{len(data)} {name} pairs" for name, data in splits.items()))
+
+    def _teacher_topk(self) -> TopKCache:
+        """The teacher's top-k over every window this run reads (its steps' and the validation's), computed for
+        those the cache lacks (split between processes), then attached to the objective; see `teacher_cache`."""
+        from herd.eval.scoring import checkpoint_fingerprint
+
+        c, world = self.config, self.world
+        splits = {"train": self.train_data, **({"val": self.val_data} if self.val_data is not None else {})}
+        key = {"teacher": checkpoint_fingerprint(c.teacher) if c.teacher else "", "seq_len": c.seq_len,
+               "k": c.teacher_topk, "precision": c.precision, "document_masking": c.document_masking,
+               "data": {name: data.fingerprint() for name, data in splits.items()}}
+        cache = TopKCache(c.teacher_cache or self.out / "teacher_topk", key)
+        needed = {"train": [self.train_data.windows.window_of(s) for s in range(c.steps * c.batch_size)]}
+        if self.val_data is not None:
+            needed["val"] = self.val_data.windows.validation_windows(c.eval_batches * c.batch_size)
+        missing = {split: cache.missing(split, windows)[world.rank :: world.size] for split, windows in needed.items()}
+        barrier(world)  # every process has listed what is missing before any of them writes
+        total = sum(len(windows) for windows in missing.values())
+        if total:
+            teacher = self._teacher()
+            bar = tqdm(total=total, desc="teacher top-k", unit="window", disable=not (self.progress and world.is_main))
+            for split, windows in missing.items():
+                for i in range(0, len(windows), TOPK_PART):
+                    part, ids, logps = windows[i : i + TOPK_PART], [], []
+                    for j in range(0, len(part), self.micro):
+                        batch = splits[split].batch(part[j : j + self.micro]).to(world.device)
+                        ids_NSK, logps_NSK = topk_logps(teacher, batch.tokens_NS, batch.documents_NS, c.teacher_topk,
+                                                        c.precision == "bfloat16")
+                        ids.append(ids_NSK.cpu())
+                        logps.append(logps_NSK.cpu())
+                        bar.update(len(batch))
+                    cache.write(split, part, torch.cat(ids), torch.cat(logps))
+            bar.close()
+            del teacher
+        barrier(world)
+        cache.refresh()
+        log.info("teacher top-%d of %s: %d windows computed here, %d in %s", c.teacher_topk, c.teacher or "the cache",
+                 total, len(cache.index), cache.dir)
+        return cache
 
     @torch.no_grad()
     def _evaluate(self, model: nn.Module) -> float | None:

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from herd.train.batches import Batch
+from herd.train.teacher_cache import TopKCache
 
 IGNORE = -100
 
@@ -110,17 +111,8 @@ SOFT_LOSSES = ("forward_kl", "reverse_kl", "jsd")
 ALPHA_RULES = ("fixed", "linear", "confidence")
 
 
-def soft_loss(student_NV: torch.Tensor, teacher_NV: torch.Tensor, kind: str, beta: float = 0.5,
-              temperature: float = 1.0) -> torch.Tensor:
-    """Per-row divergence between the teacher's and the student's next-token distributions at `temperature`, [N].
-
-    forward_kl = KL(teacher ‖ student) (mass-covering, classic distillation); reverse_kl = KL(student ‖ teacher)
-    (mode-seeking); jsd = β·KL(teacher ‖ M) + (1 − β)·KL(student ‖ M) with M = β·teacher + (1 − β)·student,
-    the generalized JSD of GKD, taken as forward KL at β = 0 and reverse KL at β = 1 (TRL's convention).
-    """
-    s_NV = F.log_softmax(student_NV.float() / temperature, dim=-1)
-    t_NV = F.log_softmax(teacher_NV.float() / temperature, dim=-1)
-
+def _divergence(t_NV: torch.Tensor, s_NV: torch.Tensor, kind: str, beta: float) -> torch.Tensor:
+    """The soft loss between teacher and student log-probabilities over the same support, per row [N]."""
     def kl(p_NV: torch.Tensor, q_NV: torch.Tensor) -> torch.Tensor:  # KL(p ‖ q) from log-probabilities
         return (p_NV.exp() * (p_NV - q_NV)).sum(dim=-1)
 
@@ -132,6 +124,35 @@ def soft_loss(student_NV: torch.Tensor, teacher_NV: torch.Tensor, kind: str, bet
         raise ValueError(f"soft loss must be one of {', '.join(SOFT_LOSSES)}, got {kind!r}")
     m_NV = torch.logsumexp(torch.stack([t_NV + math.log(beta), s_NV + math.log1p(-beta)]), dim=0)
     return beta * kl(t_NV, m_NV) + (1 - beta) * kl(s_NV, m_NV)
+
+
+def soft_loss(student_NV: torch.Tensor, teacher_NV: torch.Tensor, kind: str, beta: float = 0.5,
+              temperature: float = 1.0) -> torch.Tensor:
+    """Per-row divergence between the teacher's and the student's next-token distributions at `temperature`, [N].
+
+    forward_kl = KL(teacher ‖ student) (mass-covering, classic distillation); reverse_kl = KL(student ‖ teacher)
+    (mode-seeking); jsd = β·KL(teacher ‖ M) + (1 − β)·KL(student ‖ M) with M = β·teacher + (1 − β)·student,
+    the generalized JSD of GKD, taken as forward KL at β = 0 and reverse KL at β = 1 (TRL's convention).
+    """
+    s_NV = F.log_softmax(student_NV.float() / temperature, dim=-1)
+    t_NV = F.log_softmax(teacher_NV.float() / temperature, dim=-1)
+    return _divergence(t_NV, s_NV, kind, beta)
+
+
+def soft_loss_topk(student_NV: torch.Tensor, ids_NK: torch.Tensor, teacher_NK: torch.Tensor, kind: str,
+                   beta: float = 0.5, temperature: float = 1.0) -> torch.Tensor:
+    """`soft_loss` against a teacher known by its top-k ids and log-probabilities, per row [N].
+
+    The teacher is renormalised over its k ids at τ. forward_kl takes the student's full softmax at those ids (the
+    teacher's tail counts as zero, so the loss also pulls the student's mass into the teacher's top-k);
+    reverse_kl and jsd weigh by the student's own probabilities and need them where the teacher has mass, so the
+    student is renormalised over the same k ids. With k = V every kind equals `soft_loss`.
+    """
+    t_NK = F.log_softmax(teacher_NK.float() / temperature, dim=-1)
+    s_NV = student_NV.float() / temperature
+    if kind == "forward_kl" or (kind == "jsd" and beta == 0):
+        return _divergence(t_NK, F.log_softmax(s_NV, dim=-1).gather(1, ids_NK), "forward_kl", beta)
+    return _divergence(t_NK, F.log_softmax(s_NV.gather(1, ids_NK), dim=-1), kind, beta)
 
 
 class Distill:
@@ -146,14 +167,17 @@ class Distill:
     weighting of soft and hard targets, which Meta did not publish.
     """
 
-    def __init__(self, teacher: nn.Module, kind: str = "forward_kl", alpha: float = 0.5, rule: str = "fixed",
-                 alpha_end: float = 0.5, beta: float = 0.5, temperature: float = 1.0, bfloat16: bool = False) -> None:
+    def __init__(self, teacher: nn.Module | None, kind: str = "forward_kl", alpha: float = 0.5, rule: str = "fixed",
+                 alpha_end: float = 0.5, beta: float = 0.5, temperature: float = 1.0, bfloat16: bool = False,
+                 cache: TopKCache | None = None) -> None:
         if rule not in ALPHA_RULES:
             raise ValueError(f"alpha rule must be one of {', '.join(ALPHA_RULES)}, got {rule!r}")
         if kind not in SOFT_LOSSES:
             raise ValueError(f"soft loss must be one of {', '.join(SOFT_LOSSES)}, got {kind!r}")
-        self.teacher, self.kind, self.alpha, self.rule, self.alpha_end = teacher.eval(), kind, alpha, rule, alpha_end
+        self.teacher = teacher.eval() if teacher is not None else None
+        self.kind, self.alpha, self.rule, self.alpha_end = kind, alpha, rule, alpha_end
         self.beta, self.temperature, self.bfloat16 = beta, temperature, bfloat16
+        self.cache = cache  # the teacher's precomputed top-k, used instead of `teacher` when set
         self.progress = 0.0  # the run's fraction done, set by the trainer each step (for `linear`)
 
     def count(self, batch: Batch) -> int:
@@ -161,15 +185,31 @@ class Distill:
 
     def sums(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
         student_NSV, targets_NS = forward(model, batch, self.bfloat16)
-        with torch.no_grad():
-            teacher_NSV, _ = forward(self.teacher, batch, self.bfloat16)
         counted_NS = targets_NS != IGNORE
-        student_TV, teacher_TV, target_T = student_NSV[counted_NS], teacher_NSV[counted_NS], targets_NS[counted_NS]
+        student_TV, target_T = student_NSV[counted_NS], targets_NS[counted_NS]
         hard_T = F.cross_entropy(student_TV, target_T, reduction="none")
-        soft_T = soft_loss(student_TV, teacher_TV, self.kind, self.beta, self.temperature) * self.temperature**2
-        if self.rule == "confidence":
+        if self.cache is not None:
+            if batch.windows_N is None:
+                raise ValueError("a precomputed teacher needs batches of token-shard windows")
+            ids_NSK, logps_NSK = self.cache.read(batch.split, batch.windows_N.tolist())
+            ids_TK, logps_TK = ids_NSK.to(target_T.device)[counted_NS], logps_NSK.to(target_T.device)[counted_NS]
+            soft_T = soft_loss_topk(student_TV, ids_TK, logps_TK, self.kind, self.beta, self.temperature)
+            with torch.no_grad():  # the teacher's probability of the true token (0 outside its top-k)
+                p_true_T = (logps_TK.exp() * (ids_TK == target_T[:, None])).sum(dim=-1)
+        else:
+            if self.teacher is None:
+                raise ValueError("distillation needs a teacher model or its precomputed top-k")
             with torch.no_grad():
-                alpha_T = self.alpha * torch.softmax(teacher_TV, dim=-1).gather(1, target_T[:, None])[:, 0]
+                teacher_NSV, _ = forward(self.teacher, batch, self.bfloat16)
+            teacher_TV = teacher_NSV[counted_NS]
+            soft_T = soft_loss(student_TV, teacher_TV, self.kind, self.beta, self.temperature)
+            with torch.no_grad():
+                p_true_T = torch.softmax(teacher_TV, dim=-1).gather(1, target_T[:, None])[:, 0]
+        soft_T = soft_T * self.temperature**2
+        if batch.on_policy:  # the targets are the student's own samples, not the truth: the teacher alone teaches
+            alpha_T = torch.ones_like(hard_T)
+        elif self.rule == "confidence":
+            alpha_T = self.alpha * p_true_T
         else:
             value = self.alpha + (self.alpha_end - self.alpha) * self.progress if self.rule == "linear" else self.alpha
             alpha_T = torch.full_like(hard_T, value)
