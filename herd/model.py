@@ -237,13 +237,15 @@ class Transformer(nn.Module):
         kv: KVView | None = None,
         image_features_FD: torch.Tensor | None = None,
         documents_BS: torch.Tensor | None = None,
+        pixels: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """The final normalized hidden states [B, S, D]; `last_only` keeps the last position.
 
         Without `kv` the tokens sit at absolute positions start_pos… and attend causally among themselves.
         With `kv` (a view of a KV cache) the view gives their positions and holds their past: prefill of one
         slot's tokens [1, S], or decode of one token per row [B, 1] (`herd.infer.kv_pool`).
-        `image_features_FD` (from `encode_images`) fills the `<|patch|>` positions of `tokens_BS`.
+        `image_features_FD` (from `encode_images`) fills the `<|patch|>` positions of `tokens_BS`; or `pixels`, the
+        images' tiles, encoded here (inside the forward, where FSDP has gathered the tower).
         `documents_BS` (training on packed documents: runs of equal ids) keeps attention inside each document,
         and positions restart at each document's first token, so every document is seen as if alone.
         """
@@ -258,6 +260,8 @@ class Transformer(nn.Module):
         else:
             positions_BS = torch.arange(start_pos, start_pos + S, device=device)[None, :]
         pos = Positions(self.config, self.freq_K2, positions_BS, start_pos, kv, documents_BS)
+        if pixels is not None and image_features_FD is None:
+            image_features_FD = self.encode_images(pixels)
         x_BSD = self.embed(tokens_BS, image_features_FD)
         for block in self.layers:
             x_BSD = block(x_BSD, pos)

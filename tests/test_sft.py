@@ -156,7 +156,7 @@ def test_bad_chat_data_names_the_line(base: Path, tmp_path: Path) -> None:
     image = {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]},
                           {"role": "assistant", "content": "a cat"}]}
     bad.write_text(json.dumps(image) + "\n")
-    with pytest.raises(DataError, match=r"bad\.jsonl:1: image parts"):
+    with pytest.raises(DataError, match=r"bad\.jsonl:1: .*an image part needs a checkpoint with a vision tower"):
         ChatData(bad, tokenizer, 64, 0)
     with pytest.raises(DataError, match=r"has no train\.jsonl"):
         chat_splits(tmp_path, tokenizer, 64, 0)
@@ -199,3 +199,50 @@ def test_first_step_loss_matches_trl(base: Path, tmp_path: Path) -> None:
     with torch.no_grad():
         trl_loss = float(trainer.compute_loss(trainer.model, batch))
     assert herd_loss == pytest.approx(trl_loss, rel=1e-4, abs=1e-4)
+
+
+def test_images_in_chat_data_train_the_text_model_with_the_tower_frozen(tmp_path: Path) -> None:
+    """Image parts (a path relative to the JSONL) are rendered in place and encoded in the training forward: the
+    loss is the fused model's masked cross-entropy; SFT leaves the tower as it was and saves it; a text-only
+    checkpoint refuses images, naming the line."""
+    import shutil
+
+    from serve_helpers import SHARED, debug_checkpoint
+
+    from herd.config import preset
+    from herd.train.chat_data import ImageSpec
+    from herd.train.objectives import NextToken
+
+    vision = preset("debug").vision
+    debug_checkpoint(tmp_path / "mm")  # the debug preset: a tiny tower on 56-pixel tiles, Meta's tokenizer
+    shutil.copyfile(SHARED / "data" / "images" / "dog.jpg", tmp_path / "dog.jpg")
+    image = {"type": "image_url", "image_url": {"url": "dog.jpg"}}
+    records = [{"messages": [{"role": "user", "content": [image, {"type": "text", "text": "What is this?"}]},
+                             {"role": "assistant", "content": "A dog."}]},
+               {"messages": [{"role": "user", "content": "Hello"}, {"role": "assistant", "content": "Hi."}]}]
+    data = write_jsonl(tmp_path / "chat.jsonl", records)
+    tokenizer = load_tokenizer(tmp_path / "mm")
+
+    chat = ChatData(data, tokenizer, 160, seed=0, shuffle=False, images=ImageSpec.of(vision))
+    batch = chat.validation(1)
+    assert len(batch) == 1 and len(batch.images_N[0]) == 1  # both conversations in one window, one image
+    model = herd.load(tmp_path / "mm")
+    got = NextToken().sums(model, batch)["loss"]
+    inputs, targets = batch.tokens_NS[:, :-1], batch.tokens_NS[:, 1:].masked_fill(~batch.targets_NS, -100)
+    with torch.no_grad():
+        logits = model(inputs, documents_BS=batch.documents_NS,
+                       image_features_FD=model.encode_images(batch.images_N[0]))
+    want = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="sum")
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+    config = TrainConfig(objective="sft", init_from=str(tmp_path / "mm"), data=str(data), out=str(tmp_path / "run"),
+                         seq_len=160, batch_size=1, steps=3, lr=1e-3, warmup_steps=0, router_bias_rate=0.0,
+                         eval_every=3, ckpt_every=3, log_every=1)
+    run_in_process(config)
+    tuned = herd.load(tmp_path / "run" / "model")
+    assert tuned.vision is not None
+    before, after = model.state_dict(), tuned.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("vision."))
+    assert not torch.equal(before["layers.0.attention.wq.weight"], after["layers.0.attention.wq.weight"])
+    with pytest.raises(DataError, match=r"chat\.jsonl:1: .*an image part needs a checkpoint with a vision tower"):
+        ChatData(data, tokenizer, 160, seed=0)

@@ -34,7 +34,8 @@ class Batch:
     (supervised tokens in fine-tuning); None counts every one. A sample is `group` rows (a preference
     pair's chosen and rejected rows); `reference_N` (optional) is each row's log-probability under the
     reference model. `windows_N` (optional) are the rows' window indices in `split` of the token shards (what a
-    precomputed teacher is keyed by). Length and slicing count samples, not rows.
+    precomputed teacher is keyed by). `images_N` (optional) holds each row's images (pixel tiles) in token
+    order. Length and slicing count samples, not rows.
     """
 
     tokens_NS: torch.Tensor
@@ -45,13 +46,15 @@ class Batch:
     windows_N: torch.Tensor | None = None
     split: str = "train"
     on_policy: bool = False  # the counted targets were sampled from the model being trained
+    images_N: list[list[torch.Tensor]] | None = None  # per row, its images' pixel tiles in token order
 
     def to(self, device: torch.device) -> Batch:
         def move(t: torch.Tensor | None) -> torch.Tensor | None:
             return None if t is None else t.to(device)
 
+        images_N = None if self.images_N is None else [[p.to(device) for p in row] for row in self.images_N]
         return Batch(self.tokens_NS.to(device), move(self.documents_NS), move(self.targets_NS),
-                     move(self.reference_N), self.group, self.windows_N, self.split, self.on_policy)
+                     move(self.reference_N), self.group, self.windows_N, self.split, self.on_policy, images_N)
 
     def __len__(self) -> int:
         return self.tokens_NS.shape[0] // self.group
@@ -62,11 +65,12 @@ class Batch:
 
     def slice(self, i: int, j: int) -> Batch:
         """Samples i … j - 1."""
-        def rows(t: torch.Tensor | None) -> torch.Tensor | None:
+        def rows(t: Any) -> Any:
             return None if t is None else t[i * self.group : j * self.group]
 
         return Batch(self.tokens_NS[i * self.group : j * self.group], rows(self.documents_NS), rows(self.targets_NS),
-                     rows(self.reference_N), self.group, rows(self.windows_N), self.split, self.on_policy)
+                     rows(self.reference_N), self.group, rows(self.windows_N), self.split, self.on_policy,
+                     rows(self.images_N))
 
 
 def step_samples(step: int, batch_size: int, rank: int, world: int, micro: int) -> list[range]:

@@ -9,6 +9,12 @@
   next-fit. A window's rest is padding: its own document, no loss. A conversation longer than a window
   is cut to the window and counted. Every window carries its documents, so attention stays inside a
   conversation and positions restart at its BOS.
+- Images: with a checkpoint that has a vision tower (`images`, its tile settings), user messages may hold
+  `image_url` parts (a data URL, or a local path, relative to the JSONL file's directory) or `image` parts
+  (a path), as `herd.chat.ImageCollector` reads them: no network. Each image's token layout is rendered in
+  place (inputs, never targets). Its pixels are decoded again when a batch needs them (not kept in memory),
+  and a batch carries each row's images in token order. A conversation with images must fit a window
+  whole: a cut could split an image's tokens.
 - Sample s of a run is window s of the epochs laid end to end: a pure function of (seed, s), so a
   resumed run needs only its step count, and the global batch is the same for any number of processes.
   Validation packs `val.jsonl` in file order.
@@ -19,23 +25,36 @@ Shapes: N windows, S sequence length.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
-from herd.chat import render
+from herd.chat import ImageCollector, render
+from herd.config import VisionConfig
 from herd.data.sources import DataError, jsonl_records
 from herd.tokenizer import Tokenizer
 from herd.train.batches import Batch, EpochOrder, step_samples
 
 log = logging.getLogger("herd")
 
-IMAGE_PARTS = ("image_url", "image")
 T = TypeVar("T")
+
+
+def _resolved(part: dict[str, Any], base: Path) -> dict[str, Any]:
+    """An image part whose local path (not a data or file URL) is made absolute against `base`."""
+    key = "image_url" if "image_url" in part else "image"
+    source = part.get(key)
+    url = source.get("url") if isinstance(source, dict) else source
+    if not isinstance(url, str) or ":" in url.split("/")[0] or Path(url).is_absolute():
+        return part
+    absolute = str(base / url)
+    return {**part, key: {**source, "url": absolute} if isinstance(source, dict) else absolute}
 
 
 def jsonl_splits(data: str | Path, open_split: Callable[[Path, bool], T], what: str) -> tuple[T, T | None]:
@@ -59,9 +78,25 @@ def is_chat_data(data: str | Path) -> bool:
     return path.is_file() or (path / "train.jsonl").is_file()
 
 
-def chat_splits(data: str | Path, tokenizer: Tokenizer, seq_len: int, seed: int) -> tuple[ChatData, ChatData | None]:
+@dataclass(frozen=True)
+class ImageSpec:
+    """How a vision tower takes images: tiles per image at most, tokens per tile, the tile's side in pixels."""
+
+    max_tiles: int
+    tokens_per_tile: int
+    tile: int
+
+    @classmethod
+    def of(cls, vision: VisionConfig) -> ImageSpec:
+        per_tile = int((vision.image_size // vision.patch_size) ** 2 * vision.pixel_shuffle_ratio**2)
+        return cls(vision.max_tiles, per_tile, vision.image_size)
+
+
+def chat_splits(data: str | Path, tokenizer: Tokenizer, seq_len: int, seed: int,
+                images: ImageSpec | None = None) -> tuple[ChatData, ChatData | None]:
     """The training and (when there is one) validation conversations of `data`."""
-    return jsonl_splits(data, lambda path, shuffle: ChatData(path, tokenizer, seq_len, seed, shuffle), "chat data")
+    return jsonl_splits(data, lambda path, shuffle: ChatData(path, tokenizer, seq_len, seed, shuffle, images),
+                        "chat data")
 
 
 def read_conversations(path: Path, key: str = "messages") -> list[dict[str, Any]]:
@@ -77,27 +112,31 @@ def read_conversations(path: Path, key: str = "messages") -> list[dict[str, Any]
 class ChatData:
     rows_per_sample = 1
 
-    def __init__(self, path: Path, tokenizer: Tokenizer, seq_len: int, seed: int, shuffle: bool = True) -> None:
-        self.path, self.seq_len, self.seed, self.shuffle = path, seq_len, seed, shuffle
+    def __init__(self, path: Path, tokenizer: Tokenizer, seq_len: int, seed: int, shuffle: bool = True,
+                 images: ImageSpec | None = None) -> None:
+        self.path, self.seq_len, self.seed, self.shuffle, self.spec = path, seq_len, seed, shuffle, images
         self.pad_id = tokenizer.pad_id
         self.ids: list[np.ndarray] = []
         self.masks: list[np.ndarray] = []
+        self.images: list[list[dict[str, Any]]] = []  # per conversation, its image parts (paths resolved)
         no_answer = cut = 0
         for number, record in enumerate(read_conversations(path), start=1):
-            if any(isinstance(part, dict) and part.get("type") in IMAGE_PARTS
-                   for m in record["messages"] if isinstance(m.get("content"), list) for part in m["content"]):
-                raise DataError(f"{path}:{number}: image parts in fine-tuning data are not supported yet "
-                                "(text and tool calls are)")
+            parts: list[dict[str, Any]] = []
             try:
                 rendered = render(tokenizer, record["messages"], tools=record.get("tools"),
-                                  add_generation_prompt=False)
+                                  add_generation_prompt=False, image_tokens=self._image_hook(parts, path))
             except ValueError as err:
                 raise DataError(f"{path}:{number}: {err}") from None
             if not any(rendered.loss_mask):
                 no_answer += 1
                 continue
             if len(rendered) > seq_len + 1:
+                if parts:
+                    raise DataError(f"{path}:{number}: the conversation's {len(rendered):,} tokens, its images' "
+                                    f"included, exceed a window of {seq_len + 1:,}; a cut could split an image "
+                                    "(raise --seq-len)")
                 cut += 1
+            self.images.append(parts)
             self.ids.append(np.asarray(rendered.ids[: seq_len + 1], dtype=np.int64))
             self.masks.append(np.asarray(rendered.loss_mask[: seq_len + 1], dtype=bool))
         if not self.ids:
@@ -106,6 +145,30 @@ class ChatData:
             log.warning("%s: %d conversation(s) without an assistant message dropped, %d cut to %d tokens",
                         path, no_answer, cut, seq_len + 1)
         self._epochs: list[list[list[int]]] = []  # per epoch, its windows as lists of conversation indices
+
+    @property
+    def has_images(self) -> bool:
+        return any(self.images)
+
+    def _image_hook(self, parts: list[dict[str, Any]], path: Path) -> Callable[[dict], list[int]]:
+        """`render`'s image hook: the part's token layout; the part, its path made absolute, kept in `parts`."""
+        def hook(part: dict[str, Any]) -> list[int]:
+            if self.spec is None:
+                raise ValueError("an image part needs a checkpoint with a vision tower (this one is text-only)")
+            part = _resolved(part, path.parent)
+            parts.append(part)
+            return ImageCollector(self.spec.max_tiles, self.spec.tokens_per_tile, self.spec.tile)(part)
+        return hook
+
+    def pixels(self, i: int) -> list[torch.Tensor]:
+        """Conversation i's images as pixel tiles, one [tiles, 3, tile, tile] tensor each, in prompt order."""
+        if not self.images[i]:
+            return []
+        assert self.spec is not None
+        collector = ImageCollector(self.spec.max_tiles, self.spec.tokens_per_tile, self.spec.tile)
+        for part in self.images[i]:
+            collector(part)
+        return collector.pixels
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -151,8 +214,9 @@ class ChatData:
             documents_NS[row, at:] = len(window)  # the padding: a document of its own, never a target
         # Position t predicts token t + 1, which counts when it is supervised (a conversation's first token,
         # its BOS, never is, so no target crosses into the next conversation).
+        images_N = [[p for i in window for p in self.pixels(i)] for window in windows] if self.has_images else None
         return Batch(torch.from_numpy(tokens_NS), torch.from_numpy(documents_NS[:, :-1]),
-                     torch.from_numpy(supervised_NS[:, 1:]))
+                     torch.from_numpy(supervised_NS[:, 1:]), images_N=images_N)
 
     def micro_batches(self, step: int, batch_size: int, rank: int, world: int, micro: int) -> list[Batch]:
         """This process's micro-batches of optimizer step `step` (as `Batches.micro_batches`)."""
@@ -165,7 +229,9 @@ class ChatData:
 
     def fingerprint(self) -> dict[str, Any]:
         digest = hashlib.sha256()
-        for ids, mask in zip(self.ids, self.masks, strict=True):
+        for ids, mask, parts in zip(self.ids, self.masks, self.images, strict=True):
             digest.update(ids.tobytes())
             digest.update(mask.tobytes())
+            if parts:
+                digest.update(json.dumps(parts, sort_keys=True, default=str).encode())
         return {"conversations": len(self.ids), "rendered_sha256": digest.hexdigest()}

@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 import herd
 from herd.checkpoint import read_config
-from herd.config import PRESETS, ConfigError, TextConfig
+from herd.config import PRESETS, ConfigError, TextConfig, VisionConfig
 from herd.data.shards import TokenShards
 from herd.files import write_text_atomic
 from herd.model import Transformer
@@ -46,7 +46,7 @@ from herd.tokenizer import Tokenizer, TokenizerError, load_tokenizer
 from herd.train import checkpoints, faults, metap
 from herd.train.balance import RouterBalance
 from herd.train.batches import TokenWindows
-from herd.train.chat_data import ChatData, chat_splits, is_chat_data
+from herd.train.chat_data import ChatData, ImageSpec, chat_splits, is_chat_data
 from herd.train.config import TRAJECTORY_FIELDS, TrainConfig
 from herd.train.objectives import Distill, NextToken, Preference, reference_logps
 from herd.train.on_policy import OnPolicy
@@ -141,6 +141,7 @@ class _Trainer:
         self.world, self.progress = world, progress
         self.out = Path(c.out)
         self.ckpt_dir = self.out / "checkpoints"
+        self.vision: VisionConfig | None = None  # the checkpoint's vision tower, when the data has images
         if not c.data:
             raise ConfigError("no data: pass --data DIR (a directory written by `herd data prepare`)"
                               if c.objective == "lm" else "no data: pass --data FILE.jsonl (or a directory)")
@@ -155,8 +156,14 @@ class _Trainer:
                                   "distillation on chat data runs the teacher on the fly")
             self.tokenizer: Tokenizer | None = load_tokenizer(c.init_from)
             self.text = model_config(c, self.tokenizer)
-            splits = pair_splits if c.objective == "dpo" else chat_splits
-            self.train_data, self.val_data = splits(c.data, self.tokenizer, c.seq_len, c.seed)
+            if c.objective == "dpo":
+                self.train_data, self.val_data = pair_splits(c.data, self.tokenizer, c.seq_len, c.seed)
+            else:  # SFT reads images when the checkpoint has a vision tower (kept frozen)
+                vision = read_config(c.init_from).vision if c.objective == "sft" else None
+                self.train_data, self.val_data = chat_splits(c.data, self.tokenizer, c.seq_len, c.seed,
+                                                             ImageSpec.of(vision) if vision else None)
+                if self.train_data.has_images or (self.val_data is not None and self.val_data.has_images):
+                    self.vision = vision
             if c.on_policy:
                 if world.size > 1:
                     raise ConfigError("on-policy distillation samples with the model being trained: run it on one "
@@ -213,12 +220,14 @@ class _Trainer:
     def _build(self) -> nn.Module:
         c, device = self.config, self.world.device
         with torch.device("meta"):
-            model = Transformer(self.text)
+            model = Transformer(self.text, self.vision)
         model.to_empty(device=device)
         self.plan = metap.rules(model, c.parametrization, c.init_std, c.metap_base)
         metap.init_weights(model, self.plan, generator=torch.Generator(device).manual_seed(c.seed))
         if c.init_from:
             self._init_from(model)
+        if model.vision is not None:  # the tower and its projection stay as the checkpoint has them
+            model.vision.requires_grad_(False)
         model.train()
         self.balance = RouterBalance(model, c.router_bias_rate, c.aux_loss_coef)
         for block in model.layers:
@@ -231,7 +240,7 @@ class _Trainer:
     @torch.no_grad()
     def _init_from(self, model: nn.Module) -> None:
         """The weights of `init_from` (read through herd's loader: HF or Meta format, checked key by key)."""
-        source = herd.load(self.config.init_from, dtype=torch.float32, text_only=True).state_dict()
+        source = herd.load(self.config.init_from, dtype=torch.float32, text_only=self.vision is None).state_dict()
         target = model.state_dict()
         missing = sorted(set(target) - set(source))
         if missing:
@@ -449,7 +458,7 @@ class _Trainer:
         target = self.out / "model"
         if self.world.is_main:
             with torch.device("meta"):
-                final = Transformer(self.text)
+                final = Transformer(self.text, self.vision)
             final.load_state_dict(state, assign=True)
             final.init_buffers()
             herd.save(final, target)

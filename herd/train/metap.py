@@ -155,6 +155,8 @@ def param_groups(model: nn.Module, plan: dict[str, Rule], lr: float, weight_deca
     groups: dict[tuple[float, bool], list[nn.Parameter]] = {}
     names: dict[tuple[float, bool], list[str]] = {}
     for name, param in model.named_parameters():
+        if not param.requires_grad:  # frozen (a vision tower in fine-tuning): not optimized
+            continue
         rule = plan.get(name)
         if rule is None:
             raise ValueError(f"parameter {name!r} has no MetaP rule")

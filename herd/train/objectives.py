@@ -32,8 +32,9 @@ def forward(model: nn.Module, batch: Batch, bfloat16: bool = False) -> tuple[tor
     inputs_NS, targets_NS = batch.tokens_NS[:, :-1], batch.tokens_NS[:, 1:]
     if batch.targets_NS is not None:
         targets_NS = targets_NS.masked_fill(~batch.targets_NS, IGNORE)
+    pixels = [p for row in batch.images_N for p in row] if batch.images_N else None
     with torch.autocast(inputs_NS.device.type, torch.bfloat16, enabled=bfloat16):
-        logits_NSV = model(inputs_NS, documents_BS=batch.documents_NS)
+        logits_NSV = model(inputs_NS, documents_BS=batch.documents_NS, pixels=pixels or None)
     return logits_NSV.float(), targets_NS
 
 
