@@ -109,6 +109,28 @@ def read_conversations(path: Path, key: str = "messages") -> list[dict[str, Any]
     return out
 
 
+def pack_rows(rows: list[list[tuple[np.ndarray, np.ndarray]]], seq_len: int, pad_id: int) -> Batch:
+    """Rows of conversations, each (ids, loss mask), laid end to end in windows of seq_len + 1 (a conversation cut
+    to the room left), each its own document; the rest of a row is padding, a document of its own."""
+    n, s = len(rows), seq_len
+    tokens_NS = np.full((n, s + 1), pad_id, dtype=np.int64)
+    documents_NS = np.zeros((n, s + 1), dtype=np.int64)
+    supervised_NS = np.zeros((n, s + 1), dtype=bool)
+    for row, conversations in enumerate(rows):
+        at = 0
+        for k, (ids, mask) in enumerate(conversations):
+            take = min(len(ids), s + 1 - at)
+            tokens_NS[row, at : at + take] = ids[:take]
+            documents_NS[row, at : at + take] = k
+            supervised_NS[row, at : at + take] = mask[:take]
+            at += take
+        documents_NS[row, at:] = len(conversations)
+    # Position t predicts token t + 1, which counts when it is supervised (a conversation's first token, its BOS,
+    # never is, so no target crosses into the next conversation).
+    return Batch(torch.from_numpy(tokens_NS), torch.from_numpy(documents_NS[:, :-1]),
+                 torch.from_numpy(supervised_NS[:, 1:]))
+
+
 class ChatData:
     rows_per_sample = 1
 
@@ -199,24 +221,11 @@ class ChatData:
             epoch += 1
 
     def _batch(self, windows: list[list[int]]) -> Batch:
-        n, s = len(windows), self.seq_len
-        tokens_NS = np.full((n, s + 1), self.pad_id, dtype=np.int64)
-        documents_NS = np.zeros((n, s + 1), dtype=np.int64)
-        supervised_NS = np.zeros((n, s + 1), dtype=bool)
-        for row, window in enumerate(windows):
-            at = 0
-            for k, i in enumerate(window):
-                ids = self.ids[i]
-                tokens_NS[row, at : at + len(ids)] = ids
-                documents_NS[row, at : at + len(ids)] = k
-                supervised_NS[row, at : at + len(ids)] = self.masks[i]
-                at += len(ids)
-            documents_NS[row, at:] = len(window)  # the padding: a document of its own, never a target
-        # Position t predicts token t + 1, which counts when it is supervised (a conversation's first token,
-        # its BOS, never is, so no target crosses into the next conversation).
-        images_N = [[p for i in window for p in self.pixels(i)] for window in windows] if self.has_images else None
-        return Batch(torch.from_numpy(tokens_NS), torch.from_numpy(documents_NS[:, :-1]),
-                     torch.from_numpy(supervised_NS[:, 1:]), images_N=images_N)
+        batch = pack_rows([[(self.ids[i], self.masks[i]) for i in window] for window in windows], self.seq_len,
+                          self.pad_id)
+        if self.has_images:
+            batch.images_N = [[p for i in window for p in self.pixels(i)] for window in windows]
+        return batch
 
     def micro_batches(self, step: int, batch_size: int, rank: int, world: int, micro: int) -> list[Batch]:
         """This process's micro-batches of optimizer step `step` (as `Batches.micro_batches`)."""

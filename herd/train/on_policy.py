@@ -26,7 +26,7 @@ from torch import nn
 from herd.infer.engine import Engine
 from herd.infer.sampling import SamplingParams
 from herd.train.batches import Batch, step_samples
-from herd.train.chat_data import ChatData
+from herd.train.chat_data import ChatData, pack_rows
 
 
 def _last_answer_start(mask: np.ndarray) -> int:
@@ -74,24 +74,16 @@ class OnPolicy:
         completions = Engine(self.policy).generate([self.prompts[i].tolist() for i in conversations], params)
         self.policy.train(was_training)
         answers = dict(zip(conversations, (c.token_ids for c in completions), strict=True))
-        n, s = len(windows), self.seq_len
-        tokens_NS = np.full((n, s + 1), self.pad_id, dtype=np.int64)
-        documents_NS = np.zeros((n, s + 1), dtype=np.int64)
-        supervised_NS = np.zeros((n, s + 1), dtype=bool)
-        for row, window in enumerate(windows):
-            at = 0
-            for k, i in enumerate(window):
+        rows = []
+        for window in windows:
+            row = []
+            for i in window:
                 prompt, answer = self.prompts[i], np.asarray(answers[i], dtype=np.int64)
-                ids = np.concatenate([prompt, answer])[: s + 1 - at]
-                if len(ids) <= len(prompt):  # no room left for any of the answer
-                    break
-                tokens_NS[row, at : at + len(ids)] = ids
-                documents_NS[row, at : at + len(ids)] = k
-                supervised_NS[row, at + len(prompt) : at + len(ids)] = True
-                at += len(ids)
-            documents_NS[row, at:] = documents_NS[row, at - 1] + 1 if at else 0
-        return Batch(torch.from_numpy(tokens_NS), torch.from_numpy(documents_NS[:, :-1]),
-                     torch.from_numpy(supervised_NS[:, 1:]), on_policy=True)
+                row.append((np.concatenate([prompt, answer]), np.arange(len(prompt) + len(answer)) >= len(prompt)))
+            rows.append(row)
+        batch = pack_rows(rows, self.seq_len, self.pad_id)  # only the sampled answers count
+        batch.on_policy = True
+        return batch
 
     def validation(self, n: int) -> Batch:
         return self.data.validation(n)
