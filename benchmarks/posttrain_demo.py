@@ -8,12 +8,14 @@ Every stage is a herd command, printed before it runs; a stage whose output exis
 run continues where it stopped.
 
 - The task: addition in chat form, `What is 3 4 7 + 5 8 9?` → `9 3 6`, digits spaced because the demo's BPE
-  (trained on Python sources) splits numbers irregularly. Four tiers: 1 up to two digits without carry, 2 two-digit
-  with carries, 3 three-digit, 4 four-digit with at least two carries. Train (1,500 per tier), judge (500 per tier),
+  (trained on Python sources) splits numbers irregularly. Four tiers: 1 a 2–4 digit number plus one digit without
+  a carry, 2 the same with carries, 3 a 3–4 digit number plus a 2-digit one, 4 two 4-digit numbers with at
+  least two carries. Train (1,000 per tier), judge (500 per tier),
   pair-mining (250 per tier) and held-out (100 per tier) problems are disjoint.
-- SFT: all of the training set for S steps, against its easy-dropped half (`herd data filter`, judged by a short
-  SFT of the base model on the judge set: pass rate of 4 samples plus answer NLL) for S/2 steps, and the
-  matched control, all of it for S/2 steps. Several seeds (the data order).
+- SFT: all of the training set for S steps, against its easy-dropped half (`herd data filter`, judged by an SFT
+  of the base model on the judge set, as long as SFT-all's, so it has never seen the problems it judges: pass
+  rate of 4 samples plus answer NLL) for S/2 steps, and the matched control, all of it for S/2 steps. Seeds
+  change the data order.
 - DPO: pairs mined from the SFT model's own answers on the pair set, against the matched control: the same steps
   of continued SFT on the same questions with their references.
 - Distillation: a herd-50m teacher pretrained on the demo's stdlib shards, a herd-10m student from scratch,
@@ -37,13 +39,13 @@ from typing import Any
 from herd.files import cache_dir, write_text_atomic
 
 HERD = [sys.executable, "-m", "herd"]
-SEEDS = (0, 1, 2)
-SFT_STEPS = 120
+SEEDS = (0, 1)
+SFT_STEPS = 200
 DPO_STEPS = 60
-DISTILL_STEPS = 120
-TIERS = {1: "up to 2 digits, no carry", 2: "2-digit, carries", 3: "3-digit", 4: "4-digit, 2+ carries"}
-SPLITS = {"train": 1500, "judge": 500, "pairs": 250, "heldout": 100}  # problems per tier
-SFT_FLAGS = ["--seq-len", "256", "--batch-size", "16", "--lr", "1e-3", "--warmup-steps", "10", "--eval-every", "1000",
+DISTILL_STEPS = 100
+TIERS = {1: "+ 1 digit, no carry", 2: "+ 1 digit, carries", 3: "+ 2 digits", 4: "4 + 4 digits, 2+ carries"}
+SPLITS = {"train": 1000, "judge": 500, "pairs": 250, "heldout": 100}  # problems per tier
+SFT_FLAGS = ["--seq-len", "256", "--batch-size", "16", "--lr", "3e-3", "--warmup-steps", "10", "--eval-every", "1000",
              "--ckpt-every", "1000", "--no-progress"]
 TEACHER_FLAGS = ["--model", "herd-50m", "--seq-len", "256", "--batch-size", "16", "--steps", "400", "--lr", "3e-3",
                  "--warmup-steps", "40", "--weight-decay", "0.1", "--eval-every", "100", "--eval-batches", "4",
@@ -66,9 +68,15 @@ def carries(a: int, b: int) -> int:
 
 
 def _tier_problem(tier: int, rng: random.Random) -> tuple[int, int]:
-    low, high = {1: (0, 100), 2: (10, 100), 3: (100, 1000), 4: (1000, 10000)}[tier]
+    """Tier 1: a 2–4 digit number plus one digit, no carry; 2: the same with a carry; 3: a 3–4 digit number plus
+    a 2-digit one; 4: two 4-digit numbers with at least two carries."""
     while True:
-        a, b = rng.randrange(low, high), rng.randrange(low, high)
+        if tier in (1, 2):
+            a, b = rng.randrange(10, 10_000), rng.randrange(1, 10)
+        elif tier == 3:
+            a, b = rng.randrange(100, 10_000), rng.randrange(10, 100)
+        else:
+            a, b = rng.randrange(1000, 10_000), rng.randrange(1000, 10_000)
         c = carries(a, b)
         if (tier == 1 and c == 0) or (tier == 2 and c > 0) or tier == 3 or (tier == 4 and c >= 2):
             return a, b
@@ -137,19 +145,22 @@ def sft(root: Path, name: str, init: Path, data: Path, steps: int, seed: int) ->
     return run / "model"
 
 
-def sft_stage(root: Path, tasks: dict[str, Path], base: Path) -> dict[str, Path]:
-    judge = sft(root, "judge", base, tasks["judge"], SFT_STEPS // 2, 0)
+def sft_stage(root: Path, tasks: dict[str, Path], base: Path) -> None:
+    """Each model is scored on the held-out set as soon as it is trained."""
+    answers(base, tasks["heldout"], root / "base-eval" / "answers.json")
+    answers(sft(root, "sft-all-0", base, tasks["train"], SFT_STEPS, 0), tasks["heldout"])
+    judge = sft(root, "judge", base, tasks["judge"], SFT_STEPS, 0)  # as skilled as SFT-all, but on other problems
+    answers(judge, tasks["heldout"])
     filtered = root / "filtered"
     if not done(filtered / "train.jsonl"):
         herd("data", "filter", tasks["train"], "--judge", judge, "--out", filtered, "--signals", "pass_rate", "nll",
              "--samples", "4", "--verifier", "exact", "--max-new-tokens", "16", "--drop-easy-fraction", "0.5")
-    models = {"judge": judge}
     for seed in SEEDS:
-        models[f"sft-all-{seed}"] = sft(root, f"sft-all-{seed}", base, tasks["train"], SFT_STEPS, seed)
-        models[f"sft-all-half-{seed}"] = sft(root, f"sft-all-half-{seed}", base, tasks["train"], SFT_STEPS // 2, seed)
-        models[f"sft-hard-half-{seed}"] = sft(root, f"sft-hard-half-{seed}", base, filtered / "train.jsonl",
-                                              SFT_STEPS // 2, seed)
-    return models
+        arms = {f"sft-all-{seed}": (tasks["train"], SFT_STEPS),
+                f"sft-all-half-{seed}": (tasks["train"], SFT_STEPS // 2),
+                f"sft-hard-half-{seed}": (filtered / "train.jsonl", SFT_STEPS // 2)}
+        for name, (data, steps) in arms.items():
+            answers(sft(root, name, base, data, steps, seed), tasks["heldout"])
 
 
 def dpo_stage(root: Path, tasks: dict[str, Path], policy: Path) -> dict[str, Path]:
@@ -208,14 +219,14 @@ def report(root: Path) -> str:
             avg = sum(values) / len(values)
             spread = f" ± {(max(values) - min(values)) / 2:.3f}" if len(values) > 1 else ""
             return f"{avg:.3f}{spread}"
-        tiers = [mean(lambda f, t=t: f["groups"][str(t)]["greedy"]) for t in TIERS]
+        tiers = [mean(lambda f, t=t: f["groups"][str(t)]["pass_at"]["pass@8"]) for t in TIERS]
         overall = [mean(lambda f: f["overall"]["greedy"]), mean(lambda f: f["overall"]["pass_at"]["pass@1"]),
                    mean(lambda f: f["overall"]["pass_at"]["pass@8"])]
         return f"| {label} | {len(found)} | " + " | ".join([*overall, *tiers]) + " |"
 
-    head = ("| model | seeds | greedy | pass@1 | pass@8 | " + " | ".join(f"tier {t} greedy" for t in TIERS) + " |\n"
+    head = ("| model | seeds | greedy | pass@1 | pass@8 | " + " | ".join(f"tier {t} pass@8" for t in TIERS) + " |\n"
             "|---|---:|---:|---:|---:|" + "---:|" * len(TIERS))
-    sft_rows = [row("base (herd demo)", ["base-eval"]), row("judge (SFT on the judge set, S/2)", ["judge"]),
+    sft_rows = [row("base (herd demo)", ["base-eval"]), row("judge (SFT on the judge set, S steps)", ["judge"]),
                 row(f"SFT all, S = {SFT_STEPS} steps", [f"sft-all-{s}" for s in SEEDS]),
                 row(f"SFT all, S/2 = {SFT_STEPS // 2} (matched control)", [f"sft-all-half-{s}" for s in SEEDS]),
                 row(f"SFT filtered hard half, S/2 = {SFT_STEPS // 2}", [f"sft-hard-half-{s}" for s in SEEDS])]
@@ -234,7 +245,7 @@ def report(root: Path) -> str:
         records = [json.loads(line) for line in filtered.read_text().splitlines()]
         tiers = [json.loads(line)["tier"] for line in (root / "tasks" / "train.jsonl").read_text().splitlines()]
         kept = {t: sum(r["kept"] for r, tier in zip(records, tiers, strict=True) if tier == t) for t in TIERS}
-        parts += ["", "## What the filter kept", "| tier | kept of 1,500 |", "|---|---:|"]
+        parts += ["", "## What the filter kept", "| tier | kept of 1,000 |", "|---|---:|"]
         parts += [f"| {t} ({TIERS[t]}) | {kept[t]} |" for t in TIERS]
     return "\n".join(parts)
 
@@ -250,9 +261,7 @@ def main() -> int:
         tasks = write_tasks(root)
         base = base_model()
         if "sft" in args.stages:
-            answers(base, tasks["heldout"], root / "base-eval" / "answers.json")
-            for model in sft_stage(root, tasks, base).values():
-                answers(model, tasks["heldout"])
+            sft_stage(root, tasks, base)
         if "dpo" in args.stages:
             for model in dpo_stage(root, tasks, root / "sft-all-0" / "model").values():
                 answers(model, tasks["heldout"])
