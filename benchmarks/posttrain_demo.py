@@ -170,12 +170,13 @@ def dpo_stage(root: Path, tasks: dict[str, Path], policy: Path) -> dict[str, Pat
              "--verifier", "exact", "--max-new-tokens", "16")
     models = {}
     for seed in SEEDS:
-        run = root / f"dpo-{seed}"
-        if not done(run / "model" / "training.json"):
-            herd("dpo", "--init-from", policy, "--data", pairs, "--out", run, "--steps", str(DPO_STEPS), "--seed",
-                 str(seed), "--seq-len", "64", "--batch-size", "32", "--lr", "1e-4", "--beta", "0.1",
-                 "--warmup-steps", "5", "--eval-every", "1000", "--ckpt-every", "1000", "--no-progress")
-        models[f"dpo-{seed}"] = run / "model"
+        for name, extra in ((f"dpo-{seed}", []), (f"dpo-rpo-{seed}", ["--nll-weight", "1.0"])):
+            run = root / name
+            if not done(run / "model" / "training.json"):
+                herd("dpo", "--init-from", policy, "--data", pairs, "--out", run, "--steps", str(DPO_STEPS), "--seed",
+                     str(seed), "--seq-len", "64", "--batch-size", "32", "--lr", "1e-4", "--beta", "0.1",
+                     "--warmup-steps", "5", "--eval-every", "1000", "--ckpt-every", "1000", "--no-progress", *extra)
+            models[name] = run / "model"
         # The matched control: as many steps of SFT on the same questions, their references as answers.
         models[f"dpo-control-{seed}"] = sft(root, f"dpo-control-{seed}", policy, tasks["pairs"], DPO_STEPS, seed)
     return models
@@ -232,6 +233,8 @@ def report(root: Path) -> str:
                 row(f"SFT filtered hard half, S/2 = {SFT_STEPS // 2}", [f"sft-hard-half-{s}" for s in SEEDS])]
     dpo_rows = [row("SFT all (the DPO start)", ["sft-all-0"]),
                 row(f"+ DPO, {DPO_STEPS} steps", [f"dpo-{s}" for s in SEEDS]),
+                row(f"+ DPO with the chosen side's NLL (RPO, weight 1), {DPO_STEPS} steps",
+                    [f"dpo-rpo-{s}" for s in SEEDS]),
                 row(f"+ SFT, {DPO_STEPS} steps (matched control)", [f"dpo-control-{s}" for s in SEEDS])]
     parts = ["## SFT", head, *[r for r in sft_rows if r], "", "## DPO", head, *[r for r in dpo_rows if r]]
     parts += ["", "## Distillation", "| model | held-out stdlib NLL | perplexity |", "|---|---:|---:|"]

@@ -108,9 +108,11 @@ def run_demo(steps: int | None = None, retrain: bool = False, samples: int = 3) 
 
 
 def _same_run(run: Path, config: TrainConfig, finished: bool) -> bool:
-    """Whether `run` holds a run of exactly this config (and, with `finished`, its final model)."""
+    """Whether `run` holds a run of exactly this config (and, with `finished`, its final model). A field that
+    TrainConfig gained after the run was written counts at its default, as a resume counts it."""
     try:
         saved = json.loads((run / "config.json").read_text())["train"]
     except (OSError, ValueError, KeyError):
         return False
-    return saved == config.to_dict() and (not finished or (run / "model" / "training.json").exists())
+    return {**TrainConfig().to_dict(), **saved} == config.to_dict() and (
+        not finished or (run / "model" / "training.json").exists())

@@ -59,3 +59,19 @@ def test_demo_trains_then_reuses_its_cache(tmp_path: Path) -> None:
     assert (tmp_path / "demo" / "run" / "model" / "tokenizer.json").exists()
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0 and "training herd-10m" not in again.stderr
+
+
+def test_a_demo_run_written_before_a_new_config_field_is_still_reused(tmp_path: Path) -> None:
+    """herd demo's cache check counts fields the saved config lacks at their defaults (no retraining when
+    TrainConfig grows)."""
+    import json
+
+    from herd.demo import DEMO_CONFIG, _same_run
+
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "training.json").write_text("{}")
+    saved = DEMO_CONFIG.to_dict()
+    del saved["teacher_topk"]
+    (tmp_path / "config.json").write_text(json.dumps({"train": saved}))
+    assert _same_run(tmp_path, DEMO_CONFIG, finished=True)
+    assert not _same_run(tmp_path, DEMO_CONFIG.replace(steps=5), finished=True)
