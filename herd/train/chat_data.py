@@ -220,7 +220,8 @@ class ChatData:
             sample -= len(self._epochs[epoch])
             epoch += 1
 
-    def _batch(self, windows: list[list[int]]) -> Batch:
+    def batch(self, windows: list[list[int]]) -> Batch:
+        """These windows (each a list of conversation indices) as a batch."""
         batch = pack_rows([[(self.ids[i], self.masks[i]) for i in window] for window in windows], self.seq_len,
                           self.pad_id)
         if self.has_images:
@@ -229,12 +230,12 @@ class ChatData:
 
     def micro_batches(self, step: int, batch_size: int, rank: int, world: int, micro: int) -> list[Batch]:
         """This process's micro-batches of optimizer step `step` (as `Batches.micro_batches`)."""
-        return [self._batch([self.window(s) for s in r]) for r in step_samples(step, batch_size, rank, world, micro)]
+        return [self.batch([self.window(s) for s in r]) for r in step_samples(step, batch_size, rank, world, micro)]
 
     def validation(self, n: int) -> Batch:
         """The first n windows (all of them when fewer), packed in file order."""
         windows = self._pack(0)
-        return self._batch(windows[:n])
+        return self.batch(windows[:n])
 
     def fingerprint(self) -> dict[str, Any]:
         digest = hashlib.sha256()

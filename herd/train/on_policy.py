@@ -55,12 +55,11 @@ class OnPolicy:
         return float(torch.rand((), generator=generator)), int(torch.randint(1 << 31, (), generator=generator))
 
     def micro_batches(self, step: int, batch_size: int, rank: int, world: int, micro: int) -> list[Batch]:
-        batches = self.data.micro_batches(step, batch_size, rank, world, micro)
         out = []
-        for m, (batch, samples) in enumerate(zip(batches, step_samples(step, batch_size, rank, world, micro),
-                                                 strict=True)):
+        for m, samples in enumerate(step_samples(step, batch_size, rank, world, micro)):
             coin, seed = self._draw(step, rank, m)
-            out.append(self._sampled([self.data.window(s) for s in samples], seed) if coin < self.fraction else batch)
+            windows = [self.data.window(s) for s in samples]
+            out.append(self._sampled(windows, seed) if coin < self.fraction else self.data.batch(windows))
         return out
 
     @torch.no_grad()

@@ -37,7 +37,7 @@ from herd.files import write_text_atomic
 
 class TopKCache:
     def __init__(self, directory: str | os.PathLike, key: dict[str, Any]) -> None:
-        self.dir, self.key = Path(directory), key
+        self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         manifest = self.dir / "manifest.json"
         if manifest.exists():
@@ -48,7 +48,6 @@ class TopKCache:
                                   "pass another --teacher-cache")
         else:
             write_text_atomic(manifest, json.dumps(key, indent=1, sort_keys=True) + "\n")
-        self.k = int(key["k"])
         self._files: dict[str, Any] = {}
         self.index: dict[tuple[str, int], tuple[str, int]] = {}
         self.refresh()
