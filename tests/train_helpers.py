@@ -62,9 +62,22 @@ def run_in_process(config: TrainConfig, resume: bool = False) -> dict:
     return train(config, resume=resume, progress=False)
 
 
-def cli_args(config: TrainConfig) -> list[str]:
+def accepted_fields(command: str) -> set[str]:
+    """The TrainConfig fields `herd COMMAND` takes as flags."""
+    import argparse
+    import importlib
+
+    parser = argparse.ArgumentParser()
+    importlib.import_module(f"herd.cli.{command}").register(parser)
+    return {action.dest for action in parser._actions}
+
+
+def cli_args(config: TrainConfig, command: str = "train") -> list[str]:
     args = []
+    accepted = accepted_fields(command)
     for key, value in config.to_dict().items():
+        if key not in accepted:
+            continue
         flag = "--" + key.replace("_", "-")
         if isinstance(value, bool):
             args.append(flag if value else "--no-" + flag[2:])
@@ -73,16 +86,20 @@ def cli_args(config: TrainConfig) -> list[str]:
     return args
 
 
-def run_cli(config: TrainConfig, *extra: str, fault: str | None = None, nproc: int = 1) -> subprocess.CompletedProcess:
-    """`herd train` in a fresh process (or under torchrun), optionally killed by HERD_FAULT."""
+def run_cli(config: TrainConfig, *extra: str, fault: str | None = None, nproc: int = 1, command: str = "train",
+            restarts: int = 0) -> subprocess.CompletedProcess:
+    """`herd train` (or `command`) in a fresh process (or under torchrun, restarting failed processes up to `restarts`
+    times), optionally killed by HERD_FAULT."""
     env = {k: v for k, v in os.environ.items() if k != "HERD_FAULT"} | {"OMP_NUM_THREADS": "1"}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent), *filter(None, [env.get("PYTHONPATH")])])
     if fault:
         env["HERD_FAULT"] = fault
     if nproc == 1:
-        cmd = [sys.executable, "-m", "herd", "train", "--no-progress", *cli_args(config), *extra]
+        cmd = [sys.executable, "-m", "herd", command, "--no-progress", *cli_args(config, command), *extra]
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--standalone",
-               "-m", "herd", "train", "--no-progress", *cli_args(config), *extra]
+               "--max-restarts", str(restarts), "-m", "herd", command, "--no-progress", *cli_args(config, command),
+               *extra]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
 
 

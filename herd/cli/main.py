@@ -19,6 +19,7 @@ from herd.cli import (
     metap,
     plan,
     quantize,
+    rl,
     serve,
     sft,
     tokenize,
@@ -31,7 +32,7 @@ from herd.tokenizer import TokenizerError
 
 COMMANDS = {
     "demo": demo, "info": info, "generate": generate, "chat": chat, "tokenize": tokenize, "tokenizer": tokenizer,
-    "data": data, "train": train, "sft": sft, "dpo": dpo, "distill": distill, "metap": metap, "serve": serve,
+    "data": data, "train": train, "sft": sft, "dpo": dpo, "distill": distill, "rl": rl, "metap": metap, "serve": serve,
     "quantize": quantize, "plan": plan, "eval": eval,
 }
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 
 from herd.config import ConfigError
@@ -13,6 +14,11 @@ from herd.train.config import TrainConfig
 # Flags only distillation reads (hidden from the other post-training commands).
 DISTILL_FIELDS = ("teacher", "soft_loss", "jsd_beta", "temperature", "alpha", "alpha_rule", "alpha_end", "teacher_topk",
                   "teacher_cache", "on_policy", "sample_temperature", "max_new_tokens")
+
+# Flags only RL reads (hidden from the other training commands).
+RL_FIELDS = ("group_size", "loss_type", "clip_low", "clip_high", "scale_rewards", "kl_coef", "old_logps", "is_cap",
+             "reward", "dynamic_sampling", "dynamic_rounds", "pass_band", "profile_every", "profile_prompts",
+             "curriculum", "curriculum_fraction", "max_staleness", "sync_every", "rollout_workers", "fast_rollouts")
 
 HELP = "Pretrain a Llama-4-architecture model (use torchrun --nproc-per-node N for data parallel)."
 
@@ -24,6 +30,8 @@ def register(parser: argparse.ArgumentParser, base: TrainConfig | None = None,
     parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     parser.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")
     defaults = base or TrainConfig()
+    if defaults.objective != "rl":
+        fixed = (*fixed, *RL_FIELDS)
     parser.set_defaults(train_base=defaults, train_fixed=fixed)
     for field in dataclasses.fields(TrainConfig):
         if field.name in fixed:
@@ -52,8 +60,10 @@ def run(args: argparse.Namespace) -> int:
     from herd.train import train
     from herd.train.checkpoints import ResumeError
 
+    # A process that torchrun restarted (--max-restarts) continues from the run's last checkpoint.
+    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
     try:
-        summary = train(config_from_args(args), resume=args.resume, progress=not args.no_progress)
+        summary = train(config_from_args(args), resume=args.resume or restarted, progress=not args.no_progress)
     except (ConfigError, DataError, ResumeError, ValueError) as err:
         print(f"herd {args.command}: error: {err}", file=sys.stderr)
         return 2

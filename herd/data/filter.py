@@ -27,6 +27,7 @@ atomically, and a seed fixes every byte.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import logging
@@ -72,14 +73,41 @@ def number(output: str, reference: str) -> bool:
     return want is not None and _first_number(output) == want
 
 
-VERIFIERS: dict[str, Verifier] = {"exact": exact, "number": number}
+CODE_BLOCK = re.compile(r"```(?:python|py)?[ \t]*\n(.*?)(?:```|$)", re.DOTALL)
+PYTHON_MIN_CHARS = 40
+
+
+def python_code(output: str, reference: str = "", min_chars: int = PYTHON_MIN_CHARS) -> bool:
+    """The output (or its first fenced code block) parses as Python (`ast.parse`) and holds at least `min_chars`
+    non-blank characters; the reference is not read."""
+    import ast
+    import warnings
+
+    block = CODE_BLOCK.search(output)
+    code = block.group(1) if block else output
+    if len("".join(code.split())) < min_chars:
+        return False
+    try:
+        with warnings.catch_warnings():  # invalid escape sequences and the like are the code's, not ours
+            warnings.simplefilter("ignore")
+            ast.parse(code)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return False
+    return True
+
+
+VERIFIERS: dict[str, Verifier] = {"exact": exact, "number": number, "arithmetic": number, "python": python_code}
 
 
 def load_verifier(name: str) -> Verifier:
-    """A built-in verifier (`exact`, `number`) or `module:function` taking (output, reference) -> bool."""
+    """A built-in verifier (`exact`; `number` or `arithmetic`: the first number; `python[:MIN_CHARS]`: valid Python
+    of at least MIN_CHARS characters, 40 by default) or `module:function` taking (output, reference) -> bool or a
+    float reward."""
     if name in VERIFIERS:
         return VERIFIERS[name]
     module, _, attr = name.partition(":")
+    if module == "python" and attr.isdigit():
+        return functools.partial(python_code, min_chars=int(attr))
     if not attr:
         raise DataError(f"verifier {name!r} is neither {' nor '.join(VERIFIERS)} nor module:function")
     try:

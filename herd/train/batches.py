@@ -16,6 +16,7 @@ Shapes: N sequences, S sequence length.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,14 +48,18 @@ class Batch:
     split: str = "train"
     on_policy: bool = False  # the counted targets were sampled from the model being trained
     images_N: list[list[torch.Tensor]] | None = None  # per row, its images' pixel tiles in token order
+    advantages_N: torch.Tensor | None = None  # RL: each row's advantage
+    behaviour_NS: torch.Tensor | None = None  # RL: each target's log-probability under the policy that sampled it
 
     def to(self, device: torch.device) -> Batch:
         def move(t: torch.Tensor | None) -> torch.Tensor | None:
             return None if t is None else t.to(device)
 
         images_N = None if self.images_N is None else [[p.to(device) for p in row] for row in self.images_N]
-        return Batch(self.tokens_NS.to(device), move(self.documents_NS), move(self.targets_NS),
-                     move(self.reference_N), self.group, self.windows_N, self.split, self.on_policy, images_N)
+        return dataclasses.replace(self, tokens_NS=self.tokens_NS.to(device), documents_NS=move(self.documents_NS),
+                                   targets_NS=move(self.targets_NS), reference_N=move(self.reference_N),
+                                   images_N=images_N, advantages_N=move(self.advantages_N),
+                                   behaviour_NS=move(self.behaviour_NS))
 
     def __len__(self) -> int:
         return self.tokens_NS.shape[0] // self.group
@@ -68,9 +73,8 @@ class Batch:
         def rows(t: Any) -> Any:
             return None if t is None else t[i * self.group : j * self.group]
 
-        return Batch(self.tokens_NS[i * self.group : j * self.group], rows(self.documents_NS), rows(self.targets_NS),
-                     rows(self.reference_N), self.group, rows(self.windows_N), self.split, self.on_policy,
-                     rows(self.images_N))
+        return dataclasses.replace(self, **{f.name: rows(getattr(self, f.name)) for f in dataclasses.fields(self)
+                                            if f.name.endswith("_N") or f.name.endswith("_NS")})
 
 
 def step_samples(step: int, batch_size: int, rank: int, world: int, micro: int) -> list[range]:

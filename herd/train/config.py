@@ -17,7 +17,7 @@ from typing import Any
 from herd.config import ConfigError
 
 SCHEDULES = ("cosine", "wsd", "constant")
-OBJECTIVES = ("lm", "sft", "dpo", "distill")
+OBJECTIVES = ("lm", "sft", "dpo", "distill", "rl")
 PRECISIONS = ("float32", "bfloat16")
 
 
@@ -25,6 +25,7 @@ PRECISIONS = ("float32", "bfloat16")
 class TrainConfig:
     objective: str = "lm"  # lm: next-token prediction on token shards (herd train) | sft: on chat data (herd sft)
     #                        | dpo: preference pairs (herd dpo) | distill: token shards with a teacher (herd distill)
+    #                        | rl: online RL on prompts with a verifier (herd rl)
     model: str = "herd-10m"  # a preset name, or a checkpoint directory / config.json to start from scratch
     init_from: str = ""  # a checkpoint to continue from (its architecture and weights; a fresh optimizer)
     vocab_size: int = 0  # 0: the model's own; else a smaller/larger embedding, e.g. the data tokenizer's size
@@ -61,7 +62,7 @@ class TrainConfig:
     log_every: int = 10
     beta: float = 0.1  # dpo: the strength of the pull toward the reference
     nll_weight: float = 0.0  # dpo: weight of the chosen side's NLL added to the loss (RPO; 0: plain DPO)
-    reference: str = ""  # dpo: the reference model ("": init_from)
+    reference: str = ""  # dpo, rl: the reference model ("": init_from)
     teacher: str = ""  # distill: the teacher checkpoint (the same vocabulary as the student)
     soft_loss: str = "forward_kl"  # distill: forward_kl | reverse_kl | jsd
     jsd_beta: float = 0.5  # distill: the generalized JSD's interpolation (0: forward KL, 1: reverse KL)
@@ -72,8 +73,30 @@ class TrainConfig:
     teacher_topk: int = 0  # distill on token shards: the teacher's top-k precomputed into a cache (0: on the fly)
     teacher_cache: str = ""  # distill: the top-k cache directory, shareable between runs ("": OUT/teacher_topk)
     on_policy: float = 0.0  # distill on chat data: the fraction of micro-batches answered by the student (GKD's λ)
-    sample_temperature: float = 1.0  # distill on-policy: the student's sampling temperature
-    max_new_tokens: int = 64  # distill on-policy: the student's answer length cap
+    sample_temperature: float = 1.0  # distill on-policy, rl: the policy's sampling temperature
+    max_new_tokens: int = 64  # distill on-policy, rl: the answer length cap
+    group_size: int = 8  # rl: answers per prompt (G); batch_size counts answers, so a step has batch_size / G prompts
+    loss_type: str = "dapo"  # rl: dapo (token mean over the batch) | grpo (per-answer token mean) | dr_grpo
+    clip_low: float = 0.2  # rl: the ratio's clip below, 1 - clip_low
+    clip_high: float = 0.2  # rl: the ratio's clip above, 1 + clip_high (DAPO's clip-higher: 0.28)
+    scale_rewards: str = "group"  # rl: group (advantages over the group's std) | none (Dr. GRPO)
+    kl_coef: float = 0.0  # rl: β of the k3 KL penalty to the reference (0: no reference model is loaded)
+    old_logps: str = "sampler"  # rl: the ratio's denominator: sampler (the policy that sampled) | learner
+    #                             (the learner's, detached, with a truncated importance weight for the sampler's gap)
+    is_cap: float = 2.0  # rl, old_logps=learner: the importance weight's cap
+    reward: str = "exact"  # rl: the verifier (exact | number | arithmetic | python[:MIN_CHARS] | module:function),
+    #                        or one per prompt set, comma-separated
+    dynamic_sampling: bool = True  # rl: replace groups whose rewards are all equal (no signal) with fresh prompts
+    dynamic_rounds: int = 3  # rl: candidate prompts per needed group (rounds of replacement)
+    pass_band: str = ""  # rl: LO,HI: train on prompts whose measured pass rate p has LO < p < HI ("": all)
+    profile_every: int = 0  # rl: re-measure pass rates of a slice of the pool every N steps (0: only from rollouts)
+    profile_prompts: int = 0  # rl: the slice's size (0: the whole pool)
+    curriculum: str = ""  # rl: a numeric record field (e.g. a tier) whose levels unlock from the easiest
+    curriculum_fraction: float = 0.5  # rl: every level is open after this fraction of the steps
+    max_staleness: int = 0  # rl: how many optimizer steps older than the learner a sample's policy may be (0: sync)
+    sync_every: int = 1  # rl: weights go to the samplers every K steps (K - 1 <= max_staleness)
+    rollout_workers: int = 0  # rl under torchrun: processes that only sample (ranks 1..W; rank 0 learns)
+    fast_rollouts: bool = True  # rl: sample with herd.fast's native decode step (else the eager model)
 
     def __post_init__(self) -> None:
         checks = [
@@ -100,6 +123,18 @@ class TrainConfig:
             (self.sample_temperature >= 0 and self.max_new_tokens > 0,
              "sample_temperature must be >= 0 and max_new_tokens > 0"),
             (self.ckpt_every > 0 and self.eval_every > 0 and self.log_every > 0, "*_every must be > 0"),
+            (self.group_size >= 1 and self.dynamic_rounds >= 1, "group_size and dynamic_rounds must be >= 1"),
+            (self.loss_type in ("dapo", "grpo", "dr_grpo"), "loss_type must be dapo, grpo or dr_grpo"),
+            (self.scale_rewards in ("group", "none"), "scale_rewards must be group or none"),
+            (self.old_logps in ("sampler", "learner"), "old_logps must be sampler or learner"),
+            (0 <= self.clip_low < 1 and self.clip_high >= 0 and self.is_cap > 0,
+             "clip_low must be in [0, 1), clip_high >= 0 and is_cap > 0"),
+            (self.kl_coef >= 0 and self.profile_every >= 0 and self.profile_prompts >= 0,
+             "kl_coef, profile_every and profile_prompts must be >= 0"),
+            (0 < self.curriculum_fraction <= 1, "curriculum_fraction must be in (0, 1]"),
+            (self.max_staleness >= 0 and self.sync_every >= 1 and self.rollout_workers >= 0,
+             "max_staleness and rollout_workers must be >= 0, sync_every >= 1"),
+            (self.objective != "rl" or self.sample_temperature > 0, "rl samples: sample_temperature must be > 0"),
         ]
         for ok, message in checks:
             if not ok:
@@ -160,5 +195,8 @@ TRAJECTORY_FIELDS = (
     "decay_fraction", "weight_decay", "beta1", "beta2", "eps", "grad_clip", "init_std", "parametrization",
     "metap_base", "seed", "precision", "router_bias_rate", "aux_loss_coef", "beta", "nll_weight", "reference",
     "teacher", "soft_loss", "jsd_beta", "temperature", "alpha", "alpha_rule", "alpha_end", "teacher_topk",
-    "on_policy", "sample_temperature", "max_new_tokens",
+    "on_policy", "sample_temperature", "max_new_tokens", "group_size", "loss_type", "clip_low", "clip_high",
+    "scale_rewards", "kl_coef", "old_logps", "is_cap", "reward", "dynamic_sampling", "dynamic_rounds", "pass_band",
+    "profile_every", "profile_prompts", "curriculum", "curriculum_fraction", "max_staleness", "sync_every",
+    "fast_rollouts",
 )

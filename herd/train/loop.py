@@ -52,6 +52,8 @@ from herd.train.objectives import Distill, NextToken, Preference, reference_logp
 from herd.train.on_policy import OnPolicy
 from herd.train.pair_data import PairData, pair_splits
 from herd.train.parallel import World, all_reduce_sum, barrier, close_world, init_world, shard
+from herd.train.policy_gradient import PolicyGradient
+from herd.train.rl_data import RolloutData
 from herd.train.schedule import lr_multiplier
 from herd.train.teacher_cache import TopKCache, topk_logps
 
@@ -127,12 +129,32 @@ def read_log(path: str | os.PathLike) -> list[dict[str, Any]]:
 
 
 def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Run (or resume) training; returns a summary: steps, losses, tokens, time, output paths."""
+    """Run (or resume) training; returns a summary: steps, losses, tokens, time, output paths.
+
+    With `rollout_workers` (RL under torchrun), rank 0 is the learner and ranks 1…W only sample
+    (`herd.train.rl_data.worker_loop`); their summary says `is_main` False."""
     world = init_world()
     try:
+        if config.objective == "rl" and config.rollout_workers:
+            if world.size != config.rollout_workers + 1:
+                raise ConfigError(f"{config.rollout_workers} rollout workers need {config.rollout_workers + 1} "
+                                  f"processes (one learner), got {world.size}")
+            if world.rank > 0:
+                return _rollout_worker(config, world)
+            world = dataclasses.replace(world, size=1, owns_group=False)  # the learner alone
         return _Trainer(config, world, progress).run(resume)
     finally:
         close_world(world)
+
+
+def _rollout_worker(config: TrainConfig, world: World) -> dict[str, Any]:
+    from herd.train.rl_data import worker_loop
+
+    if not config.init_from:
+        raise ConfigError("RL starts from a model: pass --init-from CHECKPOINT")
+    tokenizer = load_tokenizer(config.init_from)
+    worker_loop(config, tokenizer, model_config(config, tokenizer), world.device)
+    return {"is_main": False}
 
 
 class _Trainer:
@@ -145,10 +167,18 @@ class _Trainer:
         if not c.data:
             raise ConfigError("no data: pass --data DIR (a directory written by `herd data prepare`)"
                               if c.objective == "lm" else "no data: pass --data FILE.jsonl (or a directory)")
-        self.train_data: TokenWindows | ChatData | PairData | OnPolicy
+        self.train_data: TokenWindows | ChatData | PairData | OnPolicy | RolloutData
         self.val_data: TokenWindows | ChatData | PairData | None
         chat = c.objective in ("sft", "dpo") or (c.objective == "distill" and is_chat_data(c.data))
-        if chat:
+        if c.objective == "rl":
+            if not c.init_from:
+                raise ConfigError("RL starts from a model: pass --init-from CHECKPOINT")
+            self.tokenizer = load_tokenizer(c.init_from)
+            self.text = model_config(c, self.tokenizer)
+            workers = list(range(1, c.rollout_workers + 1)) if c.rollout_workers else []
+            self.train_data, self.val_data = RolloutData(c, self.tokenizer, self.text, world.rank, world.size,
+                                                         workers), None
+        elif chat:
             if not c.init_from:
                 raise ConfigError("post-training starts from a model: pass --init-from CHECKPOINT")
             if c.teacher_topk:
@@ -182,8 +212,12 @@ class _Trainer:
             val = TokenShards(c.data, "val")
             self.val_data = TokenWindows(val, c.seq_len, c.seed, bos, "val") if len(val) > c.seq_len else None
         bf16 = c.precision == "bfloat16"
-        self.objective: NextToken | Preference | Distill
-        if c.objective == "dpo":
+        self.objective: NextToken | Preference | Distill | PolicyGradient
+        if c.objective == "rl":
+            reference = self._frozen(c.reference or c.init_from) if c.kl_coef else None
+            self.objective = PolicyGradient(c.loss_type, c.clip_low, c.clip_high, c.sample_temperature, c.kl_coef,
+                                            reference, c.old_logps, c.is_cap, c.max_new_tokens, bf16)
+        elif c.objective == "dpo":
             self.objective = Preference(c.beta, c.nll_weight, bf16)
         elif c.objective == "distill":  # a precomputed teacher is attached in run(), once the top-k exist
             self.objective = Distill(None if c.teacher_topk else self._teacher(), c.soft_loss, c.alpha, c.alpha_rule,
@@ -201,12 +235,17 @@ class _Trainer:
         """The frozen teacher, whole on every process (it is not sharded)."""
         if not self.config.teacher:
             raise ConfigError("distillation needs a teacher: pass --teacher CHECKPOINT")
-        teacher = herd.load(self.config.teacher, dtype=torch.float32, text_only=True)
+        teacher = self._frozen(self.config.teacher)
         if teacher.config.vocab_size != self.text.vocab_size:
             raise ConfigError(f"the teacher {self.config.teacher} has a vocabulary of {teacher.config.vocab_size:,} "
                               f"and the student {self.text.vocab_size:,}: distillation needs the same tokenizer")
-        teacher.requires_grad_(False)
-        return teacher.to(self.world.device)
+        return teacher
+
+    def _frozen(self, path: str) -> nn.Module:
+        """A checkpoint as a frozen fp32 model, whole on every process (a teacher, a reference)."""
+        model = herd.load(path, dtype=torch.float32, text_only=True)
+        model.requires_grad_(False)
+        return model.to(self.world.device)
 
     @staticmethod
     def _tokenizer(shards: TokenShards) -> Tokenizer | None:
@@ -256,6 +295,7 @@ class _Trainer:
         groups = metap.param_groups(model, self.plan, c.lr, c.weight_decay)
         optimizer = torch.optim.AdamW(groups, lr=c.lr, betas=(c.beta1, c.beta2), eps=c.eps,
                                       fused=True)  # one kernel per step, CPU and GPU; the loop version is 7x slower
+        self._saved: dict[str, Any] = {}
         start = self._resume(model, optimizer) if resume else 0
         if world.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -267,16 +307,35 @@ class _Trainer:
             self.objective.cache = self._teacher_topk()
         if isinstance(self.train_data, OnPolicy):
             self.train_data.policy = model
+        rl = isinstance(self.train_data, RolloutData)
+        try:
+            if rl:
+                self.train_data.start(model, start, self._saved.get("rollouts"))
+            return self._loop(model, optimizer, start, resume)
+        finally:
+            if rl:
+                self.train_data.close()
+
+    def _loop(self, model: nn.Module, optimizer: torch.optim.Optimizer, start: int, resume: bool) -> dict[str, Any]:
+        c, world = self.config, self.world
+        rl = isinstance(self.train_data, RolloutData)
         logbook = _Log(self.out / "log.jsonl", start if resume else None, world.is_main)
         bar = tqdm(total=c.steps, initial=start, desc="train", unit="step", dynamic_ncols=True,
                    disable=not (self.progress and world.is_main))
         summary: dict[str, Any] = {"start_step": start, "is_main": world.is_main}
+        if rl:
+            self.rl_tokens = int(self._saved.get("rl_tokens", 0))
+            tokens_before, completions_before = self.rl_tokens, self.train_data.completions
         began = time.perf_counter()
         for timed_steps, step in enumerate(range(start, c.steps), start=1):
             record = self._step(model, optimizer, step)
             elapsed = time.perf_counter() - began
             record["tokens_per_s"] = round(timed_steps * self.tokens_per_step / elapsed, 1)
             done = step + 1
+            if rl:  # the weights of version `done` exist: dispatch what they sample
+                record["tokens_per_s"] = round((record["tokens"] - tokens_before) / elapsed, 1)
+                record["samples_per_s"] = round((self.train_data.completions - completions_before) / elapsed, 2)
+                self.train_data.advance(done, model)
             if done % c.eval_every == 0 or done == c.steps:
                 record["val_loss"] = self._evaluate(model)
             logbook.write(record)
@@ -285,6 +344,8 @@ class _Trainer:
             if done % c.log_every == 0 or done == c.steps or "val_loss" in record:
                 eta = (c.steps - done) * elapsed / timed_steps
                 val = f" val {record['val_loss']:.4f}" if record.get("val_loss") is not None else ""
+                if rl and "reward" in record:
+                    val += f" reward {record['reward']:.3f} pass@1 {record['pass@1']:.3f}"
                 line = (f"step {done}/{c.steps} loss {record['loss']:.4f}{val} lr {record['lr']:.2e} "
                         f"{record['tokens_per_s']:.0f} tok/s eta {eta:.0f}s")
                 if world.is_main and self.progress:
@@ -296,7 +357,8 @@ class _Trainer:
             summary.update(loss=record["loss"], val_loss=record.get("val_loss", summary.get("val_loss")))
         bar.close()
         logbook.close()
-        summary.update(steps=c.steps, tokens=c.steps * self.tokens_per_step, seconds=time.perf_counter() - began)
+        summary.update(steps=c.steps, tokens=self.rl_tokens if rl else c.steps * self.tokens_per_step,
+                       seconds=time.perf_counter() - began)
         summary["model_dir"] = str(self._export(model, summary))
         self.balance.detach()
         return summary
@@ -329,9 +391,16 @@ class _Trainer:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         loads = self.balance.end_step(lambda t: all_reduce_sum(t, world))
-        means = {name: float(all_reduce_sum(value, world) / max(float(count), 1.0)) for name, value in sums.items()}
-        record = {"step": step + 1, "loss": means.pop("loss"), "lr": optimizer.param_groups[0]["lr"],
+        denominators = {name: max(float(count), 1.0) for name in sums}
+        if isinstance(self.objective, PolicyGradient) and "tokens" in sums:  # its metrics are token means
+            tokens = float(all_reduce_sum(sums.pop("tokens"), world))
+            self.rl_tokens += int(tokens)
+            denominators.update({name: max(tokens, 1.0) for name in self.objective.PER_TOKEN})
+        means = {name: float(all_reduce_sum(value, world)) / denominators[name] for name, value in sums.items()}
+        record = {"step": step + 1, "loss": means.pop("loss", 0.0), "lr": optimizer.param_groups[0]["lr"],
                   "grad_norm": round(grad_norm, 5), "tokens": (step + 1) * self.tokens_per_step, **loads}
+        if isinstance(self.objective, PolicyGradient):
+            record.update(tokens=self.rl_tokens, **self.train_data.metrics)
         record.update({name: round(v, 5) for name, v in means.items()})
         if c.objective == "sft":
             record["supervised_tokens"] = int(count)
@@ -428,8 +497,11 @@ class _Trainer:
         return round(loss_sum / max(count, 1.0), 6)
 
     def _state(self, step: int) -> dict[str, Any]:
-        return {"train": self.config.to_dict(), "data": self.train_data.fingerprint(), "samples_seen":
-                step * self.config.batch_size, "world_size": self.world.size}
+        state = {"train": self.config.to_dict(), "data": self.train_data.fingerprint(), "samples_seen":
+                 step * self.config.batch_size, "world_size": self.world.size}
+        if isinstance(self.train_data, RolloutData):
+            state.update(rollouts=self.train_data.state_dict(), rl_tokens=self.rl_tokens)
+        return state
 
     def _resume(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
         found = checkpoints.checkpoints(self.ckpt_dir)
@@ -449,6 +521,7 @@ class _Trainer:
         if saved["data"] != self.train_data.fingerprint():
             raise checkpoints.ResumeError(f"{latest}: the checkpoint was trained on other data ({saved['data']})")
         state = checkpoints.load(latest, model, optimizer)
+        self._saved = state
         log.info("resumed from %s (step %d, written by %d process(es))", latest, state["step"], state["world_size"])
         return int(state["step"])
 

@@ -6,6 +6,8 @@
   gradients and optimizer state are sharded over the processes (gloo on CPU, NCCL on GPU).
 - Every process builds the full model from the same seed before sharding, so a run starts from
   the same weights whatever the number of processes.
+- Processes that torchrun restarts (`--max-restarts`) form their group under a prefix of their restart
+  count: the agent's store outlives them and still holds the previous group's addresses.
 """
 
 from __future__ import annotations
@@ -42,7 +44,14 @@ def init_world() -> World:
     if owns_group:
         backend = "nccl" if device.type == "cuda" else "gloo"
         timeout = datetime.timedelta(minutes=30)
-        if size > 1:
+        restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+        if size > 1 and restart:
+            # torchrun restarted the processes: the agent's store still holds the last life's addresses, so this
+            # life's group keeps its keys apart
+            store, rank, world_size = next(dist.rendezvous("env://", timeout=timeout))
+            dist.init_process_group(backend, store=dist.PrefixStore(f"herd-restart-{restart}", store), rank=rank,
+                                    world_size=world_size, timeout=timeout)
+        elif size > 1:
             dist.init_process_group(backend, timeout=timeout)
         else:
             dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
