@@ -181,15 +181,19 @@ def report(root: Path) -> str:
             row("+ SFT for the filtered arm's wall time (matched control)", [root / f"sft-control-{s}" for s in SEEDS])]
     parts = ["## RL on the hard tiers", head, *[r for r in rows if r]]
 
-    curves = ["", "## Training curves (mean reward over every sampled answer, steps 1-10 and the last 10)",
-              "| run | reward, first 10 | reward, last 10 | groups kept per step | answers sampled per step |",
-              "|---|---:|---:|---:|---:|"]
+    curves = ["", "## Training curves (means over steps 1-10 and the last 10; reward over every sampled answer)",
+              "| run | reward, first 10 | reward, last 10 | entropy, first 10 | entropy, last 10 "
+              "| groups kept per step | answers sampled per step |", "|---|---:|---:|---:|---:|---:|---:|"]
     for name in [f"rl-filtered-{s}" for s in SEEDS] + [f"rl-plain-{s}" for s in SEEDS]:
         log = _log(root / name)
         if log:
             first, last = log[:10], log[-10:]
-            curves.append(f"| {name} | {sum(r['reward'] for r in first) / len(first):.3f} | "
-                          f"{sum(r['reward'] for r in last) / len(last):.3f} | "
+            def avg(rows: list[dict[str, Any]], key: str) -> str:
+                values = [r[key] for r in rows if key in r]
+                return f"{sum(values) / len(values):.3f}" if values else "—"
+
+            curves.append(f"| {name} | {avg(first, 'reward')} | {avg(last, 'reward')} | {avg(first, 'entropy')} | "
+                          f"{avg(last, 'entropy')} | "
                           f"{sum(r['groups_kept'] for r in log) / len(log):.1f} | "
                           f"{8 * sum(r['groups_kept'] + r['groups_dropped'] for r in log) / len(log):.0f} |")
     parts += curves

@@ -169,6 +169,8 @@ def test_python_reward_and_verifier_names() -> None:
     code = "def add(first, second):\n    return first + second\n\nprint(add(1, 2))\n"
     assert python_code(code) and python_code(f"Here:\n```python\n{code}```\nDone.")
     assert not python_code("def add(a, b) return a + b" * 3) and not python_code("x = 1")
+    comments = "# a comment line that is long enough to pass\n" * 3
+    assert not python_code(comments) and not python_code('"""' + "a docstring " * 10 + '"""')
     assert load_verifier("python:3")("x = 1", "") and load_verifier("arithmetic")("it is 42.", "42")
     with pytest.raises(DataError, match="cannot load verifier"):
         load_verifier("no_such_module_x:f")
@@ -195,6 +197,10 @@ def test_prompt_sets_mix_by_weight_and_the_band_and_curriculum_filter(base: Path
     assert pool.occupancy() == {"below": 10, "inside": 1, "above": 5, "unmeasured": 14}
     later, _ = pool.candidates(6, steps=10, per_step=4, rounds=2)
     assert not any(p < 15 for p in later[0])
+    small = PromptPool([b], seed=0)
+    for step in range(4):  # 10 prompts, 12 wanted: each once, also across an epoch boundary
+        picked, _ = small.candidates(step, 10, 4, 3)
+        assert len(picked[0]) == len(set(picked[0])) == 10
     state = json.loads(json.dumps(pool.state_dict()))
     again = PromptPool([a, b], seed=0, band=(0.0, 0.9), curriculum=True)
     again.load_state_dict(state)
@@ -264,8 +270,8 @@ def test_rl_runs_logs_its_metrics_and_micro_batches_change_nothing(base: Path, t
     run_in_process(rl_config(base, data, tmp_path / "whole"))
     run_in_process(rl_config(base, data, tmp_path / "split", micro_batch_size=1))
     whole, split = (read_log(tmp_path / name / "log.jsonl") for name in ("whole", "split"))
-    for key in ("reward", "pass@1", "pass@4", "completion_length", "stopped", "entropy", "groups_kept", "staleness",
-                "load_max_mean", "samples_per_s"):
+    for key in ("reward", "pass@1", "pass@4", "completion_length", "eot_fraction", "entropy", "groups_kept",
+                "staleness", "load_max_mean", "samples_per_s"):
         assert key in whole[0], key
     assert [r["loss"] for r in split] == pytest.approx([r["loss"] for r in whole], rel=1e-4, abs=1e-7)
     assert [r["reward"] for r in split] == [r["reward"] for r in whole]
@@ -299,18 +305,18 @@ def test_a_killed_run_resumes_bit_for_bit(base: Path, tmp_path: Path, staleness:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fault", [None, "rollout:4", "step:3"])
-def test_rollout_workers_give_the_learners_own_run(base: Path, tmp_path: Path, fault: str | None) -> None:
-    """torchrun, 1 learner + 1 rollout worker (gloo), samples one step stale: the same losses and final weights as the
-    learner sampling by itself, so the weights reached the worker bit for bit. Killing the worker (as it takes the
-    task of step 4) or the learner (in step 3) with SIGKILL: torchrun restarts both, they resume from the checkpoint
-    of step 2 and end with the same weights."""
+@pytest.mark.parametrize(("workers", "fault"), [(1, None), (1, "rollout:4"), (1, "step:3"), (2, None)])
+def test_rollout_workers_give_the_learners_own_run(base: Path, tmp_path: Path, workers: int, fault: str | None) -> None:
+    """torchrun, 1 learner + 1 or 2 rollout workers (gloo), samples one step stale: the same losses and final
+    weights as the learner sampling by itself, so the weights reached the workers bit for bit. Killing the worker (as
+    it takes the task of step 4) or the learner (in step 3) with SIGKILL: torchrun restarts both, they resume from the
+    checkpoint of step 2 and end with the same weights."""
     data = write_jsonl(tmp_path / "p.jsonl", sums(40, 0))
     config = rl_config(base, data, tmp_path / "local", steps=5, ckpt_every=2, max_staleness=1)
     done = run_cli(config, command="rl")
     assert done.returncode == 0, done.stderr[-3000:]
-    remote = config.replace(out=str(tmp_path / "remote"), rollout_workers=1)
-    done = run_cli(remote, command="rl", nproc=2, fault=fault, restarts=1 if fault else 0)
+    remote = config.replace(out=str(tmp_path / "remote"), rollout_workers=workers)
+    done = run_cli(remote, command="rl", nproc=1 + workers, fault=fault, restarts=1 if fault else 0)
     assert done.returncode == 0, done.stderr[-3000:]
     assert ("resumed from" in done.stderr) == bool(fault)
     local, workers = (read_log(tmp_path / name / "log.jsonl") for name in ("local", "remote"))
@@ -319,3 +325,18 @@ def test_rollout_workers_give_the_learners_own_run(base: Path, tmp_path: Path, f
     a, b = (load_file(tmp_path / name / "model" / "model.safetensors") for name in ("local", "remote"))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert math.isfinite(workers[-1]["loss"])
+
+
+@pytest.mark.slow
+def test_two_learner_processes_train_as_one(base: Path, tmp_path: Path) -> None:
+    """torchrun with 2 learners (FSDP) and no workers: the main learner samples, both train on their share of the
+    rows; the step's token mean, and so its loss, is that of one process."""
+    data = write_jsonl(tmp_path / "p.jsonl", sums(40, 0))
+    config = rl_config(base, data, tmp_path / "one", steps=2)
+    assert run_cli(config, command="rl").returncode == 0
+    done = run_cli(config.replace(out=str(tmp_path / "two")), command="rl", nproc=2)
+    assert done.returncode == 0, done.stderr[-3000:]
+    one, two = (read_log(tmp_path / name / "log.jsonl") for name in ("one", "two"))
+    assert two[0]["reward"] == one[0]["reward"] and two[0]["groups_kept"] == one[0]["groups_kept"]
+    assert two[0]["loss"] == pytest.approx(one[0]["loss"], rel=1e-4, abs=1e-6)
+    assert two[0]["entropy"] == pytest.approx(one[0]["entropy"], rel=1e-4)

@@ -78,22 +78,25 @@ PYTHON_MIN_CHARS = 40
 
 
 def python_code(output: str, reference: str = "", min_chars: int = PYTHON_MIN_CHARS) -> bool:
-    """The output (or its first fenced code block) parses as Python (`ast.parse`) and holds at least `min_chars`
-    non-blank characters; the reference is not read."""
+    """The output (or its first fenced code block) parses as Python (`ast.parse`), and its code holds at least
+    `min_chars` non-blank characters once comments and bare string or constant statements (docstrings) are dropped
+    (measured on `ast.unparse`); the reference is not read. Counting the raw text instead lets a policy earn the
+    reward with comment lines alone (an RL run on the demo model found that in 30 steps)."""
     import ast
     import warnings
 
     block = CODE_BLOCK.search(output)
     code = block.group(1) if block else output
-    if len("".join(code.split())) < min_chars:
-        return False
     try:
         with warnings.catch_warnings():  # invalid escape sequences and the like are the code's, not ours
             warnings.simplefilter("ignore")
-            ast.parse(code)
+            tree = ast.parse(code)
+            tree.body = [node for node in tree.body
+                         if not (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant))]
+            text = ast.unparse(tree)
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return False
-    return True
+    return len("".join(text.split())) >= min_chars
 
 
 VERIFIERS: dict[str, Verifier] = {"exact": exact, "number": number, "arithmetic": number, "python": python_code}

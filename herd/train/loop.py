@@ -307,14 +307,16 @@ class _Trainer:
             self.objective.cache = self._teacher_topk()
         if isinstance(self.train_data, OnPolicy):
             self.train_data.policy = model
-        rl = isinstance(self.train_data, RolloutData)
+        rl, clean = isinstance(self.train_data, RolloutData), False
         try:
             if rl:
                 self.train_data.start(model, start, self._saved.get("rollouts"))
-            return self._loop(model, optimizer, start, resume)
+            summary = self._loop(model, optimizer, start, resume)
+            clean = True
+            return summary
         finally:
             if rl:
-                self.train_data.close()
+                self.train_data.close(clean)
 
     def _loop(self, model: nn.Module, optimizer: torch.optim.Optimizer, start: int, resume: bool) -> dict[str, Any]:
         c, world = self.config, self.world

@@ -115,7 +115,7 @@ class PolicyGradient:
         if self.kl_coef:
             with torch.no_grad():
                 reference_NS, _, _ = self._logps(self.reference, batch)
-            delta_NS = reference_NS - logp_NS
+            delta_NS = torch.where(counted_NS, reference_NS - logp_NS, 0.0)  # no overflow where nothing counts
             kl_NS = torch.exp(delta_NS) - delta_NS - 1
             token_NS = token_NS + self.kl_coef * kl_NS
         token_NS = token_NS.masked_fill(~counted_NS, 0.0)

@@ -155,15 +155,23 @@ class PromptPool:
         want = quotas([s.weight for s in self.sets], per_step)
         out = []
         for i, (prompt_set, n) in enumerate(zip(self.sets, want, strict=True)):
-            picked, scanned, size = [], 0, len(prompt_set.prompts)
-            while len(picked) < n * rounds and scanned < size:
+            picked: list[int] = []
+            scanned, size = 0, len(prompt_set.prompts)
+            while len(picked) < n * rounds and scanned < size:  # one pass over the order at most: no repeats
                 local = self.orders[i](self.cursors[i])
                 self.cursors[i] += 1
                 scanned += 1
-                if self._eligible(self.offsets[i] + local, prompt_set.levels[local], ceiling):
-                    picked.append(self.offsets[i] + local)
-            if not picked and n:  # nothing in band: the set's next prompts regardless, rather than stall
-                picked = [self.offsets[i] + self.orders[i](self.cursors[i] + j) for j in range(n * rounds)]
+                prompt = self.offsets[i] + local
+                if prompt not in picked and self._eligible(prompt, prompt_set.levels[local], ceiling):
+                    picked.append(prompt)
+            if not picked and n:  # nothing in band: the set's next open prompts regardless of it, rather than stall
+                for j in range(size):
+                    local = self.orders[i](self.cursors[i] + j)
+                    prompt = self.offsets[i] + local
+                    if prompt_set.levels[local] <= ceiling and prompt not in picked:
+                        picked.append(prompt)
+                    if len(picked) == n * rounds:
+                        break
                 self.cursors[i] += n * rounds
             out.append(picked)
         return out, want

@@ -11,12 +11,16 @@ itself or by workers running ahead of it, and a resumed run continues bit for bi
   v(t) = v: their prompts are chosen then, from the pool as it stands (`herd.train.prompt_pool`), and, every
   `profile_every` steps, a profile task re-measures a slice of the pool. Results are consumed in step order; the
   pool learns from each step's groups when that step is trained.
-- Executors: without workers the learner runs each task as it is dispatched (on an inference copy refreshed to the
+- Executors: without workers the learner (the main one, when several train under FSDP: it samples for all and
+  broadcasts the result, the others wait, so add rollout workers rather than learners) runs each task as it is
+  dispatched (on an inference copy refreshed to the
   current weights). Under torchrun with `rollout_workers` W, ranks 1…W are rollout workers and rank 0 the learner:
   tasks go to the workers in turn, each preceded by the version's weights when that worker lacks them, while the
   learner trains; it blocks only when the batch it needs is not back yet (its idle time is logged).
-- Messages are JSON plus one flat float tensor, over torch.distributed point-to-point (gloo on CPU), each tagged
-  with its sequence number on its channel, so nothing is pickled and order never depends on timing.
+- Messages are JSON plus one flat float tensor, over torch.distributed point-to-point in a gloo group (the default
+  group on CPU; on GPUs, where the default is NCCL, a gloo group beside it, the weights passing through host
+  memory), each tagged with its sequence number on its channel, so nothing is pickled and order never depends on
+  timing.
 - A checkpoint waits for every dispatched task and stores the results not yet trained on with the pool's state, so a
   run killed at any point (a worker or the learner, e.g. `kill -9`) resumes from its last checkpoint and redoes the
   same steps; under `torchrun --max-restarts N` the restarted processes resume by themselves.
@@ -64,6 +68,8 @@ def build_pool(config: TrainConfig, tokenizer: Tokenizer) -> PromptPool:
             lo, hi = (float(x) for x in config.pass_band.split(","))
         except ValueError:
             raise ConfigError(f"pass_band is LO,HI (e.g. 0,0.9), got {config.pass_band!r}") from None
+        if not 0 <= lo < hi <= 1:
+            raise ConfigError(f"pass_band LO,HI needs 0 <= LO < HI <= 1, got {config.pass_band!r}")
         band = (lo, hi)
     return PromptPool(sets, config.seed, band, bool(config.curriculum), config.curriculum_fraction)
 
@@ -82,11 +88,17 @@ def new_sampler(text: TextConfig, config: TrainConfig, device: torch.device) -> 
     return Sampler(model, sampler_slots(config), config.seq_len, fast=config.fast_rollouts)
 
 
+def control_group() -> dist.ProcessGroup | None:
+    """The group the RL messages travel in: the default one when it is gloo, else a gloo group of every process
+    (collective: the learner and every worker call it once, first)."""
+    return None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
+
+
 class Channel:
     """Ordered messages to and from one peer process: a JSON header and an optional flat fp32 tensor each."""
 
-    def __init__(self, peer: int) -> None:
-        self.peer, self.sent, self.received = peer, 0, 0
+    def __init__(self, peer: int, group: dist.ProcessGroup | None = None) -> None:
+        self.peer, self.group, self.sent, self.received = peer, group, 0, 0
         self._in_flight: list[tuple[list[Any], list[torch.Tensor]]] = []
 
     def send(self, header: dict[str, Any], tensor: torch.Tensor | None = None) -> None:
@@ -96,7 +108,7 @@ class Channel:
         tag = 3 * self.sent
         self.sent += 1
         keep = [sizes, data] + ([tensor] if tensor is not None else [])
-        works = [dist.isend(t, self.peer, tag=tag + i) for i, t in enumerate(keep)]
+        works = [dist.isend(t, self.peer, group=self.group, tag=tag + i) for i, t in enumerate(keep)]
         self._in_flight.append((works, keep))
         self._in_flight = [(w, k) for w, k in self._in_flight if not all(x.is_completed() for x in w)]
 
@@ -104,13 +116,13 @@ class Channel:
         tag = 3 * self.received
         self.received += 1
         sizes = torch.zeros(2, dtype=torch.int64)
-        dist.recv(sizes, self.peer, tag=tag)
+        dist.recv(sizes, self.peer, group=self.group, tag=tag)
         data = torch.empty(int(sizes[0]), dtype=torch.uint8)
-        dist.recv(data, self.peer, tag=tag + 1)
+        dist.recv(data, self.peer, group=self.group, tag=tag + 1)
         tensor = None
         if sizes[1] >= 0:
             tensor = torch.empty(int(sizes[1]), dtype=torch.float32)
-            dist.recv(tensor, self.peer, tag=tag + 2)
+            dist.recv(tensor, self.peer, group=self.group, tag=tag + 2)
         return json.loads(bytes(data.numpy())), tensor
 
     def flush(self) -> None:
@@ -142,9 +154,11 @@ class LocalExecutor:
         self.busy_s += time.perf_counter() - began
 
     def collect(self, kind: str, step: int) -> Result:
+        if (kind, step) not in self._done:
+            raise RuntimeError(f"no {kind} task of step {step} was dispatched")
         return self._done.pop((kind, step))
 
-    def close(self) -> None:
+    def close(self, clean: bool = True) -> None:
         pass
 
 
@@ -153,12 +167,14 @@ class RemoteExecutor:
     receives their results in each worker's order."""
 
     def __init__(self, workers: list[int]) -> None:
-        self.channels = {w: Channel(w) for w in workers}
+        group = control_group()
+        self.channels = {w: Channel(w, group) for w in workers}
         self.version = {w: -1 for w in workers}
         self.expected: dict[int, deque[tuple[str, int]]] = {w: deque() for w in workers}
         self.where: dict[tuple[str, int], int] = {}
         self._arrived: dict[tuple[str, int], Result] = {}
         self._turn = 0
+        self._flat: tuple[int, dict[str, Any], torch.Tensor] | None = None  # one version's weights, sent to all
 
     def submit(self, task: Task, weights: dict[str, torch.Tensor]) -> None:
         workers = list(self.channels)
@@ -166,10 +182,13 @@ class RemoteExecutor:
         self._turn += 1
         channel = self.channels[worker]
         if self.version[worker] != task.version:
-            names = list(weights)
-            flat = torch.cat([weights[k].detach().reshape(-1).float() for k in names])
-            channel.send({"kind": "weights", "version": task.version, "names": names,
-                          "shapes": [list(weights[k].shape) for k in names]}, flat)
+            if self._flat is None or self._flat[0] != task.version:
+                names = list(weights)
+                flat = torch.cat([weights[k].detach().reshape(-1).float().cpu() for k in names])
+                header = {"kind": "weights", "version": task.version, "names": names,
+                          "shapes": [list(weights[k].shape) for k in names]}
+                self._flat = (task.version, header, flat)
+            channel.send(self._flat[1], self._flat[2])
             self.version[worker] = task.version
         channel.send({"kind": "task", "task": task.__dict__})
         key = (task.kind, task.step)
@@ -178,9 +197,13 @@ class RemoteExecutor:
 
     def collect(self, kind: str, step: int) -> Result:
         key = (kind, step)
+        if key not in self.where:
+            raise RuntimeError(f"no {kind} task of step {step} was dispatched")
         worker = self.where.pop(key)
         while key not in self._arrived:
             header, _ = self.channels[worker].recv()
+            if header.get("kind") != "result":
+                raise RuntimeError(f"rollout worker {worker} failed: {header.get('message', header)}")
             arrived = self.expected[worker].popleft()
             result = Result.from_dict(header["result"])
             if (result.kind, result.step) != arrived:
@@ -188,11 +211,14 @@ class RemoteExecutor:
             self._arrived[arrived] = result
         return self._arrived.pop(key)
 
-    def close(self) -> None:
+    def close(self, clean: bool = True) -> None:
+        """Tell the workers to stop; after a clean run wait until they have the message (after an error, do not
+        wait on peers that may be gone)."""
         for channel in self.channels.values():
             channel.send({"kind": "stop"})
-        for channel in self.channels.values():
-            channel.flush()
+        if clean:
+            for channel in self.channels.values():
+                channel.flush()
 
 
 class RolloutData:
@@ -325,7 +351,7 @@ class RolloutData:
         """Rows padded to the longest; only completion tokens are targets. No rows: one empty row (counts nothing),
         so that every learner runs as many forwards as the others."""
         if not rows:
-            rows = [([self.pad_id], [], [], 0.0)]
+            rows = [([self.pad_id, self.pad_id], [], [], 0.0)]
         length = max(len(p) + len(c) for p, c, _, _ in rows)
         tokens_NS = torch.full((len(rows), length), self.pad_id, dtype=torch.long)
         targets_NS = torch.zeros(len(rows), length - 1, dtype=torch.bool)
@@ -346,13 +372,12 @@ class RolloutData:
             return {}
         from herd.data.filter import pass_at_k
 
-        rewards = [r for group in result.groups for r in group["rewards"]]
-        out = {"reward": sum(t["reward"] for t in tried) / n,
-               "reward_std": float(np.std(rewards)) if rewards else 0.0,
+        mean = sum(t["reward"] for t in tried) / n
+        out = {"reward": mean, "reward_std": math.sqrt(max(0.0, sum(t["reward_sq"] for t in tried) / n - mean * mean)),
                "pass@1": sum(t["passed"] for t in tried) / n,
                f"pass@{g}": float(np.mean([pass_at_k(t["n"], t["passed"], g) for t in tried])),
                "completion_length": sum(t["length"] for t in tried) / n,
-               "stopped": sum(t["stopped"] for t in tried) / n,
+               "eot_fraction": sum(t["eot"] for t in tried) / n,
                "groups_kept": len(result.groups), "groups_dropped": len(tried) - len(result.groups),
                "staleness": step - result.version,
                "idle_s": round(self.idle_s + getattr(self.executor, "busy_s", 0.0), 3)}  # learner time not training
@@ -381,16 +406,16 @@ class RolloutData:
     def validation(self, n: int) -> Batch:
         raise NotImplementedError("RL has no validation batches; evaluate with `herd eval answers`")
 
-    def close(self) -> None:
+    def close(self, clean: bool = True) -> None:
         if self.executor is not None:
-            self.executor.close()
+            self.executor.close(clean)
 
 
 def worker_loop(config: TrainConfig, tokenizer: Tokenizer, text: TextConfig, device: torch.device) -> None:
     """A rollout worker: receive weights and tasks from the learner (rank 0), send back results, until told to stop."""
+    channel = Channel(0, control_group())
     pool = build_pool(config, tokenizer)
     sampler = new_sampler(text, config, device)
-    channel = Channel(0)
     while True:
         header, tensor = channel.recv()
         if header["kind"] == "stop":
@@ -399,14 +424,18 @@ def worker_loop(config: TrainConfig, tokenizer: Tokenizer, text: TextConfig, dev
             state, offset = {}, 0
             for name, shape in zip(header["names"], header["shapes"], strict=True):
                 size = math.prod(shape)
-                state[name] = tensor[offset : offset + size].view(shape)
+                state[name] = tensor[offset : offset + size].view(shape).to(device)
                 offset += size
             sampler.load(state, int(header["version"]))
             continue
         task = Task(**header["task"])
         faults.maybe_fail("rollout", task.step)
-        result = run_task(sampler, pool, tokenizer, task, group=config.group_size,
-                          temperature=config.sample_temperature, max_new_tokens=config.max_new_tokens,
-                          seed=config.seed)
+        try:
+            result = run_task(sampler, pool, tokenizer, task, group=config.group_size,
+                              temperature=config.sample_temperature, max_new_tokens=config.max_new_tokens,
+                              seed=config.seed)
+        except Exception as err:  # the learner raises it, naming the worker (a reward function's bug, say)
+            channel.send({"kind": "error", "message": f"{type(err).__name__}: {err}"})
+            raise
         channel.send({"kind": "result", "result": result.to_dict()})
     channel.flush()

@@ -64,7 +64,9 @@ class Result:
 
 
 def group_seed(seed: int, step: int, prompt: int, kind: str) -> int:
-    return (seed * 1_000_003 + step * 65_537 + prompt * 131 + (7 if kind == "profile" else 0)) % (1 << 31)
+    """The seed of a group's sample 0 (sample j draws with seed + j); a profile's samples are 2^30 away from a
+    rollout's, so the two never share a draw."""
+    return (seed * 1_000_003 + step * 65_537 + prompt * 131 + ((1 << 30) if kind == "profile" else 0)) % (1 << 31)
 
 
 class Sampler:
@@ -99,23 +101,21 @@ def _sample_groups(sampler: Sampler, pool: PromptPool, tokenizer: Tokenizer, pro
                    params: SamplingParams, seed: int, step: int, kind: str) -> list[dict[str, Any]]:
     """G answers to each prompt, scored: one dict per prompt (in order)."""
     scheduler = sampler.scheduler()
-    out: dict[int, dict[str, Any]] = {}
-    order = {}
+    groups, of_request = [], {}
     for prompt in prompts:
         prompt_set, local = pool.locate(prompt)
         request = scheduler.submit(prompt_set.prompts[local],
                                    dataclasses.replace(params, seed=group_seed(seed, step, prompt, kind)), n=group)
-        order[request] = prompt
-        out[prompt] = {"prompt": prompt, "completions": [[] for _ in range(group)],
-                       "logps": [[] for _ in range(group)], "finish": [""] * group}
+        of_request[request] = len(groups)
+        groups.append({"prompt": prompt, "completions": [[] for _ in range(group)],
+                       "logps": [[] for _ in range(group)], "finish": [""] * group})
     while scheduler.has_work():
         for event in scheduler.step():
-            g = out[order[event.request]]
+            g = groups[of_request[event.request]]
             g["completions"][event.sample].append(event.token)
             g["logps"][event.sample].append(event.sampling_logprob)
             if event.finish_reason is not None:
                 g["finish"][event.sample] = event.finish_reason
-    groups = [out[p] for p in prompts]
     for g in groups:
         prompt_set, local = pool.locate(g["prompt"])
         rewards = []
@@ -126,10 +126,11 @@ def _sample_groups(sampler: Sampler, pool: PromptPool, tokenizer: Tokenizer, pro
     return groups
 
 
-def _summary(g: dict[str, Any]) -> dict[str, Any]:
+def _summary(g: dict[str, Any], eot_id: int) -> dict[str, Any]:
     return {"prompt": g["prompt"], "passed": sum(r >= PASS for r in g["rewards"]), "n": len(g["rewards"]),
-            "reward": sum(g["rewards"]), "length": sum(len(c) for c in g["completions"]),
-            "stopped": sum(f == "stop" for f in g["finish"])}
+            "reward": sum(g["rewards"]), "reward_sq": sum(r * r for r in g["rewards"]),
+            "length": sum(len(c) for c in g["completions"]),
+            "eot": sum(bool(c) and c[-1] == eot_id for c in g["completions"])}
 
 
 def run_task(sampler: Sampler, pool: PromptPool, tokenizer: Tokenizer, task: Task, *, group: int,
@@ -142,7 +143,7 @@ def run_task(sampler: Sampler, pool: PromptPool, tokenizer: Tokenizer, task: Tas
     result = Result(task.step, task.version, task.kind)
     if task.kind == "profile":
         groups = _sample_groups(sampler, pool, tokenizer, task.candidates[0], group, params, seed, task.step, "profile")
-        result.tried = [_summary(g) for g in groups]
+        result.tried = [_summary(g, tokenizer.eot_id) for g in groups]
         return result
     kept: list[list[dict[str, Any]]] = [[] for _ in task.quotas]
     next_candidate = [0] * len(task.quotas)
@@ -158,7 +159,7 @@ def run_task(sampler: Sampler, pool: PromptPool, tokenizer: Tokenizer, task: Tas
         groups = _sample_groups(sampler, pool, tokenizer, [p for _, p in wanted], group, params, seed, task.step,
                                 "rollout")
         for (i, _), g in zip(wanted, groups, strict=True):
-            result.tried.append(_summary(g))
+            result.tried.append(_summary(g, tokenizer.eot_id))
             if not task.dynamic or len(set(g["rewards"])) > 1:
                 kept[i].append(g)
         if not task.dynamic:
