@@ -157,9 +157,9 @@ def report(root: Path) -> str:
         path = run / "answers.json"
         return json.loads(path.read_text()) if path.exists() else None
 
-    def mean(values: list[float]) -> str:
+    def mean(values: list[float], digits: int = 3) -> str:
         avg = sum(values) / len(values)
-        return f"{avg:.3f}" + (f" ± {(max(values) - min(values)) / 2:.3f}" if len(values) > 1 else "")
+        return f"{avg:.{digits}f}" + (f" ± {(max(values) - min(values)) / 2:.{digits}f}" if len(values) > 1 else "")
 
     def row(label: str, runs: list[Path]) -> str | None:
         found = [f for f in map(figures, runs) if f]
@@ -171,7 +171,7 @@ def report(root: Path) -> str:
         cells += [mean([f["groups"][str(t)]["pass_at"]["pass@8"] for f in found]) for t in (2, 3)]
         wall = [json.loads((r / "model" / "training.json").read_text())["seconds"] for r in runs
                 if (r / "model" / "training.json").exists()]
-        return f"| {label} | {len(found)} | " + " | ".join(cells) + f" | {mean(wall) if wall else '—'} |"
+        return f"| {label} | {len(found)} | " + " | ".join(cells) + f" | {mean(wall, 0) if wall else '—'} |"
 
     head = ("| model | seeds | greedy | pass@1 | pass@8 | tier 2 pass@1 | tier 3 pass@1 | tier 2 pass@8 "
             "| tier 3 pass@8 | train s |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
