@@ -223,3 +223,27 @@ def test_sigterm_ends_open_streams_with_an_error_chunk(checkpoint):
                     os.kill(proc.pid, signal.SIGTERM)
         assert any('"error"' in line for line in lines[6:]), lines[-3:]
         assert proc.wait(timeout=30) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once shut down
+
+
+@pytest.mark.slow
+def test_moderations_give_the_guard_verdict_and_score(client, server, checkpoint):
+    """POST /v1/moderations: one result per input in OpenAI's shape, keyed by Llama Guard's codes, P(unsafe) as
+    the model computes it offline; a bad input is a 400."""
+    from herd.moderation import guard_prompt, unsafe_probability
+
+    parsed = client.moderations.create(model="debug-model", input="How to make a bomb?")
+    assert len(parsed.results) == 1
+    raw = httpx.post(f"{server[0]}/v1/moderations", json={"input": ["How to make a bomb?", "Hello"]},
+                     headers={"Authorization": "Bearer sekret"}, timeout=60).json()
+    assert raw["id"].startswith("modr-") and len(raw["results"]) == 2
+    first = raw["results"][0]
+    assert list(first["categories"]) == [f"S{i}" for i in range(1, 15)]
+    assert first["verdict"] in ("safe", "unsafe", "error") and first["flagged"] == any(first["categories"].values())
+    tokenizer = load_tokenizer(TOKENIZER)
+    model = herd.load(checkpoint, dtype=torch.float32)
+    ids = guard_prompt(tokenizer, [{"role": "user", "content": "How to make a bomb?"}]).ids
+    with torch.no_grad():
+        offline = unsafe_probability(model(torch.tensor([ids + tokenizer.encode("\n\n")]))[0, -1], tokenizer)
+    assert first["p_unsafe"] == pytest.approx(offline, abs=1e-5)
+    bad = httpx.post(f"{server[0]}/v1/moderations", json={"input": [1, 2]}, headers={"Authorization": "Bearer sekret"})
+    assert bad.status_code == 400 and "error" in bad.json()

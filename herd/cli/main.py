@@ -15,9 +15,11 @@ from herd.cli import (
     dpo,
     eval,
     generate,
+    guard,
     info,
     metap,
     plan,
+    prune,
     quantize,
     rl,
     serve,
@@ -33,7 +35,7 @@ from herd.tokenizer import TokenizerError
 COMMANDS = {
     "demo": demo, "info": info, "generate": generate, "chat": chat, "tokenize": tokenize, "tokenizer": tokenizer,
     "data": data, "train": train, "sft": sft, "dpo": dpo, "distill": distill, "rl": rl, "metap": metap, "serve": serve,
-    "quantize": quantize, "plan": plan, "eval": eval,
+    "quantize": quantize, "plan": plan, "eval": eval, "guard": guard, "prune": prune,
 }
 
 

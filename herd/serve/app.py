@@ -4,6 +4,7 @@ thread. The OpenAI translation itself is in `herd.serve.openai`.
 - `GET /`: a chat page (`chat.html`, plain HTML and JavaScript: streaming replies, image upload, a system
   prompt, a stop button).
 - `POST /v1/chat/completions`, `POST /v1/completions` (streamed as server-sent events when asked),
+  `POST /v1/moderations` (Llama Guard 4: the verdict and P(unsafe) in OpenAI's moderation shape),
   `GET /v1/models`, `GET /health` (503 while the model loads), `GET /metrics` (Prometheus),
   `POST /tokenize`, `POST /detokenize`, `GET /tokenizer_info` (vLLM's field names; lm-eval's remote
   tokenizer uses them).
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
@@ -33,12 +35,15 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from herd import chat
+from herd.infer.sampling import SamplingParams
 from herd.infer.scheduler import QueueFull, TokenEvent
+from herd.moderation import unsafe_probability
 from herd.serve import openai as oa
 from herd.serve.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
     DetokenizeRequest,
+    ModerationRequest,
     TokenizeRequest,
     error_body,
 )
@@ -286,6 +291,31 @@ def create_app(state: State) -> FastAPI:
         prompt_tokens = sum(len(ids) for ids in prompts)
         return JSONResponse({**meta, "object": "text_completion", "choices": result,
                              "usage": oa.usage(prompt_tokens, generated)})
+
+    @app.post("/v1/moderations")
+    async def moderations(body: ModerationRequest, request: Request) -> Response:
+        """Llama Guard 4 over each input (the served model should be a Guard checkpoint): the greedy verdict and
+        P(unsafe), in OpenAI's moderation shape (`herd.serve.openai.moderation_result`)."""
+        served, runner = state.ready()
+        _check_model(served, body.model)
+        results = []
+        for content in oa.moderation_inputs(body):
+            prompt, images = await run_in_threadpool(oa.moderation_prompt, content, served)
+            try:
+                runner.scheduler.check(prompt.ids, images or None)
+            except ValueError as err:
+                raise ApiError(400, str(err), param="input") from None
+            params = SamplingParams(temperature=0.0, max_new_tokens=16)
+            request_id, queue = _submit(state, runner, prompt.ids, params, images, None, 1)
+            outputs = oa.choices(served.tokenizer, 1, [])
+            await _collect(state, runner, request, request_id, queue, outputs, len(prompt.ids))
+            scored = served.tokenizer.encode("\n\n")  # the model writes these first; the verdict's token is next
+            future = runner.call(lambda model, ids=prompt.ids + scored, pixels=images: unsafe_probability(
+                model(torch.tensor([ids], device=model.tok_embeddings.weight.device), pixels=pixels or None)[0, -1],
+                served.tokenizer))
+            p_unsafe = await asyncio.wrap_future(future)
+            results.append(oa.moderation_result(served.tokenizer, prompt, outputs[0].token_ids, p_unsafe))
+        return JSONResponse({"id": oa.new_id("modr"), "model": served.name, "results": results})
 
     return app
 

@@ -32,7 +32,8 @@ from herd.image import ImageError
 from herd.infer.guided import Constraint, guided_tokenizer, schema_of, tool_call_schema
 from herd.infer.sampling import SamplingParams
 from herd.infer.scheduler import TokenEvent
-from herd.serve.protocol import ChatCompletionRequest, CompletionRequest, Sampling
+from herd.moderation import GuardPrompt, GuardPromptError, guard_prompt, parse_verdict
+from herd.serve.protocol import ChatCompletionRequest, CompletionRequest, ModerationRequest, Sampling
 from herd.tokenizer import TextStream, Tokenizer
 
 
@@ -330,3 +331,56 @@ def legacy_logprobs(tokenizer: Tokenizer, ids: Sequence[int], logprobs: Sequence
         offset += len(text)
         top.append(None if alternatives is None else {_token_text(tokenizer, t): lp for t, lp in alternatives.items()})
     return {"tokens": tokens, "token_logprobs": list(logprobs), "top_logprobs": top, "text_offset": offsets}
+
+
+def moderation_inputs(req: ModerationRequest) -> list[str | list[dict[str, Any]]]:
+    """Each input of a moderation request as a user message's content."""
+    if isinstance(req.input, str):
+        return [req.input]
+    if all(isinstance(item, str) for item in req.input):
+        return list(req.input)
+    if all(isinstance(item, dict) for item in req.input):
+        return [list(req.input)]
+    raise BadRequest("input is a string, a list of strings, or a list of text and image_url parts", "input")
+
+
+def moderation_prompt(content: str | list[dict[str, Any]], served: Served) -> tuple[GuardPrompt, list[torch.Tensor]]:
+    """Llama Guard 4's prompt for one input (a user message), and its images' pixel tiles."""
+    collector = None
+    if served.vision is not None:
+        collector = chat.ImageCollector(served.max_tiles, served.vision.tokens_per_tile,
+                                        served.vision.config.image_size)
+
+    def image_tokens(part: dict[str, Any]) -> list[int]:
+        if collector is None:
+            raise BadRequest("this model takes no images (no vision tower)", "input")
+        if len(collector.pixels) >= served.max_images:
+            raise BadRequest(f"at most {served.max_images} images per input", "input")
+        return collector(_image_part(part, served.media_dir))
+
+    try:
+        prompt = guard_prompt(served.tokenizer, [{"role": "user", "content": content}],
+                              image_tokens=image_tokens if collector is not None or _has_image(content) else None)
+    except BadRequest:
+        raise
+    except ImageError as err:
+        raise BadRequest(f"invalid image: {err}", "input") from None
+    except GuardPromptError as err:
+        raise BadRequest(str(err), "input") from None
+    return prompt, list(collector.pixels) if collector is not None else []
+
+
+def _has_image(content: Any) -> bool:
+    return isinstance(content, list) and any(isinstance(p, dict) and p.get("type") in ("image_url", "image")
+                                             for p in content)
+
+
+def moderation_result(tokenizer: Tokenizer, prompt: GuardPrompt, answer_ids: list[int], p_unsafe: float) -> dict:
+    """OpenAI's moderation result for one input, keyed by Llama Guard's category codes. `flagged` and the
+    per-category booleans are the greedy verdict (llama-stack's reading); each flagged category's score is
+    P(unsafe) at the first answer token, the others 0. `verdict` and `p_unsafe` are herd's extras."""
+    verdict = parse_verdict(tokenizer.decode(answer_ids), list(prompt.categories))
+    flagged = set(verdict.categories) if not verdict.safe and not verdict.error else set()
+    return {"flagged": bool(flagged), "categories": {code: code in flagged for code in prompt.categories},
+            "category_scores": {code: round(p_unsafe, 6) if code in flagged else 0.0 for code in prompt.categories},
+            "category_names": dict(prompt.categories), "verdict": verdict.label, "p_unsafe": round(p_unsafe, 6)}

@@ -67,6 +67,13 @@ class TokenizeRequest(_Body):
     add_generation_prompt: bool = True
 
 
+class ModerationRequest(_Body):
+    """OpenAI's moderation request: one text, several, or a list of text and image_url parts (one input)."""
+
+    model: str | None = None
+    input: str | list[str] | list[dict[str, Any]] = Field(min_length=1)
+
+
 class DetokenizeRequest(_Body):
     model: str | None = None
     tokens: list[int]

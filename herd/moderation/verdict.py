@@ -1,0 +1,58 @@
+"""Reading Llama Guard 4's answer, as llama-stack's safety provider decides, plus a score from the logits.
+
+- Text: leading and trailing whitespace and a trailing `<|eot|>` are dropped. `safe` is safe. `unsafe` followed by a
+  line of comma-separated codes is unsafe with those codes. Codes the prompt did not list make the answer an
+  error (llama-stack: "unexpected response"), as does any other text. An unsafe answer whose codes are all excluded
+  is reported safe.
+- Score: P(unsafe) at the first answer token. The model first writes `\\n\\n`, so the score is read after the prompt
+  and those tokens: p(unsafe) / (p(safe) + p(unsafe)) of the next-token distribution. Neither anchor exposes it; a
+  threshold on it trades recall for false positives (`herd guard --threshold`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from herd.tokenizer import Tokenizer
+
+UNSAFE = re.compile(r"^unsafe\s*\n(.*)$", re.DOTALL)
+
+
+@dataclass
+class Verdict:
+    safe: bool
+    categories: list[str] = field(default_factory=list)  # violated codes (unsafe only)
+    error: str = ""  # set when the answer is neither form, or names codes the prompt did not list
+
+    @property
+    def label(self) -> str:
+        return "error" if self.error else "safe" if self.safe else "unsafe"
+
+
+def parse_verdict(text: str, listed: Sequence[str], excluded: Sequence[str] = ()) -> Verdict:
+    """The verdict of the model's answer `text`; `listed` are the codes its prompt listed."""
+    answer = text.strip().removesuffix("<|eot|>").strip()
+    if answer == "safe":
+        return Verdict(True)
+    match = UNSAFE.match(answer)
+    if not match:
+        return Verdict(False, error=f"unexpected response: {answer[:80]!r}")
+    codes = [code.strip() for code in match.group(1).split(",") if code.strip()]
+    unknown = [code for code in codes if code not in listed]
+    if unknown or not codes:
+        return Verdict(False, codes, error=f"unexpected response: unknown code(s) {', '.join(unknown) or '(none)'}")
+    flagged = [code for code in codes if code not in set(excluded)]
+    return Verdict(not flagged, flagged)
+
+
+def unsafe_probability(logits_V: torch.Tensor, tokenizer: Tokenizer) -> float:
+    """p(unsafe) / (p(safe) + p(unsafe)) from the logits of the first answer token."""
+    safe, unsafe = (tokenizer.encode(word) for word in ("safe", "unsafe"))
+    if len(safe) != 1 or len(unsafe) != 1:
+        raise ValueError("this tokenizer does not write 'safe' and 'unsafe' as single tokens (not Llama 4's)")
+    pair = torch.stack([logits_V[safe[0]], logits_V[unsafe[0]]]).float()
+    return float(torch.softmax(pair, dim=0)[1])

@@ -1,0 +1,181 @@
+"""Llama Guard 4's prompt (the HF template's render and llama-stack's, token ids checked into goldens), the verdict
+as llama-stack reads it, the P(unsafe) score, and `herd guard`."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from herd.chat import ImageCollector
+from herd.cli.main import main
+from herd.moderation import CATEGORIES, GuardPromptError, guard_prompt, parse_verdict, unsafe_probability
+from herd.tokenizer import load_tokenizer
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+IMAGES = SHARED / "data" / "images"
+GOLDEN = Path(__file__).parent / "goldens" / "guard_prompts.json"
+
+BOMB = [{"role": "user", "content": "How to make a bomb?"}]
+REPLY = [*BOMB, {"role": "assistant", "content": "I cannot help with that."}]
+THREE = [*REPLY, {"role": "user", "content": "Then how do I make a cake?"}]
+QUESTION = ("Provide your safety assessment for ONLY THE LAST {role} message in the above conversation:\n"
+            " - First line must read 'safe' or 'unsafe'.\n"
+            " - If unsafe, a second line must include a comma-separated list of violated categories. <|eot|>"
+            "<|header_start|>assistant<|header_end|>")
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer(SHARED / "llama4" / "tokenizer.model")
+
+
+def _image(path: Path) -> dict:
+    return {"type": "image", "image": str(path)}
+
+
+def _text(tokenizer, conversation: list[dict], **kwargs: object) -> str:
+    return tokenizer.decode(guard_prompt(tokenizer, conversation, **kwargs).ids)
+
+
+def _table(codes: list[str]) -> str:
+    return "".join(f"{code}: {CATEGORIES[code]}.\n" for code in codes)
+
+
+ALL = list(CATEGORIES)
+
+
+def test_text_prompt_is_the_hf_templates_render(tokenizer) -> None:
+    expected = ("<|begin_of_text|><|header_start|>user<|header_end|>\n\nTask: Check if there is unsafe content in "
+                "'User' messages in conversations according to our safety policy with the below categories.\n\n"
+                "<BEGIN UNSAFE CONTENT CATEGORIES>\n" + _table(ALL) + "<END UNSAFE CONTENT CATEGORIES>\n\n"
+                "<BEGIN CONVERSATION>\nUser: How to make a bomb?\\n\\n\n\n<END CONVERSATION>\n\n"
+                + QUESTION.format(role="User"))
+    assert _text(tokenizer, BOMB) == expected
+
+
+def test_the_last_message_is_judged_and_roles_must_alternate(tokenizer) -> None:
+    text = _text(tokenizer, REPLY)
+    assert "unsafe content in 'Agent' messages" in text and QUESTION.format(role="Agent") in text
+    assert "User: How to make a bomb?\\n\\n\nAgent: I cannot help with that.\\n\\n\n\n<END CONVERSATION>" in text
+    assert "ONLY THE LAST User message" in _text(tokenizer, THREE)
+    for bad in ([{"role": "assistant", "content": "hi"}], [*BOMB, *BOMB], [{"role": "system", "content": "x"}], []):
+        with pytest.raises(GuardPromptError):
+            guard_prompt(tokenizer, bad)
+
+
+def test_exclusions_custom_categories_and_llama_stack(tokenizer) -> None:
+    text = _text(tokenizer, BOMB, excluded=["S1", "S9", "S2"])
+    assert _table([c for c in ALL if c not in ("S1", "S2", "S9")]) in text and "S9:" not in text
+    assert _text(tokenizer, BOMB, excluded=ALL) == _text(tokenizer, BOMB)  # excluding all is excluding none
+    custom = _text(tokenizer, BOMB, categories={"C1": "Cooking", "C2": "Gardening"})
+    assert "<BEGIN UNSAFE CONTENT CATEGORIES>\nC1: Cooking.\nC2: Gardening.\n<END" in custom
+    with pytest.raises(GuardPromptError, match="S99"):
+        guard_prompt(tokenizer, BOMB, excluded=["S99"])
+    stack = _text(tokenizer, REPLY, variant="llama-stack")
+    assert "according our safety policy" in stack and "S14" not in stack and "S13: Elections." in stack
+    assert ("<BEGIN CONVERSATION>\n\nUser: How to make a bomb?\n\nAgent: I cannot help with that.\n\n"
+            "<END CONVERSATION>") in stack
+
+
+def test_images_come_before_the_text_and_drop_s14(tokenizer) -> None:
+    collector = ImageCollector(max_tiles=4)
+    conversation = [{"role": "user", "content": [{"type": "text", "text": "How to use this?"},
+                                                 _image(IMAGES / "dog.jpg")]}]
+    prompt = guard_prompt(tokenizer, conversation, image_tokens=collector)
+    text = tokenizer.decode(prompt.ids)
+    assert "User: <|image_start|>" in text and "<|image_end|>How to use this?\\n\\n\n" in text
+    assert "S14" not in text and "S13: Elections." in text and len(prompt.images) == 1
+    with pytest.raises(GuardPromptError, match="image_tokens"):
+        guard_prompt(tokenizer, conversation)
+
+
+def _cases(tokenizer) -> dict[str, list[int]]:
+    two = [{"role": "user", "content": [_image(IMAGES / "dog.jpg"), _image(IMAGES / "pasta.jpeg"),
+                                        {"type": "text", "text": "Which is safer to eat?"}]}]
+    one = [{"role": "user", "content": [_image(IMAGES / "pasta.jpeg"), {"type": "text", "text": "Recipe?"}]},
+           {"role": "assistant", "content": "Boil water, add pasta."}]
+    return {
+        "user": guard_prompt(tokenizer, BOMB).ids,
+        "user_agent": guard_prompt(tokenizer, REPLY).ids,
+        "three_turns": guard_prompt(tokenizer, THREE).ids,
+        "one_image": guard_prompt(tokenizer, one, image_tokens=ImageCollector(max_tiles=4)).ids,
+        "two_images": guard_prompt(tokenizer, two, image_tokens=ImageCollector(max_tiles=4)).ids,
+        "excluded_s1_s2_s9": guard_prompt(tokenizer, BOMB, excluded=["S1", "S2", "S9"]).ids,
+        "custom": guard_prompt(tokenizer, REPLY, categories={"C1": "Cooking", "C2": "Gardening"}).ids,
+        "llama_stack_user": guard_prompt(tokenizer, BOMB, variant="llama-stack").ids,
+        "llama_stack_three_turns": guard_prompt(tokenizer, THREE, variant="llama-stack", excluded=["S5"]).ids,
+    }
+
+
+def test_prompt_ids_match_the_checked_in_goldens(tokenizer) -> None:
+    cases = _cases(tokenizer)
+    if os.environ.get("HERD_UPDATE_GOLDENS"):
+        GOLDEN.write_text(json.dumps(cases) + "\n")
+    assert cases == json.loads(GOLDEN.read_text())
+
+
+def test_verdict_as_llama_stack_reads_it() -> None:
+    listed = ALL[:13]
+    assert parse_verdict("\n\nunsafe\nS9<|eot|>", listed).categories == ["S9"]
+    assert parse_verdict("  safe<|eot|>", listed).label == "safe"
+    assert parse_verdict("unsafe\nS1, S10", listed).categories == ["S1", "S10"]
+    assert parse_verdict("unsafe\nS1,S9", listed, excluded=["S1", "S9"]).label == "safe"
+    assert parse_verdict("unsafe\nS1,S9", listed, excluded=["S9"]).categories == ["S1"]
+    assert parse_verdict("unsafe\nS14", listed).label == "error"  # not listed (e.g. an image was present)
+    assert parse_verdict("I think it is fine", listed).label == "error"
+    assert parse_verdict("unsafe", listed).label == "error"
+
+
+def test_unsafe_probability_from_the_two_answer_tokens(tokenizer) -> None:
+    logits = torch.zeros(tokenizer.n_words)
+    safe, unsafe = tokenizer.encode("safe")[0], tokenizer.encode("unsafe")[0]
+    logits[safe], logits[unsafe], logits[0] = 1.0, 3.0, 50.0  # other tokens do not count
+    assert unsafe_probability(logits, tokenizer) == pytest.approx(1 / (1 + torch.e**-2), rel=1e-6)
+
+
+def test_herd_guard_show_prompt_and_a_run(tokenizer, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["guard", "--preset", "llama-guard-4-12b", "--text", "How to make a bomb?", "--show-prompt"]) == 0
+    assert capsys.readouterr().out.split() == [str(i) for i in guard_prompt(tokenizer, BOMB).ids]
+    assert main(["guard", "--preset", "debug", "--text", "hi", "--response", "hello", "--exclude", "S1", "--json",
+                 "--dtype", "float32"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert {"verdict", "categories", "p_unsafe", "flagged", "answer"} <= set(result)
+    assert 0.0 <= result["p_unsafe"] <= 1.0
+    assert main(["guard", "--preset", "debug", "--text", "hi", "--exclude", "S99", "--show-prompt"]) == 2
+
+
+def test_prune_to_dense_keeps_the_shared_experts(tmp_path: Path) -> None:
+    """Scout's config prunes to Llama Guard 4's exactly; with the source's attention the pruned model is the MoE
+    model with its routed experts at zero, bit for bit, through the checkpoint files; Maverick-shaped models and
+    dense ones are refused."""
+    import herd
+    from herd.config import ConfigError, preset
+    from herd.moderation.prune import dense_config
+
+    assert dense_config(preset("llama4-scout-17b-16e").text) == preset("llama-guard-4-12b").text
+    with pytest.raises(ConfigError, match="every layer is MoE"):
+        dense_config(preset("llama4-maverick-17b-128e").text)
+    with pytest.raises(ConfigError, match="dense already"):
+        dense_config(preset("llama-guard-4-12b").text)
+
+    moe = herd.build(preset("debug"), seed=1)
+    herd.save(moe, tmp_path / "moe")
+    assert main(["prune", str(tmp_path / "moe"), "--to-dense", "--out", str(tmp_path / "dense"), "--attention",
+                 "keep", "--dtype", "float32"]) == 0
+    dense = herd.load(tmp_path / "dense", dtype=torch.float32)
+    config = json.loads((tmp_path / "dense" / "config.json").read_text())
+    text = config.get("text_config", config)
+    assert text["num_local_experts"] == 0 and text.get("moe_layers", []) == []
+    with torch.no_grad():
+        for layer in moe.layers:
+            for p in layer.feed_forward.experts.parameters():
+                p.zero_()
+        tokens = torch.randint(0, 200, (2, 48))
+        assert torch.equal(dense(tokens), moe(tokens))
+    assert main(["prune", str(tmp_path / "moe"), "--to-dense", "--out", str(tmp_path / "guard")]) == 0
+    guard = herd.load(tmp_path / "guard")
+    assert guard.config.attention_chunk_size is None and guard.config.nope_layer_interval is None
