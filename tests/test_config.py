@@ -247,6 +247,14 @@ def hub_config(variant: str) -> dict:
         "use_qk_norm": scout,
         "vocab_size": 202048,
     }
+    if variant == "guard":  # transformers' converter, dense branch (spec §5.3; LLAMA_GUARD_4.md): Scout pruned
+        text.update({"num_local_experts": 0, "moe_layers": [], "interleave_moe_layer_step": 0,
+                     "intermediate_size_mlp": 8192, "no_rope_layers": [1] * 48, "no_rope_layer_interval": 80,
+                     "attention_chunk_size": None, "cache_implementation": "static", "max_position_embeddings": 8192,
+                     "use_qk_norm": True, "rope_scaling": {"factor": 16.0, "high_freq_factor": 1.0,
+                                                          "low_freq_factor": 1.0,
+                                                          "original_max_position_embeddings": 8192,
+                                                          "rope_type": "llama3"}})
     return {
         "architectures": ["Llama4ForConditionalGeneration"],
         "boi_token_index": 200080,
@@ -268,6 +276,13 @@ def test_hub_config_matches_preset(variant, name):
     assert architecture(got.text) == architecture(want.text)
     assert got.vision == want.vision
     assert got.text.max_seq_len == hub_config(variant)["text_config"]["max_position_embeddings"]
+
+
+def test_llama_guard_4_hub_config_is_the_preset_exactly(tmp_path):
+    """Llama Guard 4's config.json as transformers' converter writes it for the dense model (no weights): every
+    field of the text and vision configs is the `llama-guard-4-12b` preset's."""
+    (tmp_path / "config.json").write_text(json.dumps(hub_config("guard"), indent=2))
+    assert read_config(tmp_path) == preset(GUARD)
 
 
 @pytest.mark.parametrize("variant", ["scout", "maverick"])
