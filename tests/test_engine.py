@@ -212,3 +212,16 @@ def test_prompts_as_tensors():
     want = engine.generate(ids, GREEDY)[0].token_ids
     assert engine.generate(torch.tensor(ids), GREEDY)[0].token_ids == want
     assert engine.generate(torch.tensor([ids, ids]), GREEDY)[1].token_ids == want
+
+
+@pytest.mark.parametrize("filters", [{}, {"top_p": 0.5}, {"min_p": 0.1}, {"top_k": 5}, {"top_p": 0.3, "min_p": 0.2}])
+def test_a_vanishing_temperature_samples_greedily(filters: dict) -> None:
+    """A temperature so small that the scaled logits overflow (a valid request value, e.g. 1e-300) is its limit,
+    greedy decoding, not NaN probabilities (schemathesis found the crash)."""
+    from herd.infer.sampling import choose, sampling_logprob
+
+    logits = torch.randn(3000, generator=torch.Generator().manual_seed(0)) * 5
+    for temperature in (1e-300, 5e-324):
+        params = SamplingParams(temperature=temperature, **filters)
+        token = choose(logits, params, torch.Generator().manual_seed(1))
+        assert token == int(logits.argmax()) and sampling_logprob(logits, params, token) == 0.0

@@ -106,11 +106,19 @@ def argmax(x_V: torch.Tensor, width: int = 2048) -> int:
     return r * width + int(x_V[r * width : (r + 1) * width].argmax())
 
 
+def _overflows(logits_V: torch.Tensor, temperature: float) -> bool:
+    """Whether a temperature is so small (e.g. 1e-300) that the largest scaled logit is not finite in fp32; its
+    limit is greedy decoding, which `choose` then does rather than draw from NaN probabilities."""
+    return not bool(torch.isfinite(logits_V.max() / temperature))
+
+
 def choose(logits_V: torch.Tensor, p: SamplingParams, generator: torch.Generator | None) -> int:
     """The next token from already penalised logits."""
     if p.temperature == 0:
         return argmax(logits_V)
     logits_V = logits_V.float()
+    if _overflows(logits_V, p.temperature):
+        return argmax(logits_V)
     V = logits_V.shape[0]
     k = p.top_k if 0 < p.top_k < V else V
     if k == V and p.top_p >= 1.0 and p.min_p == 0:  # the whole vocabulary: an exponential race
@@ -133,7 +141,7 @@ def choose(logits_V: torch.Tensor, p: SamplingParams, generator: torch.Generator
         if float(cumulative_N[-1]) <= p.top_p and not complete and p.min_p == 0:
             return _sample_reference(logits_V, p, generator)  # the crossing token lies further down
         n = int(((cumulative_N - probs_N) <= p.top_p).sum())
-    return int(ids_N[torch.multinomial(probs_N[:n], 1, generator=generator)])
+    return int(ids_N[torch.multinomial(probs_N[: max(n, 1)], 1, generator=generator)])
 
 
 def logprobs_of(logits_V: torch.Tensor, token: int, n: int) -> tuple[float, list[tuple[int, float]]]:
@@ -147,6 +155,6 @@ def logprobs_of(logits_V: torch.Tensor, token: int, n: int) -> tuple[float, list
 def sampling_logprob(logits_V: torch.Tensor, p: SamplingParams, token: int) -> float:
     """The log-probability of `token` under the distribution `choose` draws from, given penalised logits:
     temperature, top-k, min-p and top-p applied (0 for greedy, which is deterministic)."""
-    if p.temperature == 0:
-        return 0.0
+    if p.temperature == 0 or _overflows(logits_V.float(), p.temperature):
+        return 0.0  # greedy, as `choose` draws
     return float(torch.log_softmax(filter_logits(logits_V.float(), p), dim=-1)[token])
