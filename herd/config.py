@@ -111,6 +111,11 @@ class VisionConfig:
         if self.dim % self.n_heads or (self.dim // self.n_heads) % 4:
             raise ConfigError(f"vision head dim {self.dim}/{self.n_heads} must be a multiple of 4 for 2D RoPE")
 
+    @property
+    def tokens_per_tile(self) -> int:
+        """`<|patch|>` tokens per image tile: its patches, after pixel shuffle."""
+        return int((self.image_size // self.patch_size) ** 2 * self.pixel_shuffle_ratio**2)
+
     def replace(self, **changes: object) -> VisionConfig:
         return dataclasses.replace(self, **changes)
 

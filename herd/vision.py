@@ -112,8 +112,7 @@ class VisionModel(nn.Module):
 
     @property
     def tokens_per_tile(self) -> int:
-        c = self.config
-        return int((c.image_size // c.patch_size) ** 2 * c.pixel_shuffle_ratio**2)
+        return self.config.tokens_per_tile
 
     def _apply(self, fn, recurse=True):
         super()._apply(fn, recurse)  # keep the 2D RoPE tables fp32 whatever the cast

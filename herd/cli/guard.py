@@ -15,15 +15,13 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-
 from herd import chat
 from herd.checkpoint import read_config
 from herd.cli.common import DTYPES, load_model, tokenizer_for
 from herd.config import PRESETS, preset
 from herd.infer.engine import Engine
 from herd.infer.sampling import SamplingParams
-from herd.moderation import GuardPromptError, guard_prompt, parse_verdict, unsafe_probability
+from herd.moderation import GuardPromptError, guard_prompt, parse_verdict, unsafe_score
 from herd.moderation.prompt import VARIANTS
 
 HELP = "Classify a conversation with Llama Guard 4 (--model M --text ... [--response ...] [--image F])."
@@ -79,9 +77,7 @@ def run(args: argparse.Namespace) -> int:
     if args.image:
         if config.vision is None:
             return _fail("this model has no vision tower; --image needs a multimodal Guard checkpoint")
-        v = config.vision
-        tokens_per_tile = int((v.image_size // v.patch_size) ** 2 * v.pixel_shuffle_ratio**2)
-        collector = chat.ImageCollector(args.max_tiles, tokens_per_tile, v.image_size)
+        collector = chat.ImageCollector(args.max_tiles, config.vision.tokens_per_tile, config.vision.image_size)
     try:
         prompt = guard_prompt(tokenizer, conversation, excluded=excluded, categories=categories,
                               variant=args.variant, image_tokens=collector)
@@ -95,9 +91,7 @@ def run(args: argparse.Namespace) -> int:
                                         images=[pixels] if pixels else None)[0]
     answer = tokenizer.decode(completion.token_ids)
     verdict = parse_verdict(answer, list(prompt.categories), excluded)
-    with torch.no_grad():  # the first answer token comes after the "\n\n" the model writes first
-        ids = torch.tensor([prompt.ids + tokenizer.encode("\n\n")], device=model.tok_embeddings.weight.device)
-        score = unsafe_probability(model(ids, pixels=pixels)[0, -1], tokenizer)
+    score = unsafe_score(model, tokenizer, prompt.ids, pixels)
     result = {"verdict": verdict.label, "categories": {code: prompt.categories[code] for code in verdict.categories},
               "p_unsafe": round(score, 6), "flagged": score >= args.threshold, "threshold": args.threshold,
               "answer": answer, **({"error": verdict.error} if verdict.error else {})}

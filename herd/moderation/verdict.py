@@ -56,3 +56,12 @@ def unsafe_probability(logits_V: torch.Tensor, tokenizer: Tokenizer) -> float:
         raise ValueError("this tokenizer does not write 'safe' and 'unsafe' as single tokens (not Llama 4's)")
     pair = torch.stack([logits_V[safe[0]], logits_V[unsafe[0]]]).float()
     return float(torch.softmax(pair, dim=0)[1])
+
+
+@torch.no_grad()
+def unsafe_score(model: torch.nn.Module, tokenizer: Tokenizer, prompt_ids: Sequence[int],
+                 pixels: Sequence[torch.Tensor] | None = None) -> float:
+    """P(unsafe) of a Guard prompt (`unsafe_probability`): one forward over the prompt and the `\\n\\n` the model
+    writes first, its images' pixel tiles in `pixels`."""
+    ids_1S = torch.tensor([[*prompt_ids, *tokenizer.encode("\n\n")]], device=model.tok_embeddings.weight.device)
+    return unsafe_probability(model(ids_1S, pixels=list(pixels) if pixels else None)[0, -1], tokenizer)

@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
@@ -37,7 +36,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from herd import chat
 from herd.infer.sampling import SamplingParams
 from herd.infer.scheduler import QueueFull, TokenEvent
-from herd.moderation import unsafe_probability
+from herd.moderation import unsafe_score
 from herd.serve import openai as oa
 from herd.serve.protocol import (
     ChatCompletionRequest,
@@ -309,10 +308,8 @@ def create_app(state: State) -> FastAPI:
             request_id, queue = _submit(state, runner, prompt.ids, params, images, None, 1)
             outputs = oa.choices(served.tokenizer, 1, [])
             await _collect(state, runner, request, request_id, queue, outputs, len(prompt.ids))
-            scored = served.tokenizer.encode("\n\n")  # the model writes these first; the verdict's token is next
-            future = runner.call(lambda model, ids=prompt.ids + scored, pixels=images: unsafe_probability(
-                model(torch.tensor([ids], device=model.tok_embeddings.weight.device), pixels=pixels or None)[0, -1],
-                served.tokenizer))
+            future = runner.call(lambda model, ids=prompt.ids, pixels=images: unsafe_score(model, served.tokenizer,
+                                                                                          ids, pixels))
             p_unsafe = await asyncio.wrap_future(future)
             results.append(oa.moderation_result(served.tokenizer, prompt, outputs[0].token_ids, p_unsafe))
         return JSONResponse({"id": oa.new_id("modr"), "model": served.name, "results": results})

@@ -76,6 +76,28 @@ def _image_part(part: dict[str, Any], media_dir: Path | None) -> dict[str, Any]:
     return {"type": "image_url", "image_url": {"url": str(path.resolve())}}
 
 
+def _image_hook(served: Served, param: str, what: str) -> tuple[chat.ImageCollector | None,
+                                                                Callable[[dict[str, Any]], list[int]]]:
+    """The collector of a request's images (None for a text-only model) and the `image_tokens` hook that feeds it,
+    refusing images a text-only model cannot take and more than `served.max_images` per `what`."""
+    collector = None
+    if served.vision is not None:
+        collector = chat.ImageCollector(served.max_tiles, served.vision.tokens_per_tile,
+                                        served.vision.config.image_size)
+    count = 0
+
+    def image_tokens(part: dict[str, Any]) -> list[int]:
+        nonlocal count
+        count += 1
+        if collector is None:
+            raise BadRequest("this model takes no images (no vision tower)", param)
+        if count > served.max_images:
+            raise BadRequest(f"at most {served.max_images} images per {what}", param)
+        return collector(_image_part(part, served.media_dir))
+
+    return collector, image_tokens
+
+
 def chat_prompt(req: ChatCompletionRequest, served: Served) -> tuple[list[int], list[torch.Tensor]]:
     """The prompt ids and the images' pixel tiles of a chat request."""
     tools = req.tools if req.tool_choice != "none" else None
@@ -83,21 +105,7 @@ def chat_prompt(req: ChatCompletionRequest, served: Served) -> tuple[list[int], 
         if not isinstance(tool, dict) or tool.get("type", "function") != "function" or not isinstance(
                 tool.get("function"), dict) or not isinstance(tool["function"].get("name"), str):
             raise BadRequest("each tool must be {'type': 'function', 'function': {'name': ..., ...}}", "tools")
-    collector = None
-    images = 0
-    if served.vision is not None:
-        collector = chat.ImageCollector(served.max_tiles, served.vision.tokens_per_tile,
-                                        served.vision.config.image_size)
-
-    def image_tokens(part: dict[str, Any]) -> list[int]:
-        nonlocal images
-        images += 1
-        if collector is None:
-            raise BadRequest("this model takes no images (no vision tower)", "messages")
-        if images > served.max_images:
-            raise BadRequest(f"at most {served.max_images} images per prompt", "messages")
-        return collector(_image_part(part, served.media_dir))
-
+    collector, image_tokens = _image_hook(served, "messages", "prompt")
     try:
         rendered = chat.render(served.tokenizer, req.messages, tools=tools, image_tokens=image_tokens)
     except BadRequest:
@@ -346,21 +354,9 @@ def moderation_inputs(req: ModerationRequest) -> list[str | list[dict[str, Any]]
 
 def moderation_prompt(content: str | list[dict[str, Any]], served: Served) -> tuple[GuardPrompt, list[torch.Tensor]]:
     """Llama Guard 4's prompt for one input (a user message), and its images' pixel tiles."""
-    collector = None
-    if served.vision is not None:
-        collector = chat.ImageCollector(served.max_tiles, served.vision.tokens_per_tile,
-                                        served.vision.config.image_size)
-
-    def image_tokens(part: dict[str, Any]) -> list[int]:
-        if collector is None:
-            raise BadRequest("this model takes no images (no vision tower)", "input")
-        if len(collector.pixels) >= served.max_images:
-            raise BadRequest(f"at most {served.max_images} images per input", "input")
-        return collector(_image_part(part, served.media_dir))
-
+    collector, image_tokens = _image_hook(served, "input", "input")
     try:
-        prompt = guard_prompt(served.tokenizer, [{"role": "user", "content": content}],
-                              image_tokens=image_tokens if collector is not None or _has_image(content) else None)
+        prompt = guard_prompt(served.tokenizer, [{"role": "user", "content": content}], image_tokens=image_tokens)
     except BadRequest:
         raise
     except ImageError as err:
@@ -368,11 +364,6 @@ def moderation_prompt(content: str | list[dict[str, Any]], served: Served) -> tu
     except GuardPromptError as err:
         raise BadRequest(str(err), "input") from None
     return prompt, list(collector.pixels) if collector is not None else []
-
-
-def _has_image(content: Any) -> bool:
-    return isinstance(content, list) and any(isinstance(p, dict) and p.get("type") in ("image_url", "image")
-                                             for p in content)
 
 
 def moderation_result(tokenizer: Tokenizer, prompt: GuardPrompt, answer_ids: list[int], p_unsafe: float) -> dict:

@@ -147,13 +147,18 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
         close_world(world)
 
 
-def _rollout_worker(config: TrainConfig, world: World) -> dict[str, Any]:
-    from herd.train.rl_data import worker_loop
-
+def _rl_start(config: TrainConfig) -> tuple[Tokenizer, TextConfig]:
+    """The tokenizer and text config an RL run's learner and rollout workers share: the `init_from` checkpoint's."""
     if not config.init_from:
         raise ConfigError("RL starts from a model: pass --init-from CHECKPOINT")
     tokenizer = load_tokenizer(config.init_from)
-    worker_loop(config, tokenizer, model_config(config, tokenizer), world.device)
+    return tokenizer, model_config(config, tokenizer)
+
+
+def _rollout_worker(config: TrainConfig, world: World) -> dict[str, Any]:
+    from herd.train.rl_data import worker_loop
+
+    worker_loop(config, *_rl_start(config), world.device)
     return {"is_main": False}
 
 
@@ -171,10 +176,7 @@ class _Trainer:
         self.val_data: TokenWindows | ChatData | PairData | None
         chat = c.objective in ("sft", "dpo") or (c.objective == "distill" and is_chat_data(c.data))
         if c.objective == "rl":
-            if not c.init_from:
-                raise ConfigError("RL starts from a model: pass --init-from CHECKPOINT")
-            self.tokenizer = load_tokenizer(c.init_from)
-            self.text = model_config(c, self.tokenizer)
+            self.tokenizer, self.text = _rl_start(c)
             workers = list(range(1, c.rollout_workers + 1)) if c.rollout_workers else []
             self.train_data, self.val_data = RolloutData(c, self.tokenizer, self.text, world.rank, world.size,
                                                          workers), None
@@ -332,10 +334,10 @@ class _Trainer:
         for timed_steps, step in enumerate(range(start, c.steps), start=1):
             record = self._step(model, optimizer, step)
             elapsed = time.perf_counter() - began
-            record["tokens_per_s"] = round(timed_steps * self.tokens_per_step / elapsed, 1)
+            tokens = record["tokens"] - tokens_before if rl else timed_steps * self.tokens_per_step
+            record["tokens_per_s"] = round(tokens / elapsed, 1)
             done = step + 1
             if rl:  # the weights of version `done` exist: dispatch what they sample
-                record["tokens_per_s"] = round((record["tokens"] - tokens_before) / elapsed, 1)
                 record["samples_per_s"] = round((self.train_data.completions - completions_before) / elapsed, 2)
                 self.train_data.advance(done, model)
             if done % c.eval_every == 0 or done == c.steps:

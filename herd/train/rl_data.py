@@ -301,13 +301,17 @@ class RolloutData:
             self.executor.submit(Task(t, version, "rollout", candidates, quotas, c.dynamic_sampling), weights)
             self.dispatched = t
 
+    def _fetch(self, step: int) -> None:
+        """Wait for step `step`'s results (its profile first, when it has one) and keep them until it trains."""
+        if self.config.profile_every and step % self.config.profile_every == 0:
+            self.profiles[step] = self.executor.collect("profile", step)
+        self.ready[step] = self.executor.collect("rollout", step)
+
     def _collect(self, step: int) -> Result:
         """Step `step`'s rollout result (waiting for it), with its profile applied to the pool first."""
         if step not in self.ready:
             began = time.perf_counter()
-            if self.config.profile_every and step % self.config.profile_every == 0:
-                self.profiles[step] = self.executor.collect("profile", step)
-            self.ready[step] = self.executor.collect("rollout", step)
+            self._fetch(step)
             self.idle_s += time.perf_counter() - began
         profile = self.profiles.pop(step, None)
         if profile is not None:
@@ -393,9 +397,7 @@ class RolloutData:
         if self.rank == 0:
             for t in range(self.next_step, self.dispatched + 1):
                 if t not in self.ready:
-                    if self.config.profile_every and t % self.config.profile_every == 0 and t not in self.profiles:
-                        self.profiles[t] = self.executor.collect("profile", t)
-                    self.ready[t] = self.executor.collect("rollout", t)
+                    self._fetch(t)
         return {"pool": self.pool.state_dict(), "dispatched": self.dispatched, "completions": self.completions,
                 "ready": {str(k): v.to_dict() for k, v in sorted(self.ready.items())},
                 "profiles": {str(k): v.to_dict() for k, v in sorted(self.profiles.items())}}
