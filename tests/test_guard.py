@@ -179,3 +179,23 @@ def test_prune_to_dense_keeps_the_shared_experts(tmp_path: Path) -> None:
     assert main(["prune", str(tmp_path / "moe"), "--to-dense", "--out", str(tmp_path / "guard")]) == 0
     guard = herd.load(tmp_path / "guard")
     assert guard.config.attention_chunk_size is None and guard.config.nope_layer_interval is None
+
+
+def test_guard_shaped_model_matches_hf_text_and_one_image(tmp_path: Path) -> None:
+    """A tiny dense model with a vision tower (Llama Guard 4's shape: no experts, no chunked attention), saved by HF
+    `Llama4ForConditionalGeneration` and loaded through herd's loader: fp32 logits within 1e-4 on text and with one
+    image."""
+    import herd
+    from hf_oracle import DENSE_LIKE, PATCH_ID, conditional_generation, hf_logits, hf_multimodal_logits, save_hf
+
+    ref = conditional_generation(DENSE_LIKE, seed=3)
+    model = herd.load(save_hf(ref, tmp_path / "guard"), dtype=torch.float32)
+    assert model.config.n_experts == 0 and model.config.attention_chunk_size is None
+    text_BS = torch.randint(0, 200, (1, 40), generator=torch.Generator().manual_seed(1))
+    pixels_TCHW = torch.rand(1, 3, 56, 56, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    image_BS = torch.tensor([[1, 2, 3, *[PATCH_ID] * 4, 4, 5, 6, 7, 8]])
+    with torch.no_grad():
+        assert (model(text_BS) - hf_logits(ref, text_BS)).abs().max().item() <= 1e-4
+        want = hf_multimodal_logits(ref, image_BS, pixels_TCHW)
+        got = model(image_BS, image_features_FD=model.encode_images([pixels_TCHW]))
+    assert (got - want).abs().max().item() <= 1e-4
