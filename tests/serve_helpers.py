@@ -22,6 +22,7 @@ from herd.infer import EagerStep, KVPool, Scheduler
 from herd.serve.app import State
 from herd.serve.openai import Served
 from herd.serve.runner import Runner
+from herd.serve.screen import Screen
 from herd.tokenizer import load_tokenizer
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared"
@@ -95,3 +96,13 @@ def multiple_choice_task(root: Path, items: list, metrics: tuple[str, ...] = ("a
         'doc_to_text: "{{question}}"\ndoc_to_choice: "{{choices}}"\ndoc_to_target: "{{answer}}"\n'
         "metric_list:\n" + "".join(f"  - metric: {m}\n" for m in metrics))
     return tasks
+
+
+def in_process_screen(state: State, **settings: object) -> Screen:
+    """A Llama Guard screen for `state` over the debug preset (other random weights), its engine thread running;
+    `settings` override the Screen's fields (stages, threshold, interval, ...)."""
+    model = herd.build(preset("debug"), seed=5)
+    tokenizer = state.served.tokenizer
+    scheduler = Scheduler(model, KVPool(model.config, 2, 2048, torch.float32), EagerStep(model), max_queue=64)
+    served = Served(tokenizer, "guard", scheduler.limit, tuple(tokenizer.stop_ids), model.vision)
+    return Screen(served, Runner(scheduler), **settings)

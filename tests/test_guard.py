@@ -12,7 +12,15 @@ import torch
 
 from herd.chat import ImageCollector
 from herd.cli.main import main
-from herd.moderation import CATEGORIES, GuardPromptError, guard_prompt, parse_verdict, unsafe_probability
+from herd.infer.sampling import SamplingParams
+from herd.moderation import (
+    CATEGORIES,
+    GuardPromptError,
+    guard_conversation,
+    guard_prompt,
+    parse_verdict,
+    unsafe_probability,
+)
 from herd.tokenizer import load_tokenizer
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -185,8 +193,9 @@ def test_guard_shaped_model_matches_hf_text_and_one_image(tmp_path: Path) -> Non
     """A tiny dense model with a vision tower (Llama Guard 4's shape: no experts, no chunked attention), saved by HF
     `Llama4ForConditionalGeneration` and loaded through herd's loader: fp32 logits within 1e-4 on text and with one
     image."""
-    import herd
     from hf_oracle import DENSE_LIKE, PATCH_ID, conditional_generation, hf_logits, hf_multimodal_logits, save_hf
+
+    import herd
 
     ref = conditional_generation(DENSE_LIKE, seed=3)
     model = herd.load(save_hf(ref, tmp_path / "guard"), dtype=torch.float32)
@@ -199,3 +208,39 @@ def test_guard_shaped_model_matches_hf_text_and_one_image(tmp_path: Path) -> Non
         want = hf_multimodal_logits(ref, image_BS, pixels_TCHW)
         got = model(image_BS, image_features_FD=model.encode_images([pixels_TCHW]))
     assert (got - want).abs().max().item() <= 1e-4
+
+
+def test_the_judge_reads_the_score_from_its_own_generation(tokenizer) -> None:
+    """The judge's P(unsafe), read from the first step of its one generation, is the plain forward's
+    (`unsafe_score`); its verdict is the greedy answer's; the threshold decides `flagged` when given."""
+    import herd
+    from herd.config import preset
+    from herd.infer.engine import Engine
+    from herd.moderation import Judge, judged_ids, unsafe_score
+
+    model = herd.build(preset("debug"), seed=4).float()
+    judge = Judge(model, tokenizer, excluded=["S1"])
+    conversations = [BOMB, REPLY, THREE]
+    got = judge(conversations)
+    for conversation, judgement in zip(conversations, got, strict=True):
+        prompt, _ = judge.prompt(conversation)
+        assert judgement.p_unsafe == pytest.approx(unsafe_score(model, tokenizer, prompt.ids), abs=1e-5)
+        greedy = Engine(model).generate([judged_ids(tokenizer, prompt)], SamplingParams(temperature=0.0,
+                                                                                       max_new_tokens=16))[0]
+        assert judgement.answer == tokenizer.decode([t for t in greedy.token_ids if t not in tokenizer.stop_ids])
+        assert judgement.flagged == (judgement.verdict.label == "unsafe")
+    assert all(j.flagged for j in Judge(model, tokenizer, threshold=0.0)(conversations))
+    assert not any(j.flagged for j in Judge(model, tokenizer, threshold=1.0)(conversations))
+
+
+def test_chat_messages_become_the_guards_conversation() -> None:
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "assistant", "content": "Hello!"},
+                {"role": "user", "content": "Hi"}, {"role": "user", "content": [{"type": "text", "text": "there"}]},
+                {"role": "assistant", "content": None, "tool_calls": [
+                    {"type": "function", "function": {"name": "lookup", "arguments": "{\"q\": 1}"}}]},
+                {"role": "tool", "content": "42"}, {"role": "assistant", "content": "It is 42."}]
+    assert guard_conversation(messages) == [
+        {"role": "user", "content": [{"type": "text", "text": "Hi\n\nthere"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "lookup({\"q\": 1})\n\nIt is 42."}]}]
+    with pytest.raises(GuardPromptError, match="no user message"):
+        guard_conversation([{"role": "system", "content": "x"}])

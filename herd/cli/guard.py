@@ -19,9 +19,7 @@ from herd import chat
 from herd.checkpoint import read_config
 from herd.cli.common import DTYPES, load_model, tokenizer_for
 from herd.config import PRESETS, preset
-from herd.infer.engine import Engine
-from herd.infer.sampling import SamplingParams
-from herd.moderation import GuardPromptError, guard_prompt, parse_verdict, unsafe_score
+from herd.moderation import GuardPromptError, Judge, guard_prompt
 from herd.moderation.prompt import VARIANTS
 
 HELP = "Classify a conversation with Llama Guard 4 (--model M --text ... [--response ...] [--image F])."
@@ -67,38 +65,32 @@ def run(args: argparse.Namespace) -> int:
         if not isinstance(categories, dict) or not all(isinstance(v, str) for v in categories.values()):
             return _fail("--categories is a JSON object of code: name")
     config = read_config(args.model) if args.model else preset(args.preset)
+    if args.image and config.vision is None:
+        return _fail("this model has no vision tower; --image needs a multimodal Guard checkpoint")
     if args.show_prompt:
         tokenizer = tokenizer_for(args.model, config.text.vocab_size)
-        model = None
-    else:
-        model = load_model(args)
-        tokenizer = tokenizer_for(args.model, model.config.vocab_size)
-    collector = None
-    if args.image:
-        if config.vision is None:
-            return _fail("this model has no vision tower; --image needs a multimodal Guard checkpoint")
-        collector = chat.ImageCollector(args.max_tiles, config.vision.tokens_per_tile, config.vision.image_size)
-    try:
-        prompt = guard_prompt(tokenizer, conversation, excluded=excluded, categories=categories,
-                              variant=args.variant, image_tokens=collector)
-    except (GuardPromptError, chat.ImageError) as err:
-        return _fail(str(err))
-    if args.show_prompt:
+        collector = None
+        if args.image:
+            collector = chat.ImageCollector(args.max_tiles, config.vision.tokens_per_tile, config.vision.image_size)
+        try:
+            prompt = guard_prompt(tokenizer, conversation, excluded=excluded, categories=categories,
+                                  variant=args.variant, image_tokens=collector)
+        except (GuardPromptError, chat.ImageError) as err:
+            return _fail(str(err))
         print(" ".join(map(str, prompt.ids)))
         return 0
-    pixels = collector.pixels if collector is not None else None
-    completion = Engine(model).generate([prompt.ids], SamplingParams(temperature=0.0, max_new_tokens=16),
-                                        images=[pixels] if pixels else None)[0]
-    answer = tokenizer.decode(completion.token_ids)
-    verdict = parse_verdict(answer, list(prompt.categories), excluded)
-    score = unsafe_score(model, tokenizer, prompt.ids, pixels)
-    result = {"verdict": verdict.label, "categories": {code: prompt.categories[code] for code in verdict.categories},
-              "p_unsafe": round(score, 6), "flagged": score >= args.threshold, "threshold": args.threshold,
-              "answer": answer, **({"error": verdict.error} if verdict.error else {})}
+    model = load_model(args)
+    judge = Judge(model, tokenizer_for(args.model, model.config.vocab_size), excluded=excluded,
+                  categories=categories, variant=args.variant, threshold=args.threshold, max_tiles=args.max_tiles)
+    try:
+        judgement = judge([conversation])[0]
+    except (GuardPromptError, chat.ImageError) as err:
+        return _fail(str(err))
+    result = {**judgement.to_json(), "threshold": args.threshold}
     if args.json:
         print(json.dumps(result))
     else:
-        named = ", ".join(f"{c} {n}" for c, n in result["categories"].items())
-        print(f"{verdict.label}{': ' + named if named else ''}  P(unsafe) {score:.3f}"
-              f"{' (flagged)' if result['flagged'] else ''}")
+        named = ", ".join(f"{c} {n}" for c, n in judgement.categories.items())
+        print(f"{judgement.verdict.label}{': ' + named if named else ''}  P(unsafe) {judgement.p_unsafe:.3f}"
+              f"{' (flagged)' if judgement.flagged else ''}")
     return 0

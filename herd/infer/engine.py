@@ -46,6 +46,7 @@ class Completion:
     logprobs: list[float] = field(default_factory=list)
     top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)
     sampling_logprobs: list[float] = field(default_factory=list)
+    scored: list[list[float]] = field(default_factory=list)  # per step, for SamplingParams.scored_ids
     finish_reason: str | None = None
 
 
@@ -173,5 +174,7 @@ class Engine:
                 c.top_logprobs.append(event.top_logprobs or [])
             if event.sampling_logprob is not None:
                 c.sampling_logprobs.append(event.sampling_logprob)
+            if event.scored is not None:
+                c.scored.append(event.scored)
             c.finish_reason = event.finish_reason or c.finish_reason
         return completions

@@ -8,7 +8,8 @@
   `torch.Generator`, so a seed reproduces its output whatever else is in the batch.
 - Log-probabilities are those of the model's own distribution (raw logits), as vLLM reports;
   `sampling_logprob` gives the chosen token's under the distribution it was drawn from (after penalties,
-  temperature and the filters), which RL's importance ratios need.
+  temperature and the filters), which RL's importance ratios need. `scored_ids` asks for the model's
+  log-probabilities of fixed ids at every step (Llama Guard's P(unsafe) reads `safe` and `unsafe`).
 - `filter_logits` is the plain full-vocabulary reference. `choose` gets the same result from the
   top candidates: top-k, min-p and top-p only ever keep a prefix of the sorted vocabulary, so a
   `topk` of 1024 (or k) suffices whenever that prefix ends inside it, and it falls back to the full
@@ -38,6 +39,7 @@ class SamplingParams:
     stop_ids: tuple[int, ...] | None = None  # None: the model's eos ids
     logprobs: int | None = None  # None: none; N: the chosen token's and the top-N alternatives'
     sampling_logprobs: bool = False  # also the chosen token's log-probability under the sampling distribution
+    scored_ids: tuple[int, ...] = ()  # ids whose log-probabilities (the model's own) every step reports
 
     def __post_init__(self) -> None:
         checks = {
@@ -150,6 +152,11 @@ def logprobs_of(logits_V: torch.Tensor, token: int, n: int) -> tuple[float, list
     top = torch.topk(logp_V, n) if n else None
     alternatives = list(zip(top.indices.tolist(), top.values.tolist(), strict=True)) if top is not None else []
     return float(logp_V[token]), alternatives
+
+
+def scored_logprobs(logits_V: torch.Tensor, ids: tuple[int, ...]) -> list[float]:
+    """The model's log-probabilities of `ids` (raw logits, as `logprobs_of`)."""
+    return torch.log_softmax(logits_V.float(), dim=-1)[list(ids)].tolist()
 
 
 def sampling_logprob(logits_V: torch.Tensor, p: SamplingParams, token: int) -> float:

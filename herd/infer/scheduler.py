@@ -41,7 +41,14 @@ from torch import nn
 
 from herd.infer.guided import Constraint
 from herd.infer.kv_pool import KVPool
-from herd.infer.sampling import SamplingParams, apply_penalties, choose, logprobs_of, sampling_logprob
+from herd.infer.sampling import (
+    SamplingParams,
+    apply_penalties,
+    choose,
+    logprobs_of,
+    sampling_logprob,
+    scored_logprobs,
+)
 from herd.infer.steps import DecodeStep, EagerStep
 
 
@@ -58,6 +65,7 @@ class TokenEvent:
     finish_reason: str | None = None  # "stop" (a stop token or the stop callback) or "length", on the last token
     sample: int = 0  # which of the request's n samples
     sampling_logprob: float | None = None  # under the sampling distribution (SamplingParams.sampling_logprobs)
+    scored: list[float] | None = None  # log-probabilities of SamplingParams.scored_ids, in their order
 
     @property
     def row(self) -> int:
@@ -359,6 +367,8 @@ class Scheduler:
         event = TokenEvent(request=request.id, token=token, finish_reason=done, sample=seq.sample)
         if params.logprobs is not None:
             event.logprob, event.top_logprobs = logprobs_of(logits_V, token, params.logprobs)
+        if params.scored_ids:
+            event.scored = scored_logprobs(logits_V, params.scored_ids)
         if params.sampling_logprobs:
             event.sampling_logprob = sampling_logprob(penalized_V, params, token)
         if done is not None:

@@ -69,6 +69,33 @@ def _parts(content: Any) -> tuple[list[dict[str, Any]], str]:
     return images, "".join(texts)
 
 
+def guard_conversation(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A chat request's messages as the Guard's conversation: system and tool messages left out, an assistant's
+    tool calls written as text, consecutive messages of one role joined (text with a blank line, images kept),
+    and leading assistant messages dropped, so that turns alternate from the user's."""
+    out: list[dict[str, Any]] = []
+    for message in messages:
+        role = message.get("role") if isinstance(message, dict) else None
+        if role not in ROLE_NAMES:
+            continue
+        images, text = _parts(message.get("content") or "")
+        calls = (message.get("tool_calls") or []) if role == "assistant" else []
+        for call in calls:
+            fn = call.get("function", call) if isinstance(call, dict) else {}
+            text += ("\n\n" if text else "") + f"{fn.get('name', '')}({fn.get('arguments', '')})"
+        parts = [*images, {"type": "text", "text": text}]
+        if out and out[-1]["role"] == role:
+            previous = out[-1]["content"]
+            if previous[-1]["text"] and text:
+                previous[-1]["text"] += "\n\n"
+            out[-1]["content"] = [*previous[:-1], *images, {"type": "text", "text": previous[-1]["text"] + text}]
+        elif out or role == "user":
+            out.append({"role": role, "content": parts})
+    if not out:
+        raise GuardPromptError("no user message to judge")
+    return out
+
+
 def selected_categories(excluded: Sequence[str] = (), categories: dict[str, str] | None = None,
                         has_image: bool = False, variant: str = "hf") -> dict[str, str]:
     """The categories the prompt lists."""

@@ -49,12 +49,18 @@ def parse_verdict(text: str, listed: Sequence[str], excluded: Sequence[str] = ()
     return Verdict(not flagged, flagged)
 
 
-def unsafe_probability(logits_V: torch.Tensor, tokenizer: Tokenizer) -> float:
-    """p(unsafe) / (p(safe) + p(unsafe)) from the logits of the first answer token."""
+def verdict_ids(tokenizer: Tokenizer) -> tuple[int, int]:
+    """The ids of `safe` and `unsafe` (single tokens in Llama 4's vocabulary)."""
     safe, unsafe = (tokenizer.encode(word) for word in ("safe", "unsafe"))
     if len(safe) != 1 or len(unsafe) != 1:
         raise ValueError("this tokenizer does not write 'safe' and 'unsafe' as single tokens (not Llama 4's)")
-    pair = torch.stack([logits_V[safe[0]], logits_V[unsafe[0]]]).float()
+    return safe[0], unsafe[0]
+
+
+def unsafe_probability(logits_V: torch.Tensor, tokenizer: Tokenizer) -> float:
+    """p(unsafe) / (p(safe) + p(unsafe)) from the logits of the first answer token."""
+    safe, unsafe = verdict_ids(tokenizer)
+    pair = torch.stack([logits_V[safe], logits_V[unsafe]]).float()
     return float(torch.softmax(pair, dim=0)[1])
 
 

@@ -21,7 +21,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,9 +34,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from herd import chat
-from herd.infer.sampling import SamplingParams
 from herd.infer.scheduler import QueueFull, TokenEvent
-from herd.moderation import unsafe_score
+from herd.moderation import Judgement, judged_ids
 from herd.serve import openai as oa
 from herd.serve.protocol import (
     ChatCompletionRequest,
@@ -47,6 +46,7 @@ from herd.serve.protocol import (
     error_body,
 )
 from herd.serve.runner import Closed, Runner
+from herd.serve.screen import GuardUnavailable, Screen, judge
 
 log = logging.getLogger("herd")
 
@@ -76,6 +76,8 @@ class Metrics:
         self.prompt_tokens = Counter("herd_prompt_tokens", "Prompt tokens of finished requests", registry=r)
         self.generation_tokens = Counter("herd_generation_tokens", "Generated tokens", registry=r)
         self.requests = Counter("herd_requests", "Requests answered, by status", ["status"], registry=r)
+        self.guard_checks = Counter("herd_guard_checks", "Chat turns the guard model judged, by stage and outcome",
+                                    ["stage", "outcome"], registry=r)
 
 
 @dataclass
@@ -88,6 +90,7 @@ class State:
     max_body: int = 32 * 2**20
     metrics: Metrics = field(default_factory=Metrics)
     load_error: str | None = None
+    screen: Screen | None = None  # `--guard`: Llama Guard 4 screening chat
 
     def ready(self) -> tuple[oa.Served, Runner]:
         if self.served is None or self.runner is None:
@@ -205,27 +208,40 @@ def create_app(state: State) -> FastAPI:
         constraint = await run_in_threadpool(oa.chat_constraint, body, served)
         top = (body.top_logprobs or 0) if body.logprobs else None
         params = oa.sampling(body, served, len(ids), body.max_completion_tokens or body.max_tokens, top)
+        meta = {"id": oa.new_id("chatcmpl"), "created": int(time.time()), "model": served.name}
+        screen = state.screen
+        if screen is not None and "input" in screen.stages:
+            judgement = await _guarded(state, screen.check(body.messages), "input")
+            if judgement.flagged:
+                return _refused(screen, judgement, meta, body, len(ids))
+        output_screen = screen if screen is not None and "output" in screen.stages else None
         stop = oa.stop_strings(body.stop)
         stop_fn = oa.stop_callback(served.tokenizer, stop, body.n)
         request_id, queue = _submit(state, runner, ids, params, images, stop_fn, body.n, constraint)
         outputs = oa.choices(served.tokenizer, body.n, stop)
-        meta = {"id": oa.new_id("chatcmpl"), "created": int(time.time()), "model": served.name}
         tools = bool(body.tools) and body.tool_choice != "none"
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             return _sse(_chat_stream(state, runner, request_id, queue, outputs, meta, len(ids), tools, body.logprobs,
-                                     include_usage))
+                                     include_usage, body.messages if output_screen else None))
         await _collect(state, runner, request, request_id, queue, outputs, len(ids))
-        result = []
-        for c in outputs:
-            message, reason = oa.chat_message(served.tokenizer, c, tools)
+        messages = [oa.chat_message(served.tokenizer, c, tools) for c in outputs]
+        flags: list[Judgement | None] = [None] * len(outputs)
+        if output_screen is not None:
+            flags = list(await asyncio.gather(*(_guarded(state, output_screen.check(body.messages, m), "output")
+                                                for m, _ in messages)))
+        result, guard = [], None
+        for c, (message, reason), flag in zip(outputs, messages, flags, strict=True):
             choice: dict[str, Any] = {"index": c.index, "message": message, "finish_reason": reason, "logprobs": None}
-            if body.logprobs:
+            if flag is not None and flag.flagged:
+                choice["message"] = {"role": "assistant", "content": output_screen.refusal_text(flag, "output")}
+                choice["finish_reason"], guard = "content_filter", output_screen.report(flag, "output")
+            elif body.logprobs:
                 choice["logprobs"] = {"content": [oa.chat_logprob(served.tokenizer, e) for e in c.events]}
             result.append(choice)
         generated = sum(len(c.token_ids) for c in outputs)
         return JSONResponse({**meta, "object": "chat.completion", "choices": result,
-                             "usage": oa.usage(len(ids), generated)})
+                             "usage": oa.usage(len(ids), generated), **({"guard": guard} if guard else {})})
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request) -> Response:
@@ -299,19 +315,14 @@ def create_app(state: State) -> FastAPI:
         _check_model(served, body.model)
         results = []
         for content in oa.moderation_inputs(body):
-            prompt, images = await run_in_threadpool(oa.moderation_prompt, content, served)
+            conversation = [{"role": "user", "content": content}]
+            prompt, images = await run_in_threadpool(oa.moderation_prompt, conversation, served)
             try:
-                runner.scheduler.check(prompt.ids, images or None)
+                runner.scheduler.check(judged_ids(served.tokenizer, prompt), images or None)
             except ValueError as err:
                 raise ApiError(400, str(err), param="input") from None
-            params = SamplingParams(temperature=0.0, max_new_tokens=16)
-            request_id, queue = _submit(state, runner, prompt.ids, params, images, None, 1)
-            outputs = oa.choices(served.tokenizer, 1, [])
-            await _collect(state, runner, request, request_id, queue, outputs, len(prompt.ids))
-            future = runner.call(lambda model, ids=prompt.ids, pixels=images: unsafe_score(model, served.tokenizer,
-                                                                                          ids, pixels))
-            p_unsafe = await asyncio.wrap_future(future)
-            results.append(oa.moderation_result(served.tokenizer, prompt, outputs[0].token_ids, p_unsafe))
+            judgement = await _guarded(state, judge(runner, served, prompt, images))
+            results.append(oa.moderation_result(prompt, judgement))
         return JSONResponse({"id": oa.new_id("modr"), "model": served.name, "results": results})
 
     return app
@@ -339,6 +350,49 @@ def _submit(state: State, runner: Runner, ids: list[int], params: Any, images: A
         raise ApiError(400, str(err)) from None
     except RuntimeError as err:
         raise ApiError(503, str(err), "service_unavailable") from None
+
+
+async def _guarded(state: State, check: Awaitable[Judgement], stage: str | None = None) -> Judgement:
+    """A judgement, with the guard's failures as API errors; counted in the metrics under `stage`."""
+    try:
+        judgement = await check
+    except QueueFull as err:
+        state.metrics.requests.labels("429").inc()
+        raise ApiError(429, f"the guard model's queue is full: {err}", "rate_limit_error",
+                       headers={"Retry-After": "1"}) from None
+    except GuardUnavailable as err:
+        raise ApiError(503, str(err), "service_unavailable") from None
+    except ValueError as err:
+        if isinstance(err, oa.BadRequest):
+            raise
+        raise ApiError(400, str(err)) from None
+    if stage is not None:
+        state.metrics.guard_checks.labels(stage, "flagged" if judgement.flagged else "passed").inc()
+    return judgement
+
+
+def _refused(screen: Screen, judgement: Judgement, meta: dict[str, Any], body: ChatCompletionRequest,
+             prompt_tokens: int) -> Response:
+    """The answer to a chat request the guard flagged: the refusal as every choice's message, finish_reason
+    `content_filter`, nothing generated; streamed as a stream of its own when the request asked for one."""
+    text, guard = screen.refusal_text(judgement, "input"), screen.report(judgement, "input")
+    if not body.stream:
+        choices = [{"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": "content_filter",
+                    "logprobs": None} for i in range(body.n)]
+        return JSONResponse({**meta, "object": "chat.completion", "choices": choices,
+                             "usage": oa.usage(prompt_tokens, 0), "guard": guard})
+
+    async def events() -> AsyncIterator[dict[str, Any] | str]:
+        chunk = {**meta, "object": "chat.completion.chunk", "guard": guard}
+        for i in range(body.n):
+            for delta, reason in (({"role": "assistant", "content": ""}, None), ({"content": text}, None),
+                                  ({}, "content_filter")):
+                yield {**chunk, "choices": [{"index": i, "delta": delta, "finish_reason": reason, "logprobs": None}]}
+        if body.stream_options and body.stream_options.include_usage:
+            yield {**meta, "object": "chat.completion.chunk", "choices": [], "usage": oa.usage(prompt_tokens, 0)}
+        yield "[DONE]"
+
+    return _sse(events())
 
 
 class _Timing:
@@ -403,13 +457,30 @@ def _sse(events: AsyncIterator[dict[str, Any] | str]) -> StreamingResponse:
 
 async def _chat_stream(state: State, runner: Runner, request_id: int, queue: asyncio.Queue, outputs: list[oa.Choice],
                        meta: dict[str, Any], prompt_tokens: int, tools: bool, logprobs: bool,
-                       include_usage: bool) -> AsyncIterator[dict[str, Any] | str]:
-    served, pending = state.served, len(outputs)
+                       include_usage: bool, screened: list[dict[str, Any]] | None = None,
+                       ) -> AsyncIterator[dict[str, Any] | str]:
+    """A chat completion's server-sent events. With `screened` (the request's messages, when the guard screens
+    output), each sample's chunks are held until the reply so far passes the guard, checked every
+    `screen.interval` tokens and at the end; a flagged reply ends with the refusal and `content_filter`."""
+    served, pending, screen = state.served, len(outputs), state.screen if screened is not None else None
     timing = _Timing(state.metrics, prompt_tokens)
+    held: list[list[dict[str, Any]]] = [[] for _ in outputs]  # chunks not yet released, per sample
+    unchecked = [0] * len(outputs)  # tokens since the last screening, per sample
+    filtered: set[int] = set()
 
     def chunk(index: int, delta: dict[str, Any], reason: str | None = None, lp: Any = None) -> dict[str, Any]:
         choice = {"index": index, "delta": delta, "finish_reason": reason, "logprobs": lp}
         return {**meta, "object": "chat.completion.chunk", "choices": [choice]}
+
+    async def screened_out(c: oa.Choice, message: dict[str, Any]) -> list[dict[str, Any]]:
+        """The refusal's chunks when the guard flags `message` as sample c's reply; else none."""
+        judgement = await _guarded(state, screen.check(screened, message), "output")
+        if not judgement.flagged:
+            return []
+        filtered.add(c.index)
+        held[c.index].clear()
+        refusal = chunk(c.index, {"content": screen.refusal_text(judgement, "output")})
+        return [refusal, {**chunk(c.index, {}, "content_filter"), "guard": screen.report(judgement, "output")}]
 
     try:
         for c in outputs:
@@ -423,19 +494,39 @@ async def _chat_stream(state: State, runner: Runner, request_id: int, queue: asy
             timing.token()
             c = outputs[item.sample]
             text = c.add(item)
+            pending -= item.finish_reason is not None
+            if c.index in filtered:
+                continue
+            out: list[dict[str, Any]] = []
             lp = {"content": [oa.chat_logprob(served.tokenizer, item)]} if logprobs else None
             if not tools and (text or lp):
-                yield chunk(c.index, {"content": text}, lp=lp)
-            if item.finish_reason is None:
+                out.append(chunk(c.index, {"content": text}, lp=lp))
+            if item.finish_reason is not None:
+                message, reason = oa.chat_message(served.tokenizer, c, tools)
+                if tools:  # calls are known only at the end: the message's content, then each call whole
+                    if message.get("content"):
+                        out.append(chunk(c.index, {"content": message["content"]}))
+                    for i, call in enumerate(message.get("tool_calls", [])):
+                        out.append(chunk(c.index, {"tool_calls": [{"index": i, **call}]}))
+                out.append(chunk(c.index, {}, reason))
+            if screen is None:
+                for event in out:
+                    yield event
                 continue
-            pending -= 1
-            message, reason = oa.chat_message(served.tokenizer, c, tools)
-            if tools:  # calls are known only at the end: the message's content, then each call whole
-                if message.get("content"):
-                    yield chunk(c.index, {"content": message["content"]})
-                for i, call in enumerate(message.get("tool_calls", [])):
-                    yield chunk(c.index, {"tool_calls": [{"index": i, **call}]})
-            yield chunk(c.index, {}, reason)
+            held[c.index] += out
+            unchecked[c.index] += 1
+            if item.finish_reason is None and unchecked[c.index] < screen.interval:
+                continue
+            unchecked[c.index] = 0
+            final = item.finish_reason is not None
+            draft = oa.chat_message(served.tokenizer, c, tools)[0] if final else {"role": "assistant",
+                                                                                  "content": c.shown}
+            refusal = await screened_out(c, draft)
+            for event in refusal or held[c.index]:
+                yield event
+            held[c.index].clear()
+            if len(filtered) == len(outputs):
+                break  # every sample refused: the rest is not generated
         if include_usage:
             generated = sum(len(c.token_ids) for c in outputs)
             yield {**meta, "object": "chat.completion.chunk", "choices": [],

@@ -32,7 +32,7 @@ from herd.image import ImageError
 from herd.infer.guided import Constraint, guided_tokenizer, schema_of, tool_call_schema
 from herd.infer.sampling import SamplingParams
 from herd.infer.scheduler import TokenEvent
-from herd.moderation import GuardPrompt, GuardPromptError, guard_prompt, parse_verdict
+from herd.moderation import GuardPrompt, GuardPromptError, Judgement, guard_prompt
 from herd.serve.protocol import ChatCompletionRequest, CompletionRequest, ModerationRequest, Sampling
 from herd.tokenizer import TextStream, Tokenizer
 
@@ -352,11 +352,13 @@ def moderation_inputs(req: ModerationRequest) -> list[str | list[dict[str, Any]]
     raise BadRequest("input is a string, a list of strings, or a list of text and image_url parts", "input")
 
 
-def moderation_prompt(content: str | list[dict[str, Any]], served: Served) -> tuple[GuardPrompt, list[torch.Tensor]]:
-    """Llama Guard 4's prompt for one input (a user message), and its images' pixel tiles."""
+def moderation_prompt(conversation: list[dict[str, Any]], served: Served,
+                      excluded: Sequence[str] = ()) -> tuple[GuardPrompt, list[torch.Tensor]]:
+    """Llama Guard 4's prompt for a conversation (one input of /v1/moderations is a user message), and its images'
+    pixel tiles."""
     collector, image_tokens = _image_hook(served, "input", "input")
     try:
-        prompt = guard_prompt(served.tokenizer, [{"role": "user", "content": content}], image_tokens=image_tokens)
+        prompt = guard_prompt(served.tokenizer, conversation, excluded=excluded, image_tokens=image_tokens)
     except BadRequest:
         raise
     except ImageError as err:
@@ -366,12 +368,12 @@ def moderation_prompt(content: str | list[dict[str, Any]], served: Served) -> tu
     return prompt, list(collector.pixels) if collector is not None else []
 
 
-def moderation_result(tokenizer: Tokenizer, prompt: GuardPrompt, answer_ids: list[int], p_unsafe: float) -> dict:
+def moderation_result(prompt: GuardPrompt, judgement: Judgement) -> dict:
     """OpenAI's moderation result for one input, keyed by Llama Guard's category codes. `flagged` and the
     per-category booleans are the greedy verdict (llama-stack's reading); each flagged category's score is
     P(unsafe) at the first answer token, the others 0. `verdict` and `p_unsafe` are herd's extras."""
-    verdict = parse_verdict(tokenizer.decode(answer_ids), list(prompt.categories))
-    flagged = set(verdict.categories) if not verdict.safe and not verdict.error else set()
+    flagged = set(judgement.categories) if judgement.flagged else set()
+    p_unsafe = round(judgement.p_unsafe, 6)
     return {"flagged": bool(flagged), "categories": {code: code in flagged for code in prompt.categories},
-            "category_scores": {code: round(p_unsafe, 6) if code in flagged else 0.0 for code in prompt.categories},
-            "category_names": dict(prompt.categories), "verdict": verdict.label, "p_unsafe": round(p_unsafe, 6)}
+            "category_scores": {code: p_unsafe if code in flagged else 0.0 for code in prompt.categories},
+            "category_names": dict(prompt.categories), "verdict": judgement.verdict.label, "p_unsafe": p_unsafe}
