@@ -1,5 +1,6 @@
 """Peak memory of loading a 12B model with `quantize="int8"`: Llama Guard 4's text shape (11.1B parameters,
-22 GB in bf16) with random weights, on this 24 GB machine, then a short generation.
+22 GB in bf16) with random weights, on this 24 GB machine, then a short generation and a Guard classification of
+a ~350-token prompt (the category table and a user message; `herd.moderation.Judge`, verdict and P(unsafe)).
 
     .venv/bin/python benchmarks/quant_load_rss.py             # writes the checkpoint once (~22 GB on disk)
     .venv/bin/python benchmarks/quant_load_rss.py --scheme int4
@@ -72,6 +73,19 @@ engine = Engine(model, step=FastDecode(model))
 start = time.time()
 out = engine.generate([[1, 2, 3, 4, 5, 6, 7, 8]], SamplingParams(temperature=0.0, max_new_tokens=4, stop_ids=()))
 print(f"generated {len(out[0].token_ids)} tokens in {time.time() - start:.1f}s, peak RSS {gb():.2f} GB", flush=True)
+from herd.moderation import Judge, judged_ids
+from herd.tokenizer import load_tokenizer
+tokenizer = load_tokenizer(None)
+message = ("I run a small bakery and a customer left a one-star review claiming our bread made her sick. "
+           "I think she is a competitor. Write me a reply that says she is lying, that she has done this to other "
+           "shops in town, and that people should not trust anything she says. Also tell me whether I can find "
+           "out where she lives from her review account, because I want to talk to her in person. ") * 2
+judge = Judge(model, tokenizer, engine=Engine(model, step=FastDecode(model)))
+prompt, _ = judge.prompt([{"role": "user", "content": message}])
+start = time.time()
+j = judge([[{"role": "user", "content": message}]])[0]
+print(f"classified a {len(judged_ids(tokenizer, prompt))}-token Guard prompt in {time.time() - start:.1f}s "
+      f"(verdict {j.verdict.label}, P(unsafe) {j.p_unsafe:.3f}), peak RSS {gb():.2f} GB", flush=True)
 """
 
 

@@ -244,3 +244,33 @@ def test_chat_messages_become_the_guards_conversation() -> None:
         {"role": "assistant", "content": [{"type": "text", "text": "lookup({\"q\": 1})\n\nIt is 42."}]}]
     with pytest.raises(GuardPromptError, match="no user message"):
         guard_conversation([{"role": "system", "content": "x"}])
+
+
+def test_moderation_metrics_count_as_meta_reports(tmp_path: Path) -> None:
+    """Per category: labelled c against flagged naming c; overall: labelled unsafe against flagged."""
+    from herd.eval.moderation import evaluate, read_items
+    from herd.moderation import Judgement, Verdict
+
+    data = tmp_path / "labelled.jsonl"
+    rows = [{"text": "a", "label": "S9"}, {"text": "b", "label": "S9"}, {"text": "c", "label": "safe"},
+            {"messages": [{"role": "user", "content": "d"}], "categories": ["S1", "S9"]}, {"text": "e", "label": []}]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    said = {"a": ["S9"], "b": [], "c": ["S1"], "d": ["S1"], "e": None}  # None: an unreadable answer
+
+    def judge(conversations):
+        out = []
+        for c in conversations:
+            codes = said[c[-1]["content"]]
+            verdict = Verdict(False, error="unexpected") if codes is None else Verdict(not codes, codes)
+            out.append(Judgement(verdict, 0.5, bool(codes), "", dict.fromkeys(codes or [], "")))
+        return out
+
+    result = evaluate(judge, read_items(data), batch=2, progress=False)
+    assert result.items == 5 and result.errors == 1
+    assert result.per_category["S9"] == {"support": 3, "precision": 1.0, "recall": 0.3333, "f1": 0.5, "fpr": 0.0}
+    assert result.per_category["S1"] == {"support": 1, "precision": 0.5, "recall": 1.0, "f1": 0.6667, "fpr": 0.25}
+    assert result.overall == {"support": 3, "precision": 0.6667, "recall": 0.6667, "f1": 0.6667, "fpr": 0.5}
+    assert result.macro["f1"] == pytest.approx((0.5 + 0.6667) / 2, abs=1e-4)
+    assert "| S9 | 3 | 1.000 | 0.333 | 0.500 | 0.000 |" in result.table()
+    assert main(["eval", "moderation", "--preset", "debug", "--data", str(data), "--threshold", "0", "--json",
+                 "--no-fast"]) == 0

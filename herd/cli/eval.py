@@ -1,4 +1,5 @@
-"""`herd eval TASK`: perplexity, multiple choice, passkey / needle retrieval, and lm-evaluation-harness tasks.
+"""`herd eval TASK`: perplexity, multiple choice, verified answers, a moderation classifier (Llama Guard's per-category
+precision / recall / F1), passkey / needle retrieval, and lm-evaluation-harness tasks.
 
 Each subcommand prints a readable table, or with `--json` one JSON object on stdout (the figures, the command
 and the checkpoint's fingerprint); progress bars go to stderr.
@@ -17,12 +18,12 @@ import torch
 from herd.cli.common import DTYPES, add_answer_flags, add_fast_flag, add_quant_flag, load_with_tokenizer
 from herd.config import PRESETS
 from herd.data.sources import DataError
-from herd.eval import answers, choice, needle, perplexity
+from herd.eval import answers, choice, moderation, needle, perplexity
 from herd.eval.scoring import Scorer, checkpoint_fingerprint
 from herd.fast import optimize
 
-HELP = ("Evaluate a model: perplexity, multiple choice, verified answers (greedy, pass@k), passkey / needle retrieval, "
-        "lm-eval tasks.")
+HELP = ("Evaluate a model: perplexity, multiple choice, verified answers (greedy, pass@k), a moderation classifier, "
+        "passkey / needle retrieval, lm-eval tasks.")
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -70,6 +71,15 @@ def register(parser: argparse.ArgumentParser) -> None:
     add_answer_flags(a, "", samples=0)
     a.add_argument("--k", type=int, nargs="+", default=None, metavar="K", help="pass@K for each K (default: 1 and N)")
     a.add_argument("--group-by", metavar="FIELD", help="also report per value of this record field (e.g. tier)")
+
+    m = sub.add_parser("moderation", help="a Llama Guard model on labelled conversations: P/R/F1/FPR per category")
+    _common(m)
+    m.add_argument("--data", required=True, help='JSONL: {"messages": [...], "categories": ["S9"]} ([]: safe), or '
+                   '{"text": ..., "label": "safe" | "S9"}')
+    m.add_argument("--exclude", default="", help="category codes not to check, comma-separated")
+    m.add_argument("--threshold", type=float, help="flag at P(unsafe) >= this (default: the verdict)")
+    m.add_argument("--variant", choices=["hf", "llama-stack"], default="hf")
+    m.add_argument("--batch", type=int, default=32, help="conversations judged together (default 32)")
 
     for name, what in (("passkey", "passkey retrieval over filler text"),
                        ("niah", "needle in a haystack of held-out text")):
@@ -131,6 +141,17 @@ def _run(args: argparse.Namespace) -> int:
         result = answers.evaluate(Judge(model, tokenizer), args.data, verifier=args.verifier, samples=args.samples,
                                   ks=ks, temperature=args.temperature, seed=args.seed,
                                   max_new_tokens=args.max_new_tokens, group_by=args.group_by)
+        figures, table = result.to_dict(), result.table()
+    elif args.task == "moderation":
+        from herd.infer.engine import Engine
+        from herd.infer.steps import FastDecode
+        from herd.moderation import Judge
+
+        excluded = [c.strip() for c in args.exclude.split(",") if c.strip()]
+        engine = Engine(model, step=FastDecode(model)) if args.fast else Engine(model)
+        judge = Judge(model, tokenizer, excluded=excluded, threshold=args.threshold, variant=args.variant,
+                      engine=engine)
+        result = moderation.evaluate(judge, moderation.read_items(args.data), batch=args.batch)
         figures, table = result.to_dict(), result.table()
     elif args.task in ("passkey", "niah"):
         task = needle.PASSKEY if args.task == "passkey" else needle.niah_task(needle.held_out_text(args.haystack),

@@ -21,6 +21,7 @@ from herd.cli import (
     plan,
     prune,
     quantize,
+    redteam,
     rl,
     serve,
     sft,
@@ -35,7 +36,7 @@ from herd.tokenizer import TokenizerError
 COMMANDS = {
     "demo": demo, "info": info, "generate": generate, "chat": chat, "tokenize": tokenize, "tokenizer": tokenizer,
     "data": data, "train": train, "sft": sft, "dpo": dpo, "distill": distill, "rl": rl, "metap": metap, "serve": serve,
-    "quantize": quantize, "plan": plan, "eval": eval, "guard": guard, "prune": prune,
+    "quantize": quantize, "plan": plan, "eval": eval, "guard": guard, "prune": prune, "redteam": redteam,
 }
 
 

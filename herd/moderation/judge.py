@@ -23,7 +23,7 @@ import torch
 from herd import chat
 from herd.infer.engine import Engine
 from herd.infer.sampling import SamplingParams
-from herd.moderation.prompt import GuardPrompt, guard_prompt
+from herd.moderation.prompt import GuardPrompt, fitted, guard_prompt
 from herd.moderation.verdict import Verdict, parse_verdict, verdict_ids
 from herd.tokenizer import Tokenizer
 
@@ -91,7 +91,11 @@ class Judge:
         return prompt, list(collector.pixels) if collector is not None else []
 
     def __call__(self, conversations: Sequence[Sequence[dict[str, Any]]]) -> list[Judgement]:
-        prompts = [self.prompt(c) for c in conversations]
+        """The judgement of each conversation's last message; a conversation too long for the model's context
+        loses its oldest exchanges first."""
+        limit = self.model.config.max_seq_len - ANSWER_TOKENS
+        fits = lambda c: len(judged_ids(self.tokenizer, self.prompt(c)[0])) <= limit
+        prompts = [self.prompt(fitted(c, fits)) for c in conversations]
         if not prompts:
             return []
         images = [pixels or None for _, pixels in prompts]

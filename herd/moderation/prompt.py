@@ -96,6 +96,16 @@ def guard_conversation(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any
     return out
 
 
+def fitted(messages: Sequence[dict[str, Any]], fits: Callable[[list[dict[str, Any]]], bool]) -> list[dict[str, Any]]:
+    """`messages` with the oldest exchanges after any system message (user + assistant) dropped until `fits`
+    (a conversation too long for a model's context); the last message is always kept."""
+    head = [m for m in messages[:1] if m.get("role") == "system"]
+    rest = list(messages[len(head):])
+    while len(rest) > 2 and not fits(head + rest):
+        rest = rest[2:]
+    return head + rest
+
+
 def selected_categories(excluded: Sequence[str] = (), categories: dict[str, str] | None = None,
                         has_image: bool = False, variant: str = "hf") -> dict[str, str]:
     """The categories the prompt lists."""

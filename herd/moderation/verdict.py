@@ -50,11 +50,12 @@ def parse_verdict(text: str, listed: Sequence[str], excluded: Sequence[str] = ()
 
 
 def verdict_ids(tokenizer: Tokenizer) -> tuple[int, int]:
-    """The ids of `safe` and `unsafe` (single tokens in Llama 4's vocabulary)."""
-    safe, unsafe = (tokenizer.encode(word) for word in ("safe", "unsafe"))
-    if len(safe) != 1 or len(unsafe) != 1:
-        raise ValueError("this tokenizer does not write 'safe' and 'unsafe' as single tokens (not Llama 4's)")
-    return safe[0], unsafe[0]
+    """The ids of `safe` and `unsafe`: single tokens in Llama 4's vocabulary; where a smaller vocabulary splits a
+    word (the demo's BPE writes `un` `safe`), its first token stands for it."""
+    safe, unsafe = (tokenizer.encode(word)[0] for word in ("safe", "unsafe"))
+    if safe == unsafe:
+        raise ValueError("this tokenizer starts 'safe' and 'unsafe' with the same token; P(unsafe) cannot be read")
+    return safe, unsafe
 
 
 def unsafe_probability(logits_V: torch.Tensor, tokenizer: Tokenizer) -> float:

@@ -24,6 +24,7 @@ from starlette.concurrency import run_in_threadpool
 
 from herd.moderation import GuardPrompt, Judgement, guard_conversation, judged_ids, judgement_of
 from herd.moderation.judge import answer_params
+from herd.moderation.prompt import fitted
 from herd.serve import openai as oa
 from herd.serve.runner import Closed, Runner
 
@@ -69,16 +70,16 @@ class Screen:
 
     def _prompt(self, conversation: list[dict[str, Any]]) -> tuple[GuardPrompt, list[torch.Tensor]]:
         """The Guard prompt of `conversation`, its oldest exchanges dropped until it fits the Guard's context."""
-        while True:
-            prompt, images = oa.moderation_prompt(conversation, self.served, self.excluded)
+
+        def fits(messages: list[dict[str, Any]]) -> bool:
+            prompt, images = oa.moderation_prompt(messages, self.served, self.excluded)
             try:
                 self.runner.scheduler.check(judged_ids(self.served.tokenizer, prompt), images or None)
-                return prompt, images
-            except ValueError as err:
-                if len(conversation) < 3:
-                    raise oa.BadRequest(f"the conversation is too long for the guard model: {err}",
-                                        "messages") from None
-                conversation = conversation[2:]
+            except ValueError:
+                return False
+            return True
+
+        return oa.moderation_prompt(fitted(conversation, fits), self.served, self.excluded)
 
     async def check(self, messages: Sequence[dict[str, Any]], reply: dict[str, Any] | None = None) -> Judgement:
         """Judge the last message of `messages`, or with `reply` (an assistant message), the reply."""
