@@ -3,6 +3,7 @@ as llama-stack reads it, the P(unsafe) score, and `herd guard`."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -218,7 +219,10 @@ def test_the_judge_reads_the_score_from_its_own_generation(tokenizer) -> None:
     from herd.infer.engine import Engine
     from herd.moderation import Judge, judged_ids, unsafe_score
 
-    model = herd.build(preset("debug"), seed=4).float()
+    from herd.moderation.prune import dense_config
+
+    debug = preset("debug")  # Guard-shaped: dense, no chunked attention, so the whole table is reused
+    model = herd.build(dataclasses.replace(debug, text=dense_config(debug.text)), seed=4).float()
     judge = Judge(model, tokenizer, excluded=["S1"])
     conversations = [BOMB, REPLY, THREE]
     got = judge(conversations)
@@ -229,6 +233,11 @@ def test_the_judge_reads_the_score_from_its_own_generation(tokenizer) -> None:
                                                                                        max_new_tokens=16))[0]
         assert judgement.answer == tokenizer.decode([t for t in greedy.token_ids if t not in tokenizer.stop_ids])
         assert judgement.flagged == (judgement.verdict.label == "unsafe")
+    before = judge.engine.scheduler.reused_tokens
+    judge([[{"role": "user", "content": "Another question."}]])  # the category table comes from the cache
+    first, again = judge.prompt(BOMB)[0].ids, judge.prompt([{"role": "user", "content": "Another question."}])[0].ids
+    shared = next(i for i, (a, b) in enumerate(zip(first, again)) if a != b)  # the category table and more
+    assert judge.engine.scheduler.reused_tokens - before == shared > 100
     assert all(j.flagged for j in Judge(model, tokenizer, threshold=0.0)(conversations))
     assert not any(j.flagged for j in Judge(model, tokenizer, threshold=1.0)(conversations))
 
