@@ -218,7 +218,6 @@ def test_the_judge_reads_the_score_from_its_own_generation(tokenizer) -> None:
     from herd.config import preset
     from herd.infer.engine import Engine
     from herd.moderation import Judge, judged_ids, unsafe_score
-
     from herd.moderation.prune import dense_config
 
     debug = preset("debug")  # Guard-shaped: dense, no chunked attention, so the whole table is reused
@@ -236,7 +235,7 @@ def test_the_judge_reads_the_score_from_its_own_generation(tokenizer) -> None:
     before = judge.engine.scheduler.reused_tokens
     judge([[{"role": "user", "content": "Another question."}]])  # the category table comes from the cache
     first, again = judge.prompt(BOMB)[0].ids, judge.prompt([{"role": "user", "content": "Another question."}])[0].ids
-    shared = next(i for i, (a, b) in enumerate(zip(first, again)) if a != b)  # the category table and more
+    shared = next(i for i, (a, b) in enumerate(zip(first, again, strict=False)) if a != b)  # the table and more
     assert judge.engine.scheduler.reused_tokens - before == shared > 100
     assert all(j.flagged for j in Judge(model, tokenizer, threshold=0.0)(conversations))
     assert not any(j.flagged for j in Judge(model, tokenizer, threshold=1.0)(conversations))
