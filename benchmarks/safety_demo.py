@@ -25,11 +25,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import subprocess
 import sys
 from pathlib import Path
 
+from posttrain_demo import herd
 from safety_data import guard_items
 
 from herd import chat
@@ -37,22 +36,12 @@ from herd.files import cache_dir, write_text_atomic
 from herd.moderation import guard_prompt, judged_ids
 from herd.tokenizer import Tokenizer, load_tokenizer
 
-HERD = [sys.executable, "-m", "herd"]
 SFT_STEPS = 300
 SFT_FLAGS = ["--seq-len", "384", "--batch-size", "16", "--lr", "2e-3", "--warmup-steps", "20", "--eval-every", "100",
              "--eval-batches", "4", "--ckpt-every", "50", "--log-every", "10", "--no-progress"]
 ARMS = {"pruned-sft": "the recipe: prune, then SFT", "moe-sft": "SFT without pruning (MoE)",
         "pruned": "pruned, no SFT"}
 HEAD, TAIL = "<|begin_of_text|><|header_start|>user<|header_end|>\n\n", "<|eot|><|header_start|>assistant<|header_end|>"
-
-
-def herd(*args: str | Path, output: Path | None = None) -> None:
-    """Run a herd command (printed first); with `output`, its stdout goes to that file, atomically."""
-    command = [*HERD, *map(str, args)]
-    print("$ herd " + shlex.join(command[len(HERD):]), file=sys.stderr, flush=True)
-    result = subprocess.run(command, check=True, stdout=subprocess.PIPE if output else None, text=True)
-    if output:
-        write_text_atomic(output, result.stdout)
 
 
 def demo_model() -> Path:

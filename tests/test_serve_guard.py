@@ -5,6 +5,7 @@ threads and a random Guard-shaped model (thresholds 0 and 1 make its decision ce
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 
 import httpx
 import pytest
@@ -32,23 +33,24 @@ def _events(response: httpx.Response) -> list[dict]:
     return [json.loads(line) for line in lines[:-1]]
 
 
+@contextmanager
 def _screened(state, **settings):
-    screen = in_process_screen(state, **settings)
-    state.screen = screen
-    return screen
+    """The app's state with a Guard screen of these settings, for the block."""
+    state.screen = in_process_screen(state, **settings)
+    try:
+        yield
+    finally:
+        state.screen.runner.stop()
+        state.screen = None
 
 
 def test_a_passing_guard_changes_nothing(app) -> None:
     client, state = app
     state.screen = None
     plain = client.post("/v1/chat/completions", json=ASK).json()
-    screen = _screened(state, threshold=1.0, interval=3)
-    try:
+    with _screened(state, threshold=1.0, interval=3):
         guarded = client.post("/v1/chat/completions", json=ASK).json()
         streamed = _events(client.post("/v1/chat/completions", json={**ASK, "stream": True}))
-    finally:
-        state.screen = None
-        screen.runner.stop()
     assert guarded["choices"] == plain["choices"] and "guard" not in guarded
     text = "".join(e["choices"][0]["delta"].get("content", "") for e in streamed)
     assert text == plain["choices"][0]["message"]["content"]
@@ -60,14 +62,10 @@ def test_a_passing_guard_changes_nothing(app) -> None:
 
 def test_a_flagged_request_is_refused_before_generation(app) -> None:
     client, state = app
-    screen = _screened(state, stages=frozenset({"input"}), threshold=0.0)
-    try:
+    with _screened(state, stages=frozenset({"input"}), threshold=0.0):
         answer = client.post("/v1/chat/completions", json={**ASK, "n": 2}).json()
         streamed = _events(client.post("/v1/chat/completions", json={**ASK, "stream": True,
                                                                      "stream_options": {"include_usage": True}}))
-    finally:
-        state.screen = None
-        screen.runner.stop()
     assert [c["finish_reason"] for c in answer["choices"]] == ["content_filter"] * 2
     assert answer["choices"][0]["message"]["content"].startswith("I can't help with that: the request was flagged")
     assert answer["usage"]["completion_tokens"] == 0
@@ -79,13 +77,9 @@ def test_a_flagged_request_is_refused_before_generation(app) -> None:
 
 def test_a_flagged_reply_is_replaced_and_never_streamed(app) -> None:
     client, state = app
-    screen = _screened(state, stages=frozenset({"output"}), threshold=0.0, interval=4)
-    try:
+    with _screened(state, stages=frozenset({"output"}), threshold=0.0, interval=4):
         answer = client.post("/v1/chat/completions", json=ASK).json()
         streamed = _events(client.post("/v1/chat/completions", json={**ASK, "stream": True}))
-    finally:
-        state.screen = None
-        screen.runner.stop()
     choice = answer["choices"][0]
     assert choice["finish_reason"] == "content_filter" and answer["guard"]["stage"] == "output"
     assert choice["message"]["content"].startswith("I can't help with that: the response was flagged")
