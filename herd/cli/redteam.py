@@ -119,7 +119,8 @@ def run(args: argparse.Namespace) -> int:
         target = LocalChat(*local(args.target), name=Path(args.target).name, temperature=args.target_temperature,
                            max_tokens=args.target_max_tokens, system=args.target_system)
     judge = Judge(*local(args.judge), excluded=excluded, threshold=args.judge_threshold)
-    team = RedTeam(attacker, target, judge, turns=args.turns, batch=args.batch, seed=args.seed)
+    team = RedTeam(attacker, target, judge, turns=args.turns, batch=args.batch, seed=args.seed,
+                   judge_name=Path(args.judge).name)
     try:
         report = team.run(goals, args.out, progress=args.progress)
     except RedTeamError as err:

@@ -236,10 +236,12 @@ class RedTeam:
     batch: int = 8
     seed: int = 0
     techniques: dict[str, str] = field(default_factory=lambda: dict(TECHNIQUES))
+    judge_name: str = "judge"
 
     def settings(self) -> dict[str, Any]:
         """What a resumed run must share with the run it continues."""
-        return {"attacker": self.attacker.name, "target": self.target.name, "turns": self.turns, "seed": self.seed,
+        return {"attacker": self.attacker.name, "target": self.target.name, "judge": self.judge_name,
+                "turns": self.turns, "seed": self.seed,
                 "techniques": list(self.techniques), "judge_threshold": self.judge.threshold,
                 "judge_excluded": list(self.judge.excluded)}
 
