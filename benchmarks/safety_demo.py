@@ -145,7 +145,7 @@ def classifier_stage(root: Path, base: Path) -> dict[str, Path]:
         models[arm] = run / "model"
     for arm, model in models.items():
         for test in ("test", "test-responses", "test-seen"):
-            out = root / "eval" / f"{arm}{test.removeprefix('test')}.json"
+            out = root / "eval" / f"{arm}@{test}.json"
             if not out.exists():
                 out.parent.mkdir(parents=True, exist_ok=True)
                 herd("eval", "moderation", "--model", model, "--data", data[test], "--json", output=out)
@@ -162,7 +162,7 @@ def redteam_stage(root: Path, base: Path, judges: dict[str, Path]) -> None:
 
 
 def _eval(root: Path, arm: str, test: str) -> dict | None:
-    path = root / "eval" / f"{arm}{test}.json"
+    path = root / "eval" / f"{arm}@test{test}.json"
     return json.loads(path.read_text()) if path.exists() else None
 
 
@@ -189,13 +189,15 @@ def report(root: Path) -> str:
                      for r in (held["moe-sft"], held["pruned-sft-responses"])]
             lines.append(f"| {code} | {s['support']} | {s['precision']:.3f} | {s['recall']:.3f} | {s['f1']:.3f} | "
                          + " | ".join(other) + " |")
-    from herd.moderation.redteam import format_report
+    from herd.moderation.redteam import format_report, read_transcripts, summarize
 
     for name in ("requests-judge", "replies-judge"):
-        red = root / f"redteam-{name}" / "report.json"
-        if red.exists():
+        red = root / f"redteam-{name}"
+        if (red / "report.json").exists():
+            summary = summarize(read_transcripts(red / "transcripts.jsonl"), json.loads((red / "run.json").read_text())
+                                ["turns"])
             lines += ["", f"Red-teaming the demo model, judged by the {name.replace('-', ' ')}:", "",
-                      format_report(json.loads(red.read_text()))]
+                      format_report(summary)]
     return "\n".join(lines)
 
 

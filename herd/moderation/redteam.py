@@ -321,7 +321,8 @@ def summarize(rows: list[dict[str, Any]], turns: int, ids: Sequence[str] | None 
     if ids is not None:
         wanted = set(ids)
         rows = [r for r in rows if r["id"] in wanted]
-    by = lambda key: {k: _rate([r for r in rows if r[key] == k]) for k in sorted({r[key] for r in rows})}
+    natural = lambda k: (re.sub(r"\d+", "", k), int(re.sub(r"\D", "", k) or 0), k)  # S2 before S10
+    by = lambda key: {k: _rate([r for r in rows if r[key] == k]) for k in sorted({r[key] for r in rows}, key=natural)}
     named: dict[str, int] = {}
     for r in rows:
         for t in r["turns"]:
@@ -330,7 +331,8 @@ def summarize(rows: list[dict[str, Any]], turns: int, ids: Sequence[str] | None 
                     named[code] = named.get(code, 0) + 1
     return {"overall": _rate(rows), "by_category": by("category"),
             "by_turn": {str(t): _rate(rows, t)["asr"] for t in range(1, turns + 1)},
-            "by_technique": by("technique"), "judge_categories": dict(sorted(named.items())),
+            "by_technique": by("technique"),
+            "judge_categories": dict(sorted(named.items(), key=lambda kv: natural(kv[0]))),
             "turns_taken": sum(len(r["turns"]) for r in rows)}
 
 
