@@ -49,6 +49,7 @@ def test_goals_are_checked(tmp_path: Path) -> None:
         read_goals(bad)
 
 
+@pytest.mark.slow
 def test_every_reply_flagged_ends_each_conversation_at_turn_one(models, tmp_path: Path, capsys) -> None:
     assert _run(models, tmp_path / "all", "--judge-threshold", "0") == 0
     rows = read_transcripts(tmp_path / "all" / "transcripts.jsonl")
@@ -79,10 +80,10 @@ def test_a_run_resumes_and_equals_one_run_in_one_batch(models, tmp_path: Path) -
 
 
 @pytest.mark.slow
-def test_a_herd_server_as_the_target(models, tmp_path: Path) -> None:
+def test_a_herd_server_as_attacker_and_target(models, tmp_path: Path) -> None:
     chat, _, _ = models
     with live_server(chat, "--max-slots", "4", "--max-context", "1024") as (base, _):
-        code = main(["redteam", "--attacker", str(chat), "--target-url", f"{base}/v1", "--judge", str(models[1]),
+        code = main(["redteam", "--attacker-url", f"{base}/v1", "--target-url", f"{base}/v1", "--judge", str(models[1]),
                      "--goals", str(models[2]), "--out", str(tmp_path / "url"), "--turns", "1",
                      "--attacker-max-tokens", "12", "--target-max-tokens", "8", "--dtype", "float32",
                      "--judge-threshold", "0", "--no-progress"])

@@ -1,8 +1,9 @@
 """`herd redteam`: GOAT-style multi-turn red-teaming (`herd.moderation.redteam`). An attacker chat model talks to
-a target, a local checkpoint or any OpenAI-compatible server, and a Llama Guard model judges each reply.
+a target (each a local checkpoint or any OpenAI-compatible server) and a Llama Guard model judges each reply.
 
     herd redteam --attacker A --target T --judge Llama-Guard-4-12B --out runs/redteam
     herd redteam --attacker A --target-url http://127.0.0.1:8000/v1 --judge G --goals goals.jsonl --turns 5
+    herd redteam --attacker-url http://gpu-box:8000/v1 --attacker-model big --target T --judge G --out runs/rt
     herd redteam --report runs/redteam          # the tables of a finished (or interrupted) run
 
 Writes `transcripts.jsonl` (a line per conversation, as each batch ends; a rerun with the same --out resumes)
@@ -36,13 +37,16 @@ HELP = ("Red-team a chat model: an attacker model converses with the target over
 
 
 def register(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--attacker", help="the attacker's chat checkpoint")
+    attacker = parser.add_mutually_exclusive_group()
+    attacker.add_argument("--attacker", help="the attacker's chat checkpoint")
+    attacker.add_argument("--attacker-url", help="an OpenAI-compatible base URL serving the attacker")
+    parser.add_argument("--attacker-model", help="the model name sent to --attacker-url")
     target = parser.add_mutually_exclusive_group()
     target.add_argument("--target", help="the target's chat checkpoint")
     target.add_argument("--target-url", help="an OpenAI-compatible base URL (e.g. http://127.0.0.1:8000/v1)")
     parser.add_argument("--target-model", help="the model name sent to --target-url")
-    parser.add_argument("--target-api-key", default=os.environ.get("OPENAI_API_KEY"),
-                        help="the bearer key of --target-url (default: $OPENAI_API_KEY)")
+    parser.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY"),
+                        help="the bearer key of --target-url and --attacker-url (default: $OPENAI_API_KEY)")
     parser.add_argument("--target-system", help="a system prompt for the target")
     parser.add_argument("--judge", help="the Llama Guard checkpoint that judges the target's replies")
     parser.add_argument("--judge-threshold", type=float, help="flag at P(unsafe) >= this (default: the verdict)")
@@ -81,7 +85,8 @@ def run(args: argparse.Namespace) -> int:
         turns = json.loads(saved.read_text())["turns"]
         _print(summarize(read_transcripts(Path(args.report) / "transcripts.jsonl"), turns), args.json)
         return 0
-    missing = [flag for flag, value in (("--attacker", args.attacker), ("--judge", args.judge), ("--out", args.out),
+    missing = [flag for flag, value in (("--attacker or --attacker-url", args.attacker or args.attacker_url),
+                                        ("--judge", args.judge), ("--out", args.out),
                                         ("--target or --target-url", args.target or args.target_url)) if not value]
     if missing:
         return _fail(f"{', '.join(missing)} needed")
@@ -109,10 +114,15 @@ def run(args: argparse.Namespace) -> int:
             loaded[key] = (model, tokenizer_for(path, model.config.vocab_size))
         return loaded[key]
 
-    attacker = LocalChat(*local(args.attacker), name=Path(args.attacker).name, temperature=args.attacker_temperature,
-                         max_tokens=args.attacker_max_tokens)
+    if args.attacker_url:
+        attacker = OpenAIChat(args.attacker_url, args.attacker_model, api_key=args.api_key,
+                              temperature=args.attacker_temperature, max_tokens=args.attacker_max_tokens,
+                              concurrency=args.batch)
+    else:
+        attacker = LocalChat(*local(args.attacker), name=Path(args.attacker).name,
+                             temperature=args.attacker_temperature, max_tokens=args.attacker_max_tokens)
     if args.target_url:
-        target = OpenAIChat(args.target_url, args.target_model, api_key=args.target_api_key,
+        target = OpenAIChat(args.target_url, args.target_model, api_key=args.api_key,
                             temperature=args.target_temperature, max_tokens=args.target_max_tokens,
                             system=args.target_system, concurrency=args.batch)
     else:
