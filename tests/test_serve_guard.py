@@ -4,14 +4,16 @@ threads and a random Guard-shaped model (thresholds 0 and 1 make its decision ce
 
 from __future__ import annotations
 
+import base64
 import json
 from contextlib import contextmanager
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from serve_helpers import debug_checkpoint, in_process_screen, in_process_state, live_server
+from serve_helpers import SHARED, debug_checkpoint, in_process_screen, in_process_state, live_server
 
+from herd.moderation import guard_conversation
 from herd.serve.app import create_app
 
 ASK = {"model": "debug", "messages": [{"role": "system", "content": "Be brief."},
@@ -107,3 +109,18 @@ def test_herd_serve_guard_end_to_end(tmp_path) -> None:
         stream = client.chat.completions.create(model="model", messages=ASK["messages"], max_tokens=8, stream=True)
         reasons = [c.choices[0].finish_reason for c in stream if c.choices]
         assert reasons[-1] == "content_filter"
+
+
+def test_the_guard_sees_the_requests_image(app) -> None:
+    """An image in the chat request reaches the Guard's prompt: its tiles and S14 dropped, as the template does."""
+    client, state = app
+    data = base64.b64encode((SHARED / "data" / "images" / "dog.jpg").read_bytes()).decode()
+    image = {"type": "image_url", "image_url": {"url": f"data:image/jpeg;base64,{data}"}}
+    ask = {**ASK, "messages": [{"role": "user", "content": [image, {"type": "text", "text": "What is this?"}]}]}
+    with _screened(state, stages=frozenset({"input"}), threshold=0.0):
+        prompt, images = state.screen._prompt(guard_conversation(ask["messages"]))
+        vision = state.screen.served.vision
+        answer = client.post("/v1/chat/completions", json=ask).json()
+    assert len(images) == 1 and "S14" not in prompt.categories
+    assert prompt.ids.count(vision.config.patch_token_id) == images[0].shape[0] * vision.tokens_per_tile
+    assert answer["choices"][0]["finish_reason"] == "content_filter" and "S14" not in answer["guard"]["categories"]
