@@ -54,6 +54,11 @@ def quant_groups(args: argparse.Namespace) -> tuple[str, ...]:
     return tuple(dict.fromkeys([*args.modules, *(["lm_head"] if args.lm_head else [])]))
 
 
+def codes(text: str) -> list[str]:
+    """A comma-separated flag value (category codes such as `S1,S9`) as a list, blanks dropped."""
+    return [code.strip() for code in text.split(",") if code.strip()]
+
+
 def load_model(args: argparse.Namespace) -> Transformer:
     """The model of --model (a checkpoint, quantized while read with --quant) or --preset (random weights)."""
     quant = getattr(args, "quant", None)

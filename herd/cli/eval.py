@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from herd.cli.common import DTYPES, add_answer_flags, add_fast_flag, add_quant_flag, load_with_tokenizer
+from herd.cli.common import DTYPES, add_answer_flags, add_fast_flag, add_quant_flag, codes, load_with_tokenizer
 from herd.config import PRESETS
 from herd.data.sources import DataError
 from herd.eval import answers, choice, moderation, needle, perplexity
@@ -147,7 +147,7 @@ def _run(args: argparse.Namespace) -> int:
         from herd.infer.steps import FastDecode
         from herd.moderation import Judge
 
-        excluded = [c.strip() for c in args.exclude.split(",") if c.strip()]
+        excluded = codes(args.exclude)
         engine = Engine(model, step=FastDecode(model)) if args.fast else Engine(model)
         judge = Judge(model, tokenizer, excluded=excluded, threshold=args.threshold, variant=args.variant,
                       engine=engine)

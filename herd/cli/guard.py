@@ -17,7 +17,7 @@ from pathlib import Path
 
 from herd import chat
 from herd.checkpoint import read_config
-from herd.cli.common import DTYPES, load_model, tokenizer_for
+from herd.cli.common import DTYPES, codes, load_model, tokenizer_for
 from herd.config import PRESETS, preset
 from herd.moderation import GuardPromptError, Judge, guard_prompt
 from herd.moderation.prompt import VARIANTS
@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     conversation = [{"role": "user", "content": content}]
     if args.response is not None:
         conversation.append({"role": "assistant", "content": args.response})
-    excluded = [code.strip() for code in args.exclude.split(",") if code.strip()]
+    excluded = codes(args.exclude)
     categories = None
     if args.categories:
         try:

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 import herd
-from herd.cli.common import DTYPES, tokenizer_for
+from herd.cli.common import DTYPES, codes, tokenizer_for
 from herd.moderation import Judge, selected_categories
 from herd.moderation.redteam import (
     LocalChat,
@@ -94,13 +94,13 @@ def run(args: argparse.Namespace) -> int:
         return _fail("--turns and --batch are at least 1")
     try:
         goals = read_goals(args.goals)
-        wanted = [c.strip() for c in args.categories.split(",") if c.strip()]
+        wanted = codes(args.categories)
         if wanted:
             goals = [g for g in goals if g.category in wanted]
         goals = goals[: args.max_goals] if args.max_goals is not None else goals
         if not goals:
             return _fail(f"no goals of categories {args.categories}")
-        excluded = [c.strip() for c in args.judge_exclude.split(",") if c.strip()]
+        excluded = codes(args.judge_exclude)
         selected_categories(excluded)
     except (RedTeamError, ValueError) as err:
         return _fail(str(err))

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 import herd
-from herd.cli.common import DTYPES, add_fast_flag, add_quant_flag, load_model, tokenizer_for
+from herd.cli.common import DTYPES, add_fast_flag, add_quant_flag, codes, load_model, tokenizer_for
 from herd.config import PRESETS
 from herd.fast import optimize
 from herd.infer import KVPool, Scheduler
@@ -101,7 +101,7 @@ def _guard(args: argparse.Namespace, dtype: torch.dtype, context: int) -> Screen
     served = Served(tokenizer, Path(args.guard).resolve().name, scheduler.limit, tuple(tokenizer.stop_ids),
                     model.vision, args.max_images_per_prompt, args.max_tiles, args.allowed_media_dir)
     stages = frozenset(STAGES if args.guard_on == "both" else (args.guard_on,))
-    excluded = tuple(code.strip() for code in args.guard_exclude.split(",") if code.strip())
+    excluded = tuple(codes(args.guard_exclude))
     selected_categories(excluded)  # an unknown code fails the load, with its name
     print(f"herd serve: guard {served.name} screens {' and '.join(sorted(stages))}; KV pool: {pool.describe()}",
           file=sys.stderr, flush=True)
@@ -128,16 +128,14 @@ def run(args: argparse.Namespace) -> int:
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: object) -> None:
-            for runner in (state.runner, state.screen.runner if state.screen else None):
-                if runner is not None:  # open streams end with an error chunk instead of hanging
-                    threading.Thread(target=runner.stop, daemon=True).start()
+            for runner in state.runners():  # open streams end with an error chunk instead of hanging
+                threading.Thread(target=runner.stop, daemon=True).start()
             super().handle_exit(sig, frame)
 
     server = Server(config)
     try:
         server.run()  # returns on Ctrl-C / SIGTERM, after open streams get their error chunk
     finally:
-        for runner in (state.runner, state.screen.runner if state.screen else None):
-            if runner is not None:
-                runner.stop()
+        for runner in state.runners():
+            runner.stop()
     return 0

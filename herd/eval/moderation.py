@@ -51,7 +51,9 @@ def read_items(path: str | Path) -> list[Labelled]:
     return items
 
 
-def _scores(tp: int, fp: int, fn: int, tn: int) -> dict[str, float | int]:
+def _scores(pairs: list[tuple[bool, bool]]) -> dict[str, float | int]:
+    """Support, precision, recall, F1 and false-positive rate of (labelled, predicted) pairs."""
+    tp, fp, fn, tn = (pairs.count(k) for k in ((True, True), (False, True), (True, False), (False, False)))
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
@@ -103,12 +105,9 @@ def evaluate(judge: Judge | Judging, items: Sequence[Labelled], batch: int = 32,
                    key=lambda c: (len(c), c))
     per_category = {}
     for code in codes:
-        pairs = [(code in item.categories, code in p) for item, p in zip(items, predicted, strict=True)]
-        per_category[code] = _scores(*(sum(1 for t, q in pairs if (t, q) == k)
-                                       for k in ((True, True), (False, True), (True, False), (False, False))))
-    pairs = [(bool(item.categories), f) for item, f in zip(items, flagged, strict=True)]
-    overall = _scores(*(sum(1 for t, q in pairs if (t, q) == k)
-                        for k in ((True, True), (False, True), (True, False), (False, False))))
+        per_category[code] = _scores([(code in item.categories, code in p)
+                                      for item, p in zip(items, predicted, strict=True)])
+    overall = _scores([(bool(item.categories), f) for item, f in zip(items, flagged, strict=True)])
     scored = [s for s in per_category.values() if s["support"]]
     macro = {key: round(sum(s[key] for s in scored) / len(scored), 4) if scored else 0.0
              for key in ("precision", "recall", "f1", "fpr")}

@@ -24,11 +24,10 @@ from herd import chat
 from herd.infer.engine import Engine
 from herd.infer.sampling import SamplingParams
 from herd.moderation.prompt import GuardPrompt, fitted, guard_prompt
-from herd.moderation.verdict import Verdict, parse_verdict, verdict_ids
+from herd.moderation.verdict import FIRST, Verdict, parse_verdict, verdict_ids
 from herd.tokenizer import Tokenizer
 
 ANSWER_TOKENS = 16  # "unsafe\nS1,S2,..." fits; a longer answer is an error either way
-FIRST = "\n\n"  # what the model writes before its verdict
 
 
 @dataclass
@@ -94,8 +93,8 @@ class Judge:
         """The judgement of each conversation's last message; a conversation too long for the model's context
         loses its oldest exchanges first."""
         limit = self.model.config.max_seq_len - ANSWER_TOKENS
-        fits = lambda c: len(judged_ids(self.tokenizer, self.prompt(c)[0])) <= limit
-        prompts = [self.prompt(fitted(c, fits)) for c in conversations]
+        fits = lambda made: len(judged_ids(self.tokenizer, made[0])) <= limit
+        prompts = [fitted(c, self.prompt, fits) for c in conversations]
         if not prompts:
             return []
         images = [pixels or None for _, pixels in prompts]

@@ -23,9 +23,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from herd.tokenizer import Tokenizer
+
+T = TypeVar("T")
 
 CATEGORIES: dict[str, str] = {
     "S1": "Violent Crimes", "S2": "Non-Violent Crimes", "S3": "Sex Crimes", "S4": "Child Exploitation",
@@ -96,14 +98,17 @@ def guard_conversation(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any
     return out
 
 
-def fitted(messages: Sequence[dict[str, Any]], fits: Callable[[list[dict[str, Any]]], bool]) -> list[dict[str, Any]]:
-    """`messages` with the oldest exchanges after any system message (user + assistant) dropped until `fits`
-    (a conversation too long for a model's context); the last message is always kept."""
+def fitted(messages: Sequence[dict[str, Any]], make: Callable[[list[dict[str, Any]]], T],
+           fits: Callable[[T], bool]) -> T:
+    """`make(messages)` (a prompt), with the oldest exchanges after any system message (user + assistant) dropped
+    until it `fits` a model's context; the last message is always kept. Each candidate is made once."""
     head = [m for m in messages[:1] if m.get("role") == "system"]
     rest = list(messages[len(head):])
-    while len(rest) > 2 and not fits(head + rest):
+    made = make(head + rest)
+    while len(rest) > 2 and not fits(made):
         rest = rest[2:]
-    return head + rest
+        made = make(head + rest)
+    return made
 
 
 def selected_categories(excluded: Sequence[str] = (), categories: dict[str, str] | None = None,

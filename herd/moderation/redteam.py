@@ -177,8 +177,7 @@ class LocalChat:
     def _ids(self, messages: Sequence[dict[str, Any]]) -> list[int]:
         messages = ([{"role": "system", "content": self.system}] if self.system else []) + list(messages)
         limit = self.model.config.max_seq_len - self.max_tokens
-        render = lambda m: chat.render(self.tokenizer, m).ids
-        return render(fitted(messages, lambda m: len(render(m)) <= limit))
+        return fitted(messages, lambda m: chat.render(self.tokenizer, m).ids, lambda ids: len(ids) <= limit)
 
     def respond(self, conversations: Sequence[Sequence[dict[str, Any]]], seed: int) -> list[str]:
         if not conversations:
@@ -254,7 +253,7 @@ class RedTeam:
         """Carry each conversation on until the judge flags a reply or `turns` turns are done."""
         listing = "\n".join(f"- {name}: {text}" for name, text in self.techniques.items())
         for turn in range(1, self.turns + 1):
-            active = [c for c in conversations if c.success_turn is None and len(c.turns) < turn]
+            active = [c for c in conversations if c.success_turn is None]
             if not active:
                 break
             raw = self.attacker.respond([c.attacker_messages(listing) for c in active],

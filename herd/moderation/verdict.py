@@ -20,6 +20,7 @@ import torch
 from herd.tokenizer import Tokenizer
 
 UNSAFE = re.compile(r"^unsafe\s*\n(.*)$", re.DOTALL)
+FIRST = "\n\n"  # what the model writes before its verdict
 
 
 @dataclass
@@ -70,5 +71,5 @@ def unsafe_score(model: torch.nn.Module, tokenizer: Tokenizer, prompt_ids: Seque
                  pixels: Sequence[torch.Tensor] | None = None) -> float:
     """P(unsafe) of a Guard prompt (`unsafe_probability`): one forward over the prompt and the `\\n\\n` the model
     writes first, its images' pixel tiles in `pixels`."""
-    ids_1S = torch.tensor([[*prompt_ids, *tokenizer.encode("\n\n")]], device=model.tok_embeddings.weight.device)
+    ids_1S = torch.tensor([[*prompt_ids, *tokenizer.encode(FIRST)]], device=model.tok_embeddings.weight.device)
     return unsafe_probability(model(ids_1S, pixels=list(pixels) if pixels else None)[0, -1], tokenizer)

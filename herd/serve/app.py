@@ -92,6 +92,10 @@ class State:
     load_error: str | None = None
     screen: Screen | None = None  # `--guard`: Llama Guard 4 screening chat
 
+    def runners(self) -> list[Runner]:
+        """The engine threads running: the served model's, and the guard's with `--guard`."""
+        return [r for r in (self.runner, self.screen.runner if self.screen else None) if r is not None]
+
     def ready(self) -> tuple[oa.Served, Runner]:
         if self.served is None or self.runner is None:
             raise ApiError(503, self.load_error or "the model is loading", "service_unavailable")

@@ -71,15 +71,16 @@ class Screen:
     def _prompt(self, conversation: list[dict[str, Any]]) -> tuple[GuardPrompt, list[torch.Tensor]]:
         """The Guard prompt of `conversation`, its oldest exchanges dropped until it fits the Guard's context."""
 
-        def fits(messages: list[dict[str, Any]]) -> bool:
-            prompt, images = oa.moderation_prompt(messages, self.served, self.excluded)
+        def fits(made: tuple[GuardPrompt, list[torch.Tensor]]) -> bool:
+            prompt, images = made
             try:
                 self.runner.scheduler.check(judged_ids(self.served.tokenizer, prompt), images or None)
             except ValueError:
                 return False
             return True
 
-        return oa.moderation_prompt(fitted(conversation, fits), self.served, self.excluded)
+        make = lambda messages: oa.moderation_prompt(messages, self.served, self.excluded)
+        return fitted(conversation, make, fits)
 
     async def check(self, messages: Sequence[dict[str, Any]], reply: dict[str, Any] | None = None) -> Judgement:
         """Judge the last message of `messages`, or with `reply` (an assistant message), the reply."""
