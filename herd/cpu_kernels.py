@@ -33,6 +33,7 @@ import threading
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from herd.files import cache_dir
 
@@ -90,6 +91,7 @@ def _open() -> ctypes.CDLL | None:
         return None
     lib.herd_matvec_bf16.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_long] * 3 + [ctypes.c_int]
     lib.herd_matvec_bf16.restype = None
+    lib.herd_packed_matvec_bf16.argtypes, lib.herd_packed_matvec_bf16.restype = lib.herd_matvec_bf16.argtypes, None
     for grouped in (lib.herd_grouped_f32, lib.herd_grouped_bf16):
         grouped.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_long] * 3 + [ctypes.c_int]
         grouped.restype = None
@@ -150,6 +152,42 @@ def matvec_bf16(x_MK: torch.Tensor, w_NK: torch.Tensor) -> torch.Tensor:
     return y_MN
 
 
+def reads_bf16(bits: int, group: int) -> bool:
+    """Whether the bf16-activation products (quant.h) take these codes: int8 in groups of 32·n, int4 in
+    groups of 32, 64 or 128·n."""
+    return group % 32 == 0 and (bits == 8 or group in (32, 64) or group % 128 == 0)
+
+
+def pack_bf16(w_NK: torch.Tensor) -> torch.Tensor:
+    """w [N, K] (bf16, K even) in packed.h's layout: blocks of 16 outputs, inputs in pairs,
+    packed[n / 16][k / 2][n % 16][k % 2] = w[n][k], outputs past N zero. One copy, in torch."""
+    N, K = w_NK.shape
+    if w_NK.dtype != torch.bfloat16 or K % 2:
+        raise ValueError(f"pack_bf16 takes a bf16 weight with an even input count, got {w_NK.dtype} [{N}, {K}]")
+    padded = F.pad(w_NK.detach(), (0, 0, 0, -N % 16))
+    return padded.view(-1, 16, K // 2, 2).transpose(1, 2).contiguous()
+
+
+def packed_matvec_bf16(x_MK: torch.Tensor, packed: torch.Tensor, N: int) -> torch.Tensor:
+    """x @ wᵀ for the first N outputs of a weight packed by `pack_bf16`, accumulated in fp32 and rounded to
+    bf16: [M, K] → [M, N]. Needs `available()`."""
+    lib = library()
+    if lib is None:
+        raise RuntimeError("herd.cpu_kernels.packed_matvec_bf16 is not available on this machine")
+    blocks, K2, sixteen, two = packed.shape
+    if x_MK.dtype != torch.bfloat16 or x_MK.dim() != 2 or x_MK.shape[1] != 2 * K2 or not packed.is_contiguous() \
+            or (sixteen, two) != (16, 2) or not 0 <= N <= 16 * blocks or packed.dtype != torch.bfloat16:
+        raise ValueError(f"packed_matvec_bf16 needs bf16 x [M, {2 * K2}] and a packed weight of {16 * blocks} outputs, "
+                         f"got {x_MK.dtype} {tuple(x_MK.shape)} and {packed.dtype} {tuple(packed.shape)} for {N}")
+    x_MK = x_MK.contiguous()
+    M = x_MK.shape[0]
+    y_MN = torch.empty(M, N, dtype=torch.bfloat16)
+    if M and N:
+        lib.herd_packed_matvec_bf16(x_MK.data_ptr(), packed.data_ptr(), y_MN.data_ptr(), M, N, 2 * K2,
+                                    torch.get_num_threads())
+    return y_MN
+
+
 def qmatvec(x_MK: torch.Tensor, codes_NC: torch.Tensor, scales_NG: torch.Tensor, bits: int, group: int) -> torch.Tensor:
     """x @ dequant(W)ᵀ for a quantized weight (herd.quant.schemes: int8 codes [N, K] or int4 [N, K/2], fp32
     scales [N, ceil(K/group)]), accumulated in fp32, returned in x's dtype: [M, K] → [M, N]. Needs
@@ -163,11 +201,12 @@ def qmatvec(x_MK: torch.Tensor, codes_NC: torch.Tensor, scales_NG: torch.Tensor,
         raise ValueError(f"qmatvec takes int8/int4 codes in groups of a multiple of 32 with fp32 scales, got "
                          f"{bits} bits, group {group}, {scales_NG.dtype} scales")
     (M, K), N, dtype = x_MK.shape, codes_NC.shape[0], x_MK.dtype
-    # bf16 activations: the codes become exact bf16 values on dot-product instructions (needs int8 groups of
-    # 32·n, int4 groups of 32 or 64·n); anything else in fp32
-    bf16 = dtype == torch.bfloat16 and (group % 64 == 0 or group == 32)
+    # bf16 activations: the codes become exact bf16 values on dot-product instructions; anything else in fp32
+    bf16 = dtype == torch.bfloat16 and reads_bf16(bits, group)
     x_MK = x_MK if bf16 else x_MK.float()
-    if bits == 4:
+    if bits == 4 and bf16:  # four phases (quant.h's quad_rows): inputs 4i + p, zero-padded to a multiple of 4
+        xa, xb = F.pad(x_MK, (0, -K % 4)).view(M, -1, 4).transpose(1, 2).contiguous(), None
+    elif bits == 4:
         xa, xb = x_MK[:, 0::2].contiguous(), x_MK[:, 1::2].contiguous()
     else:
         xa, xb = x_MK.contiguous(), None

@@ -53,6 +53,27 @@ def test_matvec_bf16_matches_fp32_product(M, K):
 
 
 @pytest.mark.skipif(not NATIVE, reason="needs a CPU with AVX512-BF16 and a C compiler")
+@pytest.mark.parametrize("M", [1, 3, 8, 11, 17])
+def test_packed_matvec_matches_the_product_and_each_row_alone(M):
+    """packed.h: within one rounding of the fp32 product, for output counts whose last pair of blocks holds
+    1 … 32 outputs, rows in tiles of eight and the rest; each row bit for bit what it gets alone."""
+    g = torch.Generator().manual_seed(M)
+    for N, K in [(1001, 70), (16, 2), (47, 512), (33, 8), (5, 64)]:
+        x, w = torch.randn(M, K, generator=g).bfloat16(), torch.randn(N, K, generator=g).bfloat16()
+        packed = cpu_kernels.pack_bf16(w)
+        assert packed.shape == (-(-N // 16), K // 2, 16, 2)
+        got = cpu_kernels.packed_matvec_bf16(x, packed, N)
+        assert got.shape == (M, N) and _within_one_rounding(got, _reference(x, w)), (N, K)
+        for b in range(M):
+            assert torch.equal(cpu_kernels.packed_matvec_bf16(x[b : b + 1], packed, N)[0], got[b])
+    with pytest.raises(ValueError, match="even input count"):
+        cpu_kernels.pack_bf16(torch.zeros(4, 3, dtype=torch.bfloat16))
+    with pytest.raises(ValueError, match="packed weight of 16 outputs"):
+        cpu_kernels.packed_matvec_bf16(torch.zeros(1, 8, dtype=torch.bfloat16),
+                                       cpu_kernels.pack_bf16(torch.zeros(4, 8, dtype=torch.bfloat16)), 17)
+
+
+@pytest.mark.skipif(not NATIVE, reason="needs a CPU with AVX512-BF16 and a C compiler")
 def test_matvec_bf16_edge_cases():
     g = torch.Generator().manual_seed(0)
     w = torch.randn(40, 70, generator=g).bfloat16()

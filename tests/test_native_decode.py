@@ -151,6 +151,36 @@ def test_native_logits_are_the_lm_head_of_its_hidden_states():
     assert torch.allclose(logits_BV.float(), want_BV.float(), rtol=2**-7, atol=1e-6)
 
 
+def test_packed_lm_head_equals_the_plain_one_and_follows_the_weight():
+    """The bf16 step reads its LM head from a packed copy: logits within one rounding of the weight read
+    row by row (pack_head off), each row the same alone as among others, and a head written in place (or
+    replaced) is packed again before the next step."""
+    model = optimize(herd.build(SCOUT_LIKE, seed=0, dtype=torch.bfloat16))
+    native, pool = NativeDecode(model), KVPool(model.config, 3, 64, torch.bfloat16)
+    tokens_B1, positions_B, slots_B = torch.tensor([[3], [9], [4]]), torch.tensor([0, 2, 5]), torch.tensor([1, 0, 2])
+
+    def logits(rows=slice(None)) -> torch.Tensor:
+        assert native.takes(tokens_B1[rows], pool), native.reason
+        return native(tokens_B1[rows], positions_B[rows], slots_B[rows], pool)
+
+    with torch.no_grad():
+        packed = logits()
+        assert native._packed is not None
+        assert all(torch.equal(logits(slice(b, b + 1))[0], packed[b]) for b in range(3))
+        native.pack_head = False
+        native._key = None  # rebuilt on the next step
+        plain = logits()
+        assert native._packed is None
+        ulp = plain.float().abs().clamp_min(1e-30) * 2**-7
+        assert ((packed.float() - plain.float()).abs() <= ulp + 1e-6).all()
+        native.pack_head = True
+        native._key = None
+        model.output.weight.mul_(2)  # in place: the same address, a new version
+        assert torch.equal(logits(), (2 * packed.float()).bfloat16())
+        model.output.weight = torch.nn.Parameter(model.output.weight / 2)  # a new tensor
+        assert torch.equal(logits(), packed)
+
+
 def test_native_step_refuses_what_it_does_not_compute():
     model = optimize(herd.build(SCOUT_LIKE, seed=0, dtype=torch.float16))
     native, tokens_11 = NativeDecode(model, max_batch=8), torch.tensor([[1]])

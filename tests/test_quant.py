@@ -20,7 +20,7 @@ from herd.infer.native import NativeDecode
 from herd.infer.sampling import SamplingParams
 from herd.infer.steps import FastDecode
 from herd.quant import GROUPS, SCHEMES, QuantError, QuantExperts, QuantLinear, dequantize, quantize, quantize_model
-from herd.quant.schemes import pack_int4, unpack_int4
+from herd.quant.schemes import Scheme, pack_int4, unpack_int4
 
 CONFIGS = {"scout": SCOUT_LIKE, "maverick": MAVERICK_LIKE, "dense": DENSE_LIKE}
 
@@ -65,12 +65,13 @@ def test_bad_scheme_and_odd_int4_width_are_clear_errors():
 
 
 @pytest.mark.skipif(not NATIVE, reason="the native kernels need AVX512-BF16 and a C compiler")
-@pytest.mark.parametrize("name", list(SCHEMES))
+@pytest.mark.parametrize("name", [*SCHEMES, "int4-g64"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_qmatvec_matches_x_at_dequantized_w(name, dtype):
-    """Rows of x 1 … 8 (tiles of four and the rest), widths with masked tails, odd output counts."""
-    s, g = SCHEMES[name], torch.Generator().manual_seed(1)
-    for M, N, K in [(1, 5, 72), (3, 33, 64), (4, 7, 200), (5, 100, 512), (8, 17, 96)]:
+    """Rows of x 1 … 8 (tiles of four and the rest), widths with masked tails (int4: a last word of one byte,
+    chunks of fewer groups), odd output counts; int4 in groups of 64 (a layout the bf16 kernel reads)."""
+    s, g = SCHEMES.get(name, Scheme(name, 4, 64)), torch.Generator().manual_seed(1)
+    for M, N, K in [(1, 5, 72), (3, 33, 64), (4, 7, 200), (5, 100, 512), (8, 17, 96), (2, 9, 74), (6, 3, 1030)]:
         w, x = torch.randn(N, K, generator=g), torch.randn(M, K, generator=g).to(dtype)
         codes, scales = quantize(w, s)
         want = x.float() @ dequantize(codes, scales, s).T

@@ -34,12 +34,15 @@
 
 /* A weight matrix [N, K] (or a stack of experts' [E, N, K]) in one of the formats the step reads: the step's
    element type T (bits 0), or herd.quant's int8 / int4 codes with fp32 scales per group of `group` inputs
-   (quant.h). Every product below goes through `wdots`, so the step is written once for all formats. */
+   (quant.h). Every product below goes through `wdots`, so the step is written once for all formats; the
+   one exception is the bf16 step's LM head, which may come packed (bits PACKED, packed.h). */
 typedef struct {
-    const void *data;           /* T [N, K]; int8 codes [N, K] (bits 8) or [N, K/2] (bits 4) */
-    const float *scales;        /* [N, ceil(K / group)]; NULL for bits 0 */
+    const void *data;           /* T [N, K]; int8 codes [N, K] (bits 8) or [N, K/2] (bits 4); PACKED blocks */
+    const float *scales;        /* [N, ceil(K / group)]; NULL for bits 0 and PACKED */
     int64_t bits, group;
 } weight_t;
+
+#define PACKED 1  /* weight_t.bits of a bf16 weight in packed.h's layout (the LM head; PACKED_MATVEC steps) */
 
 typedef struct {
     const T *attention_norm;    /* [D] */
@@ -87,7 +90,8 @@ static inline weight_t expert_of(const weight_t *w, long e, long N, long K) {
 }
 
 /* The activation rows as a product with w reads them: the rows themselves (T weights, int8 codes), or for
-   int4 codes copies of their even and odd inputs (K/2 each) in this thread's `scratch` (quant.h). */
+   int4 codes copies in the layout of the element type's products, INT4_WIDTH(K) elements each in this
+   thread's `scratch` (int4_rows: fp32 even then odd inputs, xb the odd half; bf16 four phases, xb unused). */
 typedef struct {
     const T *const *xs;
     const T *xa[MAX_ROWS], *xb[MAX_ROWS];
@@ -97,9 +101,9 @@ static void prepare(rows_t *r, const weight_t *w, const T *const *xs, long B, lo
     r->xs = xs;
     for (long b = 0; b < B; b++) {
         if (w->bits == 4) {
-            T *even = scratch + b * K, *odd = even + K / 2;
-            for (long k = 0; k < K / 2; k++) even[k] = xs[b][2 * k], odd[k] = xs[b][2 * k + 1];
-            r->xa[b] = even, r->xb[b] = odd;
+            T *rows = scratch + b * INT4_WIDTH(K);
+            int4_rows(xs[b], K, rows);
+            r->xa[b] = rows, r->xb[b] = rows + K / 2;
         } else {
             r->xa[b] = r->xb[b] = xs[b];
         }
@@ -256,7 +260,7 @@ int NAME(const model_t *m, const int64_t *tokens, const int64_t *positions, cons
     {
         float *scores = malloc(sizeof(float) * R * L);
         const long Kmax = D > H * K ? (D > F ? D : F) : (H * K > F ? H * K : F);
-        T *xf = malloc(sizeof(T) * B * Kmax);  /* int4's even / odd activation copies */
+        T *xf = malloc(sizeof(T) * B * (Kmax + 3));  /* int4's activation copies (prepare) */
         /* this thread's copy of the expert groups: rows in group order, their inputs and outputs */
         long row_of[B], group_start[B + 1], group_expert[B];
         const T *xs_of[B];
@@ -388,7 +392,16 @@ int NAME(const model_t *m, const int64_t *tokens, const int64_t *positions, cons
             }
             #pragma omp for
             for (long b = 0; b < B; b++) rms_norm(x + b * D, m->norm, out + b * D, D, eps);
-            if (logits_BV) matvec_rows(&m->output, out, logits_BV, B, m->vocab, D, D, m->vocab, xf);
+            if (logits_BV && m->output.bits == PACKED) {
+#ifdef PACKED_MATVEC
+                const T *xs_B[MAX_ROWS];
+                T *ys_B[MAX_ROWS];
+                for (long b = 0; b < B; b++) xs_B[b] = out + b * D, ys_B[b] = logits_BV + b * m->vocab;
+                PACKED_MATVEC((const T *)m->output.data, xs_B, ys_B, B, m->vocab, D);
+#endif
+            } else if (logits_BV) {
+                matvec_rows(&m->output, out, logits_BV, B, m->vocab, D, D, m->vocab, xf);
+            }
         }
         free(scores), free(xf);
     }

@@ -1,6 +1,7 @@
 /* The bf16 decode step: bf16 weights, activations and cache, fp32 accumulation on AVX512-BF16 dot products
    (vdpbf16ps), rounding to bf16 where the eager bf16 model rounds. See decode.h. */
 #include "bf16.h"
+#include "packed.h"
 
 #define T uint16_t
 #define LOAD(v) from_bf16(v)
@@ -10,6 +11,9 @@
 #define DOTS(w, xs, n, K, out) row_dots(w, xs, n, K, out)
 #define QDOTS qdots_bf16
 #define NAME herd_decode_bf16
+#define PACKED_MATVEC packed_matvec  /* the LM head packed by herd.infer.native (packed.h) */
+#define INT4_WIDTH(K) (4 * quad_phase(K))  /* int4's activation layout: four phases (quant.h's quad_rows) */
+#define int4_rows quad_rows
 
 static float mean_square(const uint16_t *x, long n) {
     __m512 acc = _mm512_setzero_ps();

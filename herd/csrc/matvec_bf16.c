@@ -22,3 +22,18 @@ void herd_matvec_bf16(const uint16_t *x, const uint16_t *w, uint16_t *y, long M,
         }
     }
 }
+
+/* The same product on a weight packed by herd.cpu_kernels.pack_bf16 (packed.h): y [M, N] from x [M, K] and
+   the packed blocks of w [N, K], K even. */
+#include "packed.h"
+
+void herd_packed_matvec_bf16(const uint16_t *x, const uint16_t *wp, uint16_t *y, long M, long N, long K,
+                             int threads) {
+    #pragma omp parallel num_threads(threads)
+    {
+        const uint16_t *xs[M];
+        uint16_t *ys[M];
+        for (long m = 0; m < M; m++) xs[m] = x + m * K, ys[m] = y + m * N;
+        packed_matvec(wp, xs, ys, M, N, K);
+    }
+}

@@ -89,9 +89,10 @@ static inline void qdots(int bits, const int8_t *codes, const float *scales, lon
    Every code is split into 4-bit halves, each turned into an exact bf16 value by one table lookup
    (vpermw over 32 bf16 words) and multiplied with vdpbf16ps: 32 products per instruction, against 16 for an
    fp32 FMA after a widening conversion. int8 q = 16·hi + lo (hi signed, lo unsigned): two lookups, two dot
-   products on the same activations. int4: the low and high nibbles are two inputs (even, odd), dotted with
-   the activation's even and odd halves (bf16 copies, K/2 each). Per group the partial sums are scaled in
-   fp32. Needs `group` 32 or a multiple of 64 (else the fp32 path above). */
+   products on the same activations. int4: a 16-bit word of codes holds four inputs, looked up straight from
+   the word shifted by 0, 4, 8, 12 and dotted with four phases of the activation (quad_rows), 128 inputs per
+   64-byte load. Per group the partial sums are scaled in fp32. Needs int8 groups of 32·n, int4 groups of 32,
+   64 or 128·n (herd.cpu_kernels.reads_bf16; else the fp32 path above). */
 #include "bf16.h"
 
 /* bf16 bits of small integers, repeated for both halves of vpermw's 32-entry table: LO[i] = i, SIGNED[i] = i or
@@ -103,6 +104,17 @@ static const uint16_t NIBBLE_TABLES[3][32] __attribute__((aligned(64))) = {
 };
 
 static inline __m512i nibble_table(int kind) { return _mm512_load_si512(NIBBLE_TABLES[kind]); }
+
+/* int4's activation layout for the bf16 products: a row of K inputs as four phases of quad_phase(K) each,
+   phase p holding inputs 4i + p (zero past K), so that word i of a code row (inputs 4i … 4i+3) meets
+   element i of each phase. */
+static inline long quad_phase(long K) { return (K + 3) / 4; }
+
+static inline void quad_rows(const uint16_t *x, long K, uint16_t *out) {
+    const long P = quad_phase(K);
+    for (long i = 0; i < P; i++)
+        for (long p = 0; p < 4; p++) out[p * P + i] = 4 * i + p < K ? x[4 * i + p] : 0;
+}
 
 /* One chunk of int8 codes (32 inputs from k, `left` of them in the row) against N bf16 rows, scaled by s. */
 #define HERD_INT8_CHUNK(N, k, left, s)                                                                        \
@@ -120,22 +132,36 @@ static inline __m512i nibble_table(int kind) { return _mm512_load_si512(NIBBLE_T
         }                                                                                                     \
     }
 
-/* One chunk of int4 codes (32 bytes from byte j: inputs 2j … 2j+63, `left` bytes in the row) against N rows'
-   even and odd halves, lane-scaled by s (lanes 0-7 hold bytes j … j+15, lanes 8-15 the next 16). */
-#define HERD_INT4_CHUNK(N, j, left, s)                                                                        \
+/* One chunk of int4 codes: 64 bytes (32 words, 128 inputs) from word i, `left` bytes in the row, against N
+   rows' four phases (xq[b] + p·P holds inputs 4i + p), scaled lane by lane by s. A word holds inputs 4i … 4i+3
+   in its four nibbles; vpermw reads only an index's low five bits, so the word shifted right by 0, 4, 8 and
+   12 indexes the nibble table (repeated in both halves) with no masking, and no widening of the bytes. Lane
+   j of the dot products sums words 2j and 2j+1 of all four phases: inputs 8j … 8j+7 of the chunk. */
+#define HERD_INT4_QUAD(N, i, left, s)                                                                         \
     {                                                                                                         \
-        const __mmask32 m = (left) >= 32 ? ~(__mmask32)0 : (__mmask32)((1u << (left)) - 1);                   \
-        const __m512i v = _mm512_cvtepu8_epi16((left) >= 32 ? _mm256_loadu_si256((const __m256i *)(codes + (j))) \
-                                                            : _mm256_maskz_loadu_epi8(m, codes + (j)));       \
-        const __m512bh we = (__m512bh)_mm512_permutexvar_epi16(_mm512_and_si512(v, low4), t);                 \
-        const __m512bh wo = (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(v, 4), t);                   \
+        const int full = (left) >= 64;                                                                        \
+        const __m512i v = full ? _mm512_loadu_si512(codes + 2 * (i))                                          \
+                               : _mm512_maskz_loadu_epi8(((__mmask64)1 << (left)) - 1, codes + 2 * (i));      \
+        const __mmask32 m = full ? ~(__mmask32)0 : (__mmask32)((1u << (((left) + 1) / 2)) - 1);               \
+        const __m512bh w0 = (__m512bh)_mm512_permutexvar_epi16(v, t);                                         \
+        const __m512bh w1 = (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(v, 4), t);                   \
+        const __m512bh w2 = (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(v, 8), t);                   \
+        const __m512bh w3 = (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(v, 12), t);                  \
         for (int b = 0; b < N; b++) {                                                                         \
-            const __m512bh e = (__m512bh)((left) >= 32 ? _mm512_loadu_si512(xe[b] + (j))                      \
-                                                       : _mm512_maskz_loadu_epi16(m, xe[b] + (j)));           \
-            const __m512bh o = (__m512bh)((left) >= 32 ? _mm512_loadu_si512(xo[b] + (j))                      \
-                                                       : _mm512_maskz_loadu_epi16(m, xo[b] + (j)));           \
-            const __m512 g = _mm512_dpbf16_ps(_mm512_dpbf16_ps(_mm512_setzero_ps(), we, e), wo, o);            \
-            acc[b] = _mm512_fmadd_ps(g, s, acc[b]);                                                           \
+            const uint16_t *x = xq[b] + (i);                                                                  \
+            __m512 g, h;                                                                                      \
+            if (full) {                                                                                       \
+                g = _mm512_dpbf16_ps(_mm512_setzero_ps(), w0, (__m512bh)_mm512_loadu_si512(x));               \
+                h = _mm512_dpbf16_ps(_mm512_setzero_ps(), w1, (__m512bh)_mm512_loadu_si512(x + P));           \
+                g = _mm512_dpbf16_ps(g, w2, (__m512bh)_mm512_loadu_si512(x + 2 * P));                         \
+                h = _mm512_dpbf16_ps(h, w3, (__m512bh)_mm512_loadu_si512(x + 3 * P));                         \
+            } else {                                                                                          \
+                g = _mm512_dpbf16_ps(_mm512_setzero_ps(), w0, (__m512bh)_mm512_maskz_loadu_epi16(m, x));      \
+                h = _mm512_dpbf16_ps(_mm512_setzero_ps(), w1, (__m512bh)_mm512_maskz_loadu_epi16(m, x + P));  \
+                g = _mm512_dpbf16_ps(g, w2, (__m512bh)_mm512_maskz_loadu_epi16(m, x + 2 * P));                \
+                h = _mm512_dpbf16_ps(h, w3, (__m512bh)_mm512_maskz_loadu_epi16(m, x + 3 * P));                \
+            }                                                                                                 \
+            acc[b] = _mm512_fmadd_ps(_mm512_add_ps(g, h), s, acc[b]);                                         \
         }                                                                                                     \
     }
 
@@ -167,25 +193,34 @@ static inline __m512i nibble_table(int kind) { return _mm512_load_si512(NIBBLE_T
         for (int b = 0; b < N; b++) out[b] = _mm512_reduce_add_ps(acc[b]);                                    \
     }                                                                                                         \
     static inline void qdots_bf16_int4_##N(const int8_t *codes, const float *scales, long group,             \
-                                           const uint16_t *const *xe, const uint16_t *const *xo, long K,      \
-                                           float *out) {                                                      \
-        const __m512i t = nibble_table(1), low4 = _mm512_set1_epi16(15);                                      \
+                                           const uint16_t *const *xq, long K, float *out) {                   \
+        const __m512i t = nibble_table(1);                                                                    \
+        const long bytes = K / 2, P = quad_phase(K);                                                          \
         __m512 acc[N];                                                                                        \
         for (int b = 0; b < N; b++) acc[b] = _mm512_setzero_ps();                                             \
-        const long half = K / 2;                                                                              \
-        if (group == 32) { /* two groups per chunk: lanes 0-7 and 8-15 */                                     \
-            for (long j = 0; j < half; j += 32) {                                                             \
-                const float *sc = scales + j / 16;                                                            \
-                const __m512 s = half - j > 16 ? _mm512_mask_blend_ps((__mmask16)0xFF00, _mm512_set1_ps(sc[0]), \
-                                                                      _mm512_set1_ps(sc[1]))                  \
-                                               : _mm512_set1_ps(sc[0]);                                       \
-                HERD_INT4_CHUNK(N, j, half - j, s)                                                            \
+        if (group == 32) { /* four groups per chunk, four lanes each */                                       \
+            const __m512i spread = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);          \
+            for (long j = 0; j < bytes; j += 64) {                                                            \
+                const long left = bytes - j;                                                                  \
+                const __m128 sc = left >= 64 ? _mm_loadu_ps(scales + j / 16)                                  \
+                                             : _mm_maskz_loadu_ps((__mmask8)((1u << ((left + 15) / 16)) - 1), \
+                                                                  scales + j / 16);                           \
+                const __m512 s = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(sc));                   \
+                HERD_INT4_QUAD(N, j / 2, left, s)                                                             \
             }                                                                                                 \
-        } else { /* a multiple of 64 inputs: whole chunks per group */                                        \
-            for (long g0 = 0, si = 0; g0 < half; g0 += group / 2, si++) {                                     \
+        } else if (group == 64) { /* two groups per chunk: lanes 0-7 and 8-15 */                             \
+            for (long j = 0; j < bytes; j += 64) {                                                            \
+                const float *sc = scales + j / 32;                                                            \
+                const __m512 s = bytes - j > 32 ? _mm512_mask_blend_ps((__mmask16)0xFF00, _mm512_set1_ps(sc[0]), \
+                                                                       _mm512_set1_ps(sc[1]))                 \
+                                                : _mm512_set1_ps(sc[0]);                                      \
+                HERD_INT4_QUAD(N, j / 2, bytes - j, s)                                                        \
+            }                                                                                                 \
+        } else { /* a multiple of 128 inputs: whole chunks per group */                                       \
+            for (long g0 = 0, si = 0; g0 < bytes; g0 += group / 2, si++) {                                    \
                 const __m512 s = _mm512_set1_ps(scales[si]);                                                  \
-                const long end = g0 + group / 2 < half ? g0 + group / 2 : half;                               \
-                for (long j = g0; j < end; j += 32) HERD_INT4_CHUNK(N, j, end - j, s)                         \
+                const long end = g0 + group / 2 < bytes ? g0 + group / 2 : bytes;                             \
+                for (long j = g0; j < end; j += 64) HERD_INT4_QUAD(N, j / 2, bytes - j, s)                    \
             }                                                                                                 \
         }                                                                                                     \
         for (int b = 0; b < N; b++) out[b] = _mm512_reduce_add_ps(acc[b]);                                    \
@@ -193,10 +228,12 @@ static inline __m512i nibble_table(int kind) { return _mm512_load_si512(NIBBLE_T
 
 HERD_QDOTS_BF16(1) HERD_QDOTS_BF16(2) HERD_QDOTS_BF16(3) HERD_QDOTS_BF16(4)
 
-/* out[b] for bf16 activation rows (int8: xa = the rows, xb unused; int4: their even and odd halves), any n. */
+/* out[b] for bf16 activation rows, any n: int8 xa = the rows (xb unused); int4 xa = their four phases
+   (quad_rows), xb unused. */
 static inline void qdots_bf16(int bits, const int8_t *codes, const float *scales, long group,
                               const uint16_t *const *xa, const uint16_t *const *xb, long n, long K, float *out) {
-    for (; n > 0; n -= 4, xa += 4, xb += 4, out += 4) {
+    (void)xb;
+    for (; n > 0; n -= 4, xa += 4, out += 4) {
         const int nb = n < 4 ? (int)n : 4;
         if (bits == 8) {
             switch (nb) {
@@ -207,10 +244,10 @@ static inline void qdots_bf16(int bits, const int8_t *codes, const float *scales
             }
         } else {
             switch (nb) {
-            case 1: qdots_bf16_int4_1(codes, scales, group, xa, xb, K, out); break;
-            case 2: qdots_bf16_int4_2(codes, scales, group, xa, xb, K, out); break;
-            case 3: qdots_bf16_int4_3(codes, scales, group, xa, xb, K, out); break;
-            default: qdots_bf16_int4_4(codes, scales, group, xa, xb, K, out); break;
+            case 1: qdots_bf16_int4_1(codes, scales, group, xa, K, out); break;
+            case 2: qdots_bf16_int4_2(codes, scales, group, xa, K, out); break;
+            case 3: qdots_bf16_int4_3(codes, scales, group, xa, K, out); break;
+            default: qdots_bf16_int4_4(codes, scales, group, xa, K, out); break;
             }
         }
     }

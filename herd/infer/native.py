@@ -6,7 +6,8 @@ thread barriers. The native step reads them near memory bandwidth with a few bar
 (docs/BENCHMARKS.md). It computes what `Transformer.hidden` computes for one token per row, rounding to
 bf16 where the eager bf16 model rounds, and is tested against it.
 
-The LM head runs in the same call. Each row names its KV slot in the pool (`herd.infer.kv_pool.KVPool`).
+The LM head runs in the same call; a bf16 one is read from a packed copy (`herd/csrc/packed.h`). Each row
+names its KV slot in the pool (`herd.infer.kv_pool.KVPool`).
 `NativeDecode.takes()` says whether it can run a step: the model is bf16 or fp32 on CPU and laid out by
 `herd.fast.optimize` (fused q|k|v and gate|up, output-major experts), MoE layers route top-1, the pool has
 the weights' dtype, and the kernels are available (`herd.cpu_kernels`). `herd.infer.steps.FastDecode` asks
@@ -56,6 +57,7 @@ class _Model(ctypes.Structure):  # model_t in decode.h
 
 
 _STEPS = {torch.bfloat16: "herd_decode_bf16", torch.float32: "herd_decode_f32"}  # the kernel per weight dtype
+_PACKED = 1  # weight_t.bits of a bf16 weight in packed.h's layout (decode.h's PACKED)
 _ERRORS = {-1: "out of memory for scratch buffers", -2: "a token id outside the vocabulary",
            -3: "a position outside the KV cache", -4: "a slot outside the KV pool", -5: "more rows than 64"}
 
@@ -110,6 +112,8 @@ def _layout_error(name: str, stored: tuple | None, moe: bool, dtype: torch.dtype
     if bits:  # quantized: codes and scales stored row by row, experts output-major already
         if t.dtype != torch.int8 or scales.dtype != torch.float32 or t.device.type != "cpu" or group % 32:
             return f"{name}: codes {t.dtype} / scales {scales.dtype} on {t.device} (group {group})"
+        if dtype == torch.bfloat16 and not cpu_kernels.reads_bf16(bits, group):
+            return f"{name}: int{bits} in groups of {group} has no bf16 product kernel"
         return None if t.is_contiguous() and scales.is_contiguous() else f"{name}: codes or scales not contiguous"
     if t.dtype != dtype or t.device.type != "cpu":
         return f"{name} is {t.dtype} on {t.device}, not {dtype} on CPU"
@@ -137,6 +141,10 @@ class NativeDecode:
         self._watching: list[tuple[dict, str]] = []
         self._ok = False
         self._keep: list[torch.Tensor] = []
+        self.pack_head = True  # the bf16 LM head read from a packed copy (packed.h); False: the weight itself
+        self._head: torch.Tensor | None = None  # the weight the packed copy was made from, and the copy
+        self._head_version = -1
+        self._packed: torch.Tensor | None = None
 
     def _watch(self) -> list[tuple[dict, str]]:
         """Where every weight the kernel reads is held, as (the module dict holding it, key): their addresses
@@ -219,8 +227,21 @@ class NativeDecode:
                              head_dim=c.head_dim, n_layers=c.n_layers, n_experts=c.n_experts,
                              norm_eps=c.norm_eps, floor_scale=c.floor_scale, attn_scale=c.attn_scale,
                              freq=freq_K2.data_ptr(), embedding=m.tok_embeddings.weight.data_ptr(),
-                             norm=m.norm.weight.data_ptr(), output=_weight(_stored(m.output, "weight")),
+                             norm=m.norm.weight.data_ptr(), output=self._output(_stored(m.output, "weight")),
                              layers=layers)
+
+    def _output(self, stored: tuple) -> _Weight:
+        """The LM head as the step reads it. A bf16 head is packed into a copy of its own (packed.h: the
+        products of many rows run about twice as fast as row by row; it costs the head's size in memory
+        again), remade when the weight moves or is written in place."""
+        t, _, bits, _ = stored
+        if not (self.pack_head and bits == 0 and t.dtype == torch.bfloat16 and t.shape[1] % 2 == 0):
+            self._head = self._packed = None
+            return _weight(stored)
+        if self._packed is None or self._head is not t or self._head_version != t._version:
+            self._packed = None  # the old copy goes before the new one is made
+            self._packed, self._head, self._head_version = cpu_kernels.pack_bf16(t), t, t._version
+        return _Weight(self._packed.data_ptr(), None, _PACKED, 0)
 
     def takes(self, tokens_B1: torch.Tensor, pool: KVPool) -> bool:
         """Whether the native kernel runs this step (checked again whenever a tensor has moved)."""
@@ -230,12 +251,16 @@ class NativeDecode:
         if self._pool() is not pool:  # a weak reference: a dropped pool is freed
             self._pool, self._watching = weakref.ref(pool), self._watch()
             self._key = None
-        key = (*(store[name].data_ptr() for store, name in self._watching),
-               *(t.data_ptr() for layer in pool.layers for t in (layer.k_SGLK, layer.v_SGLK)))
-        if key != self._key:
+        if self._key_of(pool) != self._key:
             self._build(pool)
-            self._key = key
+            self._key = self._key_of(pool)
         return self._ok
+
+    def _key_of(self, pool: KVPool) -> tuple:
+        """The addresses of every tensor the step reads, and the version of the packed head's source."""
+        return (*(store[name].data_ptr() for store, name in self._watching),
+                *(t.data_ptr() for layer in pool.layers for t in (layer.k_SGLK, layer.v_SGLK)),
+                self._head._version if self._head is not None else None)
 
     def __call__(self, tokens_B1: torch.Tensor, positions_B: torch.Tensor, slots_B: torch.Tensor, pool: KVPool,
                  logits: bool = True) -> torch.Tensor:
