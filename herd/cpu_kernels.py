@@ -153,9 +153,9 @@ def matvec_bf16(x_MK: torch.Tensor, w_NK: torch.Tensor) -> torch.Tensor:
 
 
 def reads_bf16(bits: int, group: int) -> bool:
-    """Whether the bf16-activation products (quant.h) take these codes: int8 in groups of 32·n, int4 in
-    groups of 32, 64 or 128·n."""
-    return group % 32 == 0 and (bits == 8 or group in (32, 64) or group % 128 == 0)
+    """Whether the bf16-activation products (quant.h) take these codes: int8 in groups of 32 or 64·n, int4
+    in groups of 32, 64 or 128·n."""
+    return group == 32 or group % (64 if bits == 8 else 128) == 0 or (bits == 4 and group == 64)
 
 
 def pack_bf16(w_NK: torch.Tensor) -> torch.Tensor:
@@ -204,8 +204,9 @@ def qmatvec(x_MK: torch.Tensor, codes_NC: torch.Tensor, scales_NG: torch.Tensor,
     # bf16 activations: the codes become exact bf16 values on dot-product instructions; anything else in fp32
     bf16 = dtype == torch.bfloat16 and reads_bf16(bits, group)
     x_MK = x_MK if bf16 else x_MK.float()
-    if bits == 4 and bf16:  # four phases (quant.h's quad_rows): inputs 4i + p, zero-padded to a multiple of 4
-        xa, xb = F.pad(x_MK, (0, -K % 4)).view(M, -1, 4).transpose(1, 2).contiguous(), None
+    if bf16:  # phases (quant.h): inputs phases·i + p, zero-padded to a multiple of the phases
+        phases = 4 if bits == 4 else 2
+        xa, xb = F.pad(x_MK, (0, -K % phases)).view(M, -1, phases).transpose(1, 2).contiguous(), None
     elif bits == 4:
         xa, xb = x_MK[:, 0::2].contiguous(), x_MK[:, 1::2].contiguous()
     else:

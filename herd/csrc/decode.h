@@ -89,26 +89,40 @@ static inline weight_t expert_of(const weight_t *w, long e, long N, long K) {
     return out;
 }
 
-/* The activation rows as a product with w reads them: the rows themselves (T weights, int8 codes), or for
-   int4 codes copies in the layout of the element type's products, INT4_WIDTH(K) elements each in this
-   thread's `scratch` (int4_rows: fp32 even then odd inputs, xb the odd half; bf16 four phases, xb unused). */
+/* The activation rows as a product with w reads them: the rows themselves (T weights; int8 codes in fp32),
+   or copies split into PHASES(bits) phases (quant.h's layout: the fp32 step's int4 even then odd inputs, the
+   bf16 step's int8 two phases and int4 four) in this thread's `scratch`, xa the first phase and xb the
+   second. */
 typedef struct {
     const T *const *xs;
     const T *xa[MAX_ROWS], *xb[MAX_ROWS];
 } rows_t;
 
+/* out[p · P + i] = x[phases · i + p] (zero past K), P = phase_len(K, phases). */
+static void phase_split(const T *x, long K, long phases, T *out) {
+    const long P = phase_len(K, phases);
+    for (long i = 0; i < P; i++)
+        for (long p = 0; p < phases; p++) out[p * P + i] = phases * i + p < K ? x[phases * i + p] : (T)0;
+}
+
 static void prepare(rows_t *r, const weight_t *w, const T *const *xs, long B, long K, T *scratch) {
+    const long phases = w->bits ? PHASES(w->bits) : 1, P = phase_len(K, phases);
     r->xs = xs;
     for (long b = 0; b < B; b++) {
-        if (w->bits == 4) {
-            T *rows = scratch + b * INT4_WIDTH(K);
-            int4_rows(xs[b], K, rows);
-            r->xa[b] = rows, r->xb[b] = rows + K / 2;
+        if (phases > 1) {
+            T *rows = scratch + b * phases * P;
+            phase_split(xs[b], K, phases, rows);
+            r->xa[b] = rows, r->xb[b] = rows + P;
         } else {
             r->xa[b] = r->xb[b] = xs[b];
         }
     }
 }
+
+/* Quantized products spend more instructions per byte than bf16 ones, so fewer of their loads are in flight
+   and they read ~20% below the bandwidth bf16 rows reach; the hardware prefetcher is helped along by asking
+   for the codes PREFETCH bytes ahead of the row being read, and the scales a quarter of that ahead. */
+#define PREFETCH 2048
 
 /* out[i] = w[n] · rows[first + i] for i < nb, in fp32. */
 static inline void wdots(const weight_t *w, long n, long K, const rows_t *r, long first, long nb, float *out) {
@@ -116,8 +130,11 @@ static inline void wdots(const weight_t *w, long n, long K, const rows_t *r, lon
         DOTS((const T *)w->data + n * K, r->xs + first, nb, K, out);
     } else {
         const long row_bytes = w->bits == 4 ? K / 2 : K, row_scales = (K + w->group - 1) / w->group;
-        QDOTS((int)w->bits, (const int8_t *)w->data + n * row_bytes, w->scales + n * row_scales, w->group,
-              r->xa + first, r->xb + first, nb, K, out);
+        const int8_t *codes = (const int8_t *)w->data + n * row_bytes;
+        const float *scales = w->scales + n * row_scales;
+        for (long k = 0; k < row_bytes; k += 64) _mm_prefetch((const char *)(codes + PREFETCH + k), _MM_HINT_T0);
+        _mm_prefetch((const char *)(scales) + PREFETCH / 4, _MM_HINT_T0);
+        QDOTS((int)w->bits, codes, scales, w->group, r->xa + first, r->xb + first, nb, K, out);
     }
 }
 

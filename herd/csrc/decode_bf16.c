@@ -12,8 +12,7 @@
 #define QDOTS qdots_bf16
 #define NAME herd_decode_bf16
 #define PACKED_MATVEC packed_matvec  /* the LM head packed by herd.infer.native (packed.h) */
-#define INT4_WIDTH(K) (4 * quad_phase(K))  /* int4's activation layout: four phases (quant.h's quad_rows) */
-#define int4_rows quad_rows
+#define PHASES(bits) bf16_phases(bits)  /* the activation layout of quant.h's bf16 products */
 
 static float mean_square(const uint16_t *x, long n) {
     __m512 acc = _mm512_setzero_ps();

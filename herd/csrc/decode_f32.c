@@ -9,11 +9,7 @@
 #define DOTS(w, xs, n, K, out) dots_f32(w, xs, n, K, out)
 #define QDOTS qdots
 #define NAME herd_decode_f32
-#define INT4_WIDTH(K) (K)  /* int4's activation layout (quant.h's qdots): the even inputs, then the odd ones */
-
-static void int4_rows(const float *x, long K, float *out) {
-    for (long k = 0; k < K / 2; k++) out[k] = x[2 * k], out[K / 2 + k] = x[2 * k + 1];
-}
+#define PHASES(bits) ((bits) == 4 ? 2 : 1)  /* quant.h's qdots: int4 the even inputs, then the odd ones */
 
 static float mean_square(const float *x, long n) {
     return dot_f32(x, x, n) / (float)n;

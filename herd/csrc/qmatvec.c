@@ -1,18 +1,18 @@
 /* Quantized matrix-vector products: y[m, n] = Σ_k dequant(W)[n, k] · x[m, k] in fp32, for int8 and int4
    weights in herd/quant/schemes.py's layout (see quant.h). Built and loaded by herd/cpu_kernels.py.
 
-   xa is x [M, K] for int8; for int4, the even inputs [M, K/2] with fp32 activations (xb the odd ones), the
-   four phases [M, 4, ceil(K/4)] with bf16 ones (quant.h's quad_rows); xb is NULL otherwise. Each thread takes
-   a contiguous range of weight rows and streams their codes and scales in order. */
+   fp32 activations: xa is x [M, K] for int8; for int4 the even inputs [M, K/2], xb the odd ones. bf16: xa is x
+   split into phases [M, phases, ceil(K / phases)] (quant.h: int8 two, int4 four), xb NULL. Each thread takes a
+   contiguous range of weight rows and streams their codes and scales in order. */
 #include "quant.h"
 
 /* NAME(xa, xb, codes, scales, y, M, N, K, bits, group, threads) for activations of type XT, products by QDOTS,
-   int4 rows of xa WIDTH4 elements apart. */
-#define HERD_QMATVEC(NAME, XT, QDOTS, WIDTH4)                                                                  \
+   rows of xa WIDTH elements apart. */
+#define HERD_QMATVEC(NAME, XT, QDOTS, WIDTH)                                                                   \
     void NAME(const XT *xa, const XT *xb, const int8_t *codes, const float *scales, float *y, long M, long N,  \
               long K, int bits, long group, int threads) {                                                     \
         const long row_bytes = bits == 4 ? K / 2 : K, row_scales = (K + group - 1) / group;                   \
-        const long width = bits == 4 ? (WIDTH4) : K;                                                           \
+        const long width = (WIDTH);                                                                            \
         _Pragma("omp parallel num_threads(threads)")                                                           \
         {                                                                                                      \
             const XT *as[M], *bs[M];                                                                           \
@@ -27,9 +27,9 @@
     }
 
 /* fp32 activations: codes widened to fp32, FMAs. */
-HERD_QMATVEC(herd_qmatvec, float, qdots, K / 2)
+HERD_QMATVEC(herd_qmatvec, float, qdots, bits == 4 ? K / 2 : K)
 /* bf16 activations: codes looked up as bf16 values, AVX512-BF16 dot products. */
-HERD_QMATVEC(herd_qmatvec_bf16, uint16_t, qdots_bf16, 4 * quad_phase(K))
+HERD_QMATVEC(herd_qmatvec_bf16, uint16_t, qdots_bf16, bf16_phases(bits) * phase_len(K, bf16_phases(bits)))
 
 /* Store 16 fp32 values at out + k as bf16 (round to nearest even) or fp32. */
 static inline void put16(void *out, long k, __m512 v, int out_bf16) {

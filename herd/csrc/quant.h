@@ -89,10 +89,10 @@ static inline void qdots(int bits, const int8_t *codes, const float *scales, lon
    Every code is split into 4-bit halves, each turned into an exact bf16 value by one table lookup
    (vpermw over 32 bf16 words) and multiplied with vdpbf16ps: 32 products per instruction, against 16 for an
    fp32 FMA after a widening conversion. int8 q = 16·hi + lo (hi signed, lo unsigned): two lookups, two dot
-   products on the same activations. int4: a 16-bit word of codes holds four inputs, looked up straight from
-   the word shifted by 0, 4, 8, 12 and dotted with four phases of the activation (quad_rows), 128 inputs per
-   64-byte load. Per group the partial sums are scaled in fp32. Needs int8 groups of 32·n, int4 groups of 32,
-   64 or 128·n (herd.cpu_kernels.reads_bf16; else the fp32 path above). */
+   products on the same activations. A 16-bit word of codes is looked up straight from the word shifted by 0,
+   4, 8 and 12 bits and dotted with phases of the activation: int8 two inputs a word, 64 per
+   64-byte load; int4 four, 128 per load. Per group the partial sums are scaled in fp32. Needs int8 groups
+   of 32 or 64·n, int4 groups of 32, 64 or 128·n (herd.cpu_kernels.reads_bf16; else the fp32 path above). */
 #include "bf16.h"
 
 /* bf16 bits of small integers, repeated for both halves of vpermw's 32-entry table: LO[i] = i, SIGNED[i] = i or
@@ -105,30 +105,38 @@ static const uint16_t NIBBLE_TABLES[3][32] __attribute__((aligned(64))) = {
 
 static inline __m512i nibble_table(int kind) { return _mm512_load_si512(NIBBLE_TABLES[kind]); }
 
-/* int4's activation layout for the bf16 products: a row of K inputs as four phases of quad_phase(K) each,
-   phase p holding inputs 4i + p (zero past K), so that word i of a code row (inputs 4i … 4i+3) meets
-   element i of each phase. */
-static inline long quad_phase(long K) { return (K + 3) / 4; }
+/* The activation layout of the bf16 products: a row of K inputs as `phases` phases of phase_len(K, phases)
+   each, phase p holding inputs phases·i + p (zero past K; decode.h's phase_split, herd.cpu_kernels.qmatvec).
+   int8 takes two (a 16-bit word of codes holds
+   inputs 2i, 2i+1), int4 four (a word holds inputs 4i … 4i+3): word i of a code row meets element i of
+   each phase. */
+static inline long phase_len(long K, long phases) { return (K + phases - 1) / phases; }
 
-static inline void quad_rows(const uint16_t *x, long K, uint16_t *out) {
-    const long P = quad_phase(K);
-    for (long i = 0; i < P; i++)
-        for (long p = 0; p < 4; p++) out[p * P + i] = 4 * i + p < K ? x[4 * i + p] : 0;
-}
+static inline int bf16_phases(int bits) { return bits == 4 ? 4 : 2; }
 
-/* One chunk of int8 codes (32 inputs from k, `left` of them in the row) against N bf16 rows, scaled by s. */
-#define HERD_INT8_CHUNK(N, k, left, s)                                                                        \
+
+/* One chunk of int8 codes: 64 bytes (32 words, 64 inputs) from word i, `left` bytes in the row, against N
+   rows' two phases (xp[b] + p·P holds inputs 2i + p), scaled lane by lane by s. A code is q = 16·hi + lo; the
+   word shifted right by 0, 4, 8 and 12 indexes the lo / hi tables (vpermw reads an index's low five bits;
+   the tables repeat in both halves), so nothing is masked or widened. Lane j sums words 2j and 2j+1: inputs
+   4j … 4j+3 of the chunk. */
+#define HERD_INT8_PAIR(N, i, left, s)                                                                         \
     {                                                                                                         \
-        const __mmask32 m = (left) >= 32 ? ~(__mmask32)0 : (__mmask32)((1u << (left)) - 1);                   \
-        const __m512i v = _mm512_cvtepu8_epi16((left) >= 32 ? _mm256_loadu_si256((const __m256i *)(codes + (k))) \
-                                                            : _mm256_maskz_loadu_epi8(m, codes + (k)));       \
-        const __m512bh wl = (__m512bh)_mm512_permutexvar_epi16(_mm512_and_si512(v, low4), lo_t);              \
-        const __m512bh wh = (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(v, 4), hi_t);                \
+        const int full = (left) >= 64;                                                                        \
+        const __m512i v = full ? _mm512_loadu_si512(codes + 2 * (i))                                          \
+                               : _mm512_maskz_loadu_epi8(((__mmask64)1 << (left)) - 1, codes + 2 * (i));      \
+        const __mmask32 m = full ? ~(__mmask32)0 : (__mmask32)((1u << (((left) + 1) / 2)) - 1);               \
+        const __m512bh l0 = (__m512bh)_mm512_permutexvar_epi16(v, lo_t);                                      \
+        const __m512bh h0 = (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(v, 4), hi_t);                \
+        const __m512bh l1 = (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(v, 8), lo_t);                \
+        const __m512bh h1 = (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(v, 12), hi_t);               \
         for (int b = 0; b < N; b++) {                                                                         \
-            const __m512bh x = (__m512bh)((left) >= 32 ? _mm512_loadu_si512(xs[b] + (k))                      \
-                                                       : _mm512_maskz_loadu_epi16(m, xs[b] + (k)));           \
-            const __m512 g = _mm512_dpbf16_ps(_mm512_dpbf16_ps(_mm512_setzero_ps(), wl, x), wh, x);            \
-            acc[b] = _mm512_fmadd_ps(g, s, acc[b]);                                                           \
+            const uint16_t *x = xp[b] + (i);                                                                  \
+            const __m512bh e = (__m512bh)(full ? _mm512_loadu_si512(x) : _mm512_maskz_loadu_epi16(m, x));     \
+            const __m512bh o = (__m512bh)(full ? _mm512_loadu_si512(x + P) : _mm512_maskz_loadu_epi16(m, x + P)); \
+            const __m512 g = _mm512_dpbf16_ps(_mm512_dpbf16_ps(_mm512_setzero_ps(), l0, e), h0, e);            \
+            const __m512 h = _mm512_dpbf16_ps(_mm512_dpbf16_ps(_mm512_setzero_ps(), l1, o), h1, o);            \
+            acc[b] = _mm512_fmadd_ps(_mm512_add_ps(g, h), s, acc[b]);                                         \
         }                                                                                                     \
     }
 
@@ -169,25 +177,24 @@ static inline void quad_rows(const uint16_t *x, long K, uint16_t *out) {
    only in a row's last chunk (masking every load halved the speed). */
 #define HERD_QDOTS_BF16(N)                                                                                    \
     static inline void qdots_bf16_int8_##N(const int8_t *codes, const float *scales, long group,             \
-                                           const uint16_t *const *xs, long K, float *out) {                   \
-        const __m512i lo_t = nibble_table(0), hi_t = nibble_table(2), low4 = _mm512_set1_epi16(15);           \
+                                           const uint16_t *const *xp, long K, float *out) {                   \
+        const __m512i lo_t = nibble_table(0), hi_t = nibble_table(2);                                         \
+        const long P = phase_len(K, 2);                                                                       \
         __m512 acc[N];                                                                                        \
         for (int b = 0; b < N; b++) acc[b] = _mm512_setzero_ps();                                             \
-        if (group == 32) { /* one scale per chunk: the common case, with the least bookkeeping */              \
-            const long full = K & ~31L;                                                                       \
-            for (long k = 0; k < full; k += 32) {                                                             \
-                const __m512 s = _mm512_set1_ps(scales[k >> 5]);                                              \
-                HERD_INT8_CHUNK(N, k, 32, s)                                                                  \
+        if (group == 32) { /* two groups per chunk: lanes 0-7 and 8-15 */                                    \
+            for (long k = 0; k < K; k += 64) {                                                                \
+                const float *sc = scales + k / 32;                                                            \
+                const __m512 s = K - k > 32 ? _mm512_mask_blend_ps((__mmask16)0xFF00, _mm512_set1_ps(sc[0]),  \
+                                                                   _mm512_set1_ps(sc[1]))                     \
+                                            : _mm512_set1_ps(sc[0]);                                          \
+                HERD_INT8_PAIR(N, k / 2, K - k, s)                                                            \
             }                                                                                                 \
-            if (full < K) {                                                                                   \
-                const __m512 s = _mm512_set1_ps(scales[full >> 5]);                                           \
-                HERD_INT8_CHUNK(N, full, K - full, s)                                                         \
-            }                                                                                                 \
-        } else {                                                                                              \
+        } else { /* a multiple of 64 inputs: whole chunks per group */                                        \
             for (long g0 = 0, si = 0; g0 < K; g0 += group, si++) {                                            \
                 const __m512 s = _mm512_set1_ps(scales[si]);                                                  \
                 const long end = g0 + group < K ? g0 + group : K;                                             \
-                for (long k = g0; k < end; k += 32) HERD_INT8_CHUNK(N, k, end - k, s)                         \
+                for (long k = g0; k < end; k += 64) HERD_INT8_PAIR(N, k / 2, K - k, s)                        \
             }                                                                                                 \
         }                                                                                                     \
         for (int b = 0; b < N; b++) out[b] = _mm512_reduce_add_ps(acc[b]);                                    \
@@ -195,7 +202,7 @@ static inline void quad_rows(const uint16_t *x, long K, uint16_t *out) {
     static inline void qdots_bf16_int4_##N(const int8_t *codes, const float *scales, long group,             \
                                            const uint16_t *const *xq, long K, float *out) {                   \
         const __m512i t = nibble_table(1);                                                                    \
-        const long bytes = K / 2, P = quad_phase(K);                                                          \
+        const long bytes = K / 2, P = phase_len(K, 4);                                                          \
         __m512 acc[N];                                                                                        \
         for (int b = 0; b < N; b++) acc[b] = _mm512_setzero_ps();                                             \
         if (group == 32) { /* four groups per chunk, four lanes each */                                       \
@@ -228,8 +235,7 @@ static inline void quad_rows(const uint16_t *x, long K, uint16_t *out) {
 
 HERD_QDOTS_BF16(1) HERD_QDOTS_BF16(2) HERD_QDOTS_BF16(3) HERD_QDOTS_BF16(4)
 
-/* out[b] for bf16 activation rows, any n: int8 xa = the rows (xb unused); int4 xa = their four phases
-   (quad_rows), xb unused. */
+/* out[b] for bf16 activation rows, any n: xa = their phases (int8 two, int4 four), xb unused. */
 static inline void qdots_bf16(int bits, const int8_t *codes, const float *scales, long group,
                               const uint16_t *const *xa, const uint16_t *const *xb, long n, long K, float *out) {
     (void)xb;
