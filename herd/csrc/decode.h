@@ -119,11 +119,6 @@ static void prepare(rows_t *r, const weight_t *w, const T *const *xs, long B, lo
     }
 }
 
-/* Quantized products spend more instructions per byte than bf16 ones, so fewer of their loads are in flight
-   and they read ~20% below the bandwidth bf16 rows reach; the hardware prefetcher is helped along by asking
-   for the codes PREFETCH bytes ahead of the row being read, and the scales a quarter of that ahead. */
-#define PREFETCH 2048
-
 /* out[i] = w[n] · rows[first + i] for i < nb, in fp32. */
 static inline void wdots(const weight_t *w, long n, long K, const rows_t *r, long first, long nb, float *out) {
     if (!w->bits) {
@@ -132,8 +127,7 @@ static inline void wdots(const weight_t *w, long n, long K, const rows_t *r, lon
         const long row_bytes = w->bits == 4 ? K / 2 : K, row_scales = (K + w->group - 1) / w->group;
         const int8_t *codes = (const int8_t *)w->data + n * row_bytes;
         const float *scales = w->scales + n * row_scales;
-        for (long k = 0; k < row_bytes; k += 64) _mm_prefetch((const char *)(codes + PREFETCH + k), _MM_HINT_T0);
-        _mm_prefetch((const char *)(scales) + PREFETCH / 4, _MM_HINT_T0);
+        prefetch_row(codes, row_bytes, scales);
         QDOTS((int)w->bits, codes, scales, w->group, r->xa + first, r->xb + first, nb, K, out);
     }
 }

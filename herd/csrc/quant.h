@@ -13,6 +13,16 @@
 #include <immintrin.h>
 #include <stdint.h>
 
+/* Quantized products spend more instructions per byte than bf16 ones, so fewer of their loads are in flight
+   and they read ~20% below the bandwidth bf16 rows reach; the hardware prefetcher is helped along by asking
+   for the codes QUANT_PREFETCH bytes ahead of the row about to be read, and its scales a quarter of that. */
+#define QUANT_PREFETCH 2048
+
+static inline void prefetch_row(const int8_t *codes, long row_bytes, const float *scales) {
+    for (long k = 0; k < row_bytes; k += 64) _mm_prefetch((const char *)(codes + QUANT_PREFETCH + k), _MM_HINT_T0);
+    _mm_prefetch((const char *)scales + QUANT_PREFETCH / 4, _MM_HINT_T0);
+}
+
 static inline __mmask16 tail16(long left) {
     return left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1);
 }
