@@ -2,10 +2,11 @@
 
     python benchmarks/matvec.py [--rounds 4] [--out 202048] [--in 512]
 
-Each round measures the bandwidth probe, then, for 1, 2, 4 and 8 rows of x: herd's native kernel
-(`herd.cpu_kernels.matvec_bf16`), the compiled row-dot that was herd's path before it, and `F.linear`
-(oneDNN's bf16 GEMM). Prints the per-round times and a median table, in ms and in GB/s of weight read.
-The default weight is the benchmark model's LM head.
+Each round measures the bandwidth probe, then, for 1, 2, 4, 8 and 16 rows of x: herd's native row-dot
+kernel (`herd.cpu_kernels.matvec_bf16`), the same product on the packed weight the native decode step
+reads its LM head from (`packed_matvec_bf16`, herd/csrc/packed.h), the compiled row-dot that was herd's
+path before them, and `F.linear` (oneDNN's bf16 GEMM). Prints the per-round times and a median table, in
+ms and in GB/s of weight read. The default weight is the benchmark model's LM head.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from bench import THREADS, bandwidth
 import herd.fast as fast
 from herd import cpu_kernels
 
-ROWS = (1, 2, 4, 8)
+ROWS = (1, 2, 4, 8, 16)
 
 
 def _median_ms(fn, x: torch.Tensor, w: torch.Tensor, repeat: int = 9) -> float:
@@ -44,8 +45,10 @@ def main() -> None:
     if not cpu_kernels.available():
         raise SystemExit("the native bf16 kernel is unavailable here (no AVX512-BF16, or no C compiler)")
     w = torch.randn(args.out, args.in_features).bfloat16()
+    packed = cpu_kernels.pack_bf16(w)
     engines = {
         "native kernel": cpu_kernels.matvec_bf16,
+        "packed kernel": lambda x, w: cpu_kernels.packed_matvec_bf16(x, packed, w.shape[0]),
         "compiled row-dot": torch.compile(fast._rowdot, dynamic=False, fullgraph=True),
         "F.linear": F.linear,
     }

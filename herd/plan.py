@@ -6,6 +6,8 @@
   bytes of a model built and quantized that way (tested), and to `herd info`'s counts times the dtype's size
   when nothing is quantized.
 - KV cache: exact, `KVPool.bytes_per_slot` × slots (chunked layers keep one chunk per slot).
+- The decode step's packed LM head: a bf16 head is also held in the layout the native step reads it in
+  (`herd.infer.native`, `herd/csrc/packed.h`), its size again, rounded up to 16 rows. Exact.
 - Activations: an estimate of the transient peak of serving: one prefill piece of `prefill_chunk` tokens
   through a layer (residual, norms, q|k|v, the SwiGLU hidden, the attention output in fp32), the
   dequantized copy of the largest quantized matrix a prefill multiplies with, and each slot's fp32 logits.
@@ -44,6 +46,7 @@ class Plan:
     weights: dict[str, int] = field(default_factory=dict)  # bytes by module group
     kv: int = 0
     activations: int = 0
+    decode_head: int = 0  # the native decode step's packed copy of a bf16 LM head
 
     @property
     def weight_bytes(self) -> int:
@@ -51,7 +54,7 @@ class Plan:
 
     @property
     def total(self) -> int:
-        return self.weight_bytes + self.kv + self.activations
+        return self.weight_bytes + self.kv + self.activations + self.decode_head
 
 
 def plan(config: ModelConfig, quant: str | None = None, groups: tuple[str, ...] = DEFAULT_GROUPS,
@@ -93,8 +96,9 @@ def plan(config: ModelConfig, quant: str | None = None, groups: tuple[str, ...] 
     P = min(prefill_chunk, context)
     activations = (P * (6 * D + (H + 2 * G) * K + 4 * widest) * b + P * H * K * 4 + biggest * b
                    + slots * c.vocab_size * 4)
+    packed = -(-c.vocab_size // 16) * 16 * D * b if dtype == torch.bfloat16 and not q["lm_head"] and D % 2 == 0 else 0
     return Plan(config, s.name if s else None, groups, dtype, context, slots, prefill_chunk, w,
-                KVPool.bytes_per_slot(c, context, dtype) * slots, activations)
+                KVPool.bytes_per_slot(c, context, dtype) * slots, activations, packed)
 
 
 def fits(config: ModelConfig, budget: int, **kwargs) -> bool:

@@ -6,12 +6,15 @@ import json
 import pytest
 import torch
 from hf_oracle import DENSE_LIKE, MAVERICK_LIKE, SCOUT_LIKE
+from test_cpu_kernels import NATIVE  # this CPU and compiler can build the native kernels
 
 import herd
 from herd.cli.main import main
 from herd.cli.plan import memory_size
 from herd.config import ModelConfig, preset
+from herd.fast import optimize
 from herd.infer.kv_pool import KVPool
+from herd.infer.native import NativeDecode
 from herd.info import counts
 from herd.plan import largest_context, largest_slots, plan
 from herd.quant import DEFAULT_GROUPS, GROUPS, quantize_model
@@ -44,6 +47,18 @@ def test_unquantized_weights_are_herd_infos_counts_and_kv_the_pools(name):
     p = plan(config, dtype=torch.bfloat16, context=131072, slots=3)
     assert p.weight_bytes == 2 * counts(config).total
     assert p.kv == 3 * KVPool.bytes_per_slot(config.text, 131072, torch.bfloat16)
+
+
+@pytest.mark.skipif(not NATIVE, reason="the packed head belongs to the native decode step")
+def test_decode_head_is_the_native_steps_packed_copy():
+    model = optimize(herd.build(SCOUT_LIKE.replace(vocab_size=250), seed=0, dtype=torch.bfloat16))
+    native = NativeDecode(model)
+    assert native.takes(torch.tensor([[1]]), KVPool(model.config, 1, 64, torch.bfloat16))
+    p = plan(ModelConfig(model.config), dtype=torch.bfloat16)
+    assert p.decode_head == native._packed.numel() * 2 > 0  # 250 outputs: 16 blocks of 16
+    assert p.total == p.weight_bytes + p.kv + p.activations + p.decode_head
+    assert plan(ModelConfig(model.config), "int8", GROUPS, torch.bfloat16).decode_head == 0  # a quantized head
+    assert plan(ModelConfig(model.config), dtype=torch.float32).decode_head == 0
 
 
 def test_suggestions_fit_and_one_more_does_not():

@@ -66,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({"model": args.model, "format": quant or args.dtype, "groups": list(groups),
                           "dtype": args.dtype, "context": args.context, "slots": args.slots,
                           "weights": p.weights, "weight_bytes": p.weight_bytes, "kv_bytes": p.kv,
-                          "activation_bytes": p.activations, "total_bytes": p.total, "budget_bytes": budget,
+                          "activation_bytes": p.activations, "decode_head_bytes": p.decode_head,
+                          "total_bytes": p.total, "budget_bytes": budget,
                           "fits": fits, "largest_context": context, "largest_slots": slots}))
         return 0
     print(f"{args.model}: {fmt}, {args.slots} slot(s) x {args.context:,} positions")
@@ -78,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"| KV cache ({args.slots} x {args.context:,}, {args.dtype}) | {_gb(p.kv)} |")
     print(f"| activations (estimate: a {min(args.prefill_chunk, args.context)}-token prefill piece, logits) "
           f"| {_gb(p.activations)} |")
+    if p.decode_head:
+        print(f"| the decode step's packed copy of the bf16 LM head | {_gb(p.decode_head)} |")
     print(f"| **total** | **{_gb(p.total)}** |")
     source = "--budget" if args.budget else f"this machine's memory; {_gb(available)} available now"
     verdict = "fits" if fits else "does NOT fit"
