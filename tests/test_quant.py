@@ -151,6 +151,31 @@ def test_native_step_reads_quantized_weights(config, name, dtype):
 
 
 @pytest.mark.skipif(not NATIVE, reason="the native kernels need AVX512-BF16 and a C compiler")
+@pytest.mark.parametrize("name", ["int8", "int4"])
+def test_quantized_step_gives_a_row_alone_what_it_gets_among_others(name):
+    """One row takes the 16-rows-at-a-time sums (qdots16_bf16), several rows the row-by-row ones: the same
+    logits bit for bit, so a request's greedy tokens do not depend on its batch."""
+    config = SCOUT_LIKE.replace(dim=72, head_dim=20, expert_dim=40, vocab_size=250)  # tails, a partial block
+    model = quantize_model(optimize(herd.build(config, seed=0, dtype=torch.bfloat16)), name, groups=GROUPS)
+    g = torch.Generator().manual_seed(2)
+    tokens_B1, positions_B = torch.randint(0, 250, (5, 1), generator=g), torch.tensor([3, 9, 1, 14, 6])
+
+    def logits(rows: list[int]) -> torch.Tensor:
+        pool = KVPool(model.config, 5, 64, torch.bfloat16)
+        native = NativeDecode(model)
+        with torch.no_grad():
+            for b in rows:
+                prompt = torch.randint(0, 250, (1, int(positions_B[b])), generator=torch.Generator().manual_seed(b))
+                model(prompt, kv=pool.prefill(b, 0), last_only=True)
+            assert native.takes(tokens_B1[rows], pool), native.reason
+            return native(tokens_B1[rows], positions_B[rows], torch.tensor(rows), pool)
+
+    together = logits(list(range(5)))
+    for b in range(5):
+        assert torch.equal(logits([b])[0], together[b]), b
+
+
+@pytest.mark.skipif(not NATIVE, reason="the native kernels need AVX512-BF16 and a C compiler")
 def test_engine_decodes_a_quantized_model_natively():
     """FastDecode takes the native step for a quantized model: greedy output equal to the eager engine's."""
     model = quantize_model(optimize(herd.build(SCOUT_LIKE, seed=0)), "int4")

@@ -132,17 +132,40 @@ static inline void wdots(const weight_t *w, long n, long K, const rows_t *r, lon
     }
 }
 
+/* Products go by blocks of BLOCK weight rows: d[i · nb + j] = w[n0 + i] · rows[first + j] for i < count ≤
+   BLOCK, j < nb. One activation row of a quantized weight goes through QDOTS16 where the step has it (its
+   horizontal sums done 16 at once); anything else row by row. Every `omp for` over a weight's rows runs
+   over its blocks, so that loops over the same N split it alike among threads. d holds BLOCK · MAX_ROWS. */
+#define BLOCK 16
+
+static inline void wdots_block(const weight_t *w, long n0, long count, long K, const rows_t *r, long first, long nb,
+                               float *d) {
+#ifdef QDOTS16
+    if (w->bits && nb == 1) {
+        const long row_bytes = w->bits == 4 ? K / 2 : K, row_scales = (K + w->group - 1) / w->group;
+        QDOTS16((int)w->bits, (const int8_t *)w->data + n0 * row_bytes, row_bytes, w->scales + n0 * row_scales,
+                row_scales, w->group, r->xa[first], K, count, d);
+        return;
+    }
+#endif
+    for (long i = 0; i < count; i++) wdots(w, n0 + i, K, r, first, nb, d + i * nb);
+}
+
+static inline long block_rows(long n0, long N) { return N - n0 < BLOCK ? N - n0 : BLOCK; }
+
 /* ys[b][n] = round(w[n] · xs[b]) for n < N, b < B: each weight row is read once for all B rows. An orphaned
    `omp for` without a barrier: the caller places one before the results are read. */
 static void matvec_gather(const weight_t *w, const T *const *xs, T *const *ys, long B, long N, long K,
                           T *scratch) {
     rows_t r;
-    float d[MAX_ROWS];
+    float d[BLOCK * MAX_ROWS];
     prepare(&r, w, xs, B, K, scratch);
     #pragma omp for schedule(static) nowait
-    for (long n = 0; n < N; n++) {
-        wdots(w, n, K, &r, 0, B, d);
-        for (long b = 0; b < B; b++) ys[b][n] = STORE(d[b]);
+    for (long n0 = 0; n0 < N; n0 += BLOCK) {
+        const long count = block_rows(n0, N);
+        wdots_block(w, n0, count, K, &r, 0, B, d);
+        for (long i = 0; i < count; i++)
+            for (long b = 0; b < B; b++) ys[b][n0 + i] = STORE(d[i * B + b]);
     }
 }
 
@@ -161,13 +184,15 @@ static void project_add(const weight_t *w, const T *a, T *x, long B, long D, lon
                         T *scratch) {
     const T *as[MAX_ROWS];
     rows_t r;
-    float d[MAX_ROWS];
+    float d[BLOCK * MAX_ROWS];
     for (long b = 0; b < B; b++) as[b] = a + b * a_stride;
     prepare(&r, w, as, B, K, scratch);
     #pragma omp for schedule(static)
-    for (long n = 0; n < D; n++) {
-        wdots(w, n, K, &r, 0, B, d);
-        for (long b = 0; b < B; b++) x[b * D + n] = STORE(LOAD(x[b * D + n]) + ROUND(d[b]));
+    for (long n0 = 0; n0 < D; n0 += BLOCK) {
+        const long count = block_rows(n0, D);
+        wdots_block(w, n0, count, K, &r, 0, B, d);
+        for (long i = 0; i < count; i++)
+            for (long b = 0; b < B; b++) x[b * D + n0 + i] = STORE(LOAD(x[b * D + n0 + i]) + ROUND(d[i * B + b]));
     }
 }
 
@@ -276,7 +301,7 @@ int NAME(const model_t *m, const int64_t *tokens, const int64_t *positions, cons
         long row_of[B], group_start[B + 1], group_expert[B];
         const T *xs_of[B];
         T *h13_of[B], *act_of[B];
-        float routed[B];
+        float routed[BLOCK * MAX_ROWS];
         group_start[0] = 0;
         if (!scores || !xf) {
             #pragma omp atomic write
@@ -380,13 +405,15 @@ int NAME(const model_t *m, const int64_t *tokens, const int64_t *positions, cons
                         const weight_t w2 = expert_of(&ly->w2, group_expert[g], D, Fl);
                         const long first = group_start[g], nb = group_start[g + 1] - first;
                         #pragma omp for schedule(static) nowait
-                        for (long n = 0; n < D; n++) {
-                            wdots(&w2, n, Fl, &routed_rows, first, nb, routed);
-                            for (long r = 0; r < nb; r++) {
-                                const long b = row_of[first + r];
-                                const float ffn = ROUND(LOAD(shared_out[b * D + n]) + ROUND(routed[r]));
-                                x[b * D + n] = STORE(LOAD(x[b * D + n]) + ffn);
-                            }
+                        for (long n0 = 0; n0 < D; n0 += BLOCK) {
+                            const long count = block_rows(n0, D);
+                            wdots_block(&w2, n0, count, Fl, &routed_rows, first, nb, routed);
+                            for (long i = 0; i < count; i++)
+                                for (long r = 0; r < nb; r++) {
+                                    const long b = row_of[first + r], n = n0 + i;
+                                    const float ffn = ROUND(LOAD(shared_out[b * D + n]) + ROUND(routed[i * nb + r]));
+                                    x[b * D + n] = STORE(LOAD(x[b * D + n]) + ffn);
+                                }
                         }
                     }
                     #pragma omp barrier

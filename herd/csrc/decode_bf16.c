@@ -10,6 +10,7 @@
 #define DOT(w, x, K) row_dot(w, x, K)
 #define DOTS(w, xs, n, K, out) row_dots(w, xs, n, K, out)
 #define QDOTS qdots_bf16
+#define QDOTS16 qdots16_bf16  /* one activation row against 16 quantized rows (quant.h) */
 #define NAME herd_decode_bf16
 #define PACKED_MATVEC packed_matvec  /* the LM head packed by herd.infer.native (packed.h) */
 #define PHASES(bits) bf16_phases(bits)  /* the activation layout of quant.h's bf16 products */
