@@ -53,6 +53,26 @@ def ensure_model() -> Path:
     return MODEL_DIR
 
 
+def decode_bytes(model) -> int:
+    """Bytes of weights a one-row decode step reads: every weight once (the LM head, attention, routers,
+    norms, shared experts, dense FFNs), one routed expert per MoE layer, one embedding row. Views of one
+    storage (fused projections and their parts) count once. Decode tok/s times this, over the read
+    bandwidth, is the fraction of the memory-bandwidth roofline reached."""
+    from herd.moe import Experts
+
+    routed = {id(t) for m in model.modules() if isinstance(m, Experts)
+              for t in [*m.parameters(recurse=False), *m.buffers(recurse=False)]}
+    embedding, experts = model.tok_embeddings.weight, max(model.config.n_experts, 1)
+    seen, total = set(), embedding.shape[1] * embedding.element_size()
+    for t in [*model.parameters(), *model.buffers()]:
+        storage = t.untyped_storage()
+        if t is embedding or storage.data_ptr() in seen:
+            continue
+        seen.add(storage.data_ptr())
+        total += storage.nbytes() // (experts if id(t) in routed else 1)
+    return total
+
+
 def _median_time(fn, reps: int) -> float:
     times = []
     for _ in range(reps):

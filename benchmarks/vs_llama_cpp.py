@@ -9,7 +9,9 @@ This machine's memory bandwidth moves between about 30 and 60 GB/s from one minu
 round measures, for each workload, herd then llama-bench, then the read bandwidth; the table gives
 each round's ratio and the median ratio. Workloads: prefill of --prefill tokens (llama-bench
 `-p N`; herd's `Engine.prefill` to the last position's logits) and decode of 64 tokens at batch 1
-after a 64-token prompt (llama-bench `-n 64 -d 64`), each the median of 3. herd's decode is given
+after a 64-token prompt (llama-bench `-n 64 -d 64`), each the median of 3. herd's decode rows also give
+their share of the memory-bandwidth roofline: tok/s × the weight bytes a step reads (`bench.decode_bytes`)
+over the read bandwidth measured right after. herd's decode is given
 twice against the same llama-bench figure: "decode b1" through `Engine.stream` (greedy sampling and
 the Python loop included), and "decode b1, forward only", the model's decode step called in a loop,
 which is what llama-bench's `tg` times (it evaluates one token after another and samples nothing).
@@ -37,9 +39,10 @@ QUANT = {"int8": "Q8_0", "int4": "Q4_K_M"}
 FORMATS = [*GGUF_TYPE, *QUANT]
 
 
-def herd_workloads(fmt: str, prefill: int, tokens: int) -> dict[str, Callable[[], float]]:
+def herd_workloads(fmt: str, prefill: int, tokens: int) -> tuple[dict[str, Callable[[], float]], int]:
     """Functions measuring herd's tok/s on a loaded, compiled and warmed-up model: `fmt` a dtype, or a
-    quantization scheme applied while loading (every module group, the LM head too; bf16 activations)."""
+    quantization scheme applied while loading (every module group, the LM head too; bf16 activations); and
+    the bytes of weights its decode step reads per token (`bench.decode_bytes`)."""
     import herd
     from herd.fast import optimize
     from herd.infer.engine import Engine
@@ -76,7 +79,8 @@ def herd_workloads(fmt: str, prefill: int, tokens: int) -> dict[str, Callable[[]
     forward_only()
     return {f"prefill {prefill}": lambda: prefill / bench._median_time(prefill_once, 3),
             "decode b1": lambda: statistics.median(bench.herd_decode(engine, prompts, greedy)[1] for _ in range(3)),
-            "decode b1, forward only": lambda: statistics.median(forward_only() for _ in range(3))}
+            "decode b1, forward only": lambda: statistics.median(forward_only() for _ in range(3))}, \
+        bench.decode_bytes(model)
 
 
 def llama_cpp_workloads(fmt: str, prefill: int, tokens: int) -> dict[str, Callable[[], float]]:
@@ -99,26 +103,34 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(bench.THREADS)
     bench.ensure_model()
-    print("| dtype | workload | round | herd tok/s | llama.cpp tok/s | herd / llama.cpp | read GB/s |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+    print("| dtype | workload | round | herd tok/s | llama.cpp tok/s | herd / llama.cpp | read GB/s | herd roofline |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
     summary = []
     for dtype in args.dtypes:
-        ours = herd_workloads(dtype, args.prefill, args.tokens)
+        ours, step_bytes = herd_workloads(dtype, args.prefill, args.tokens)
         theirs = llama_cpp_workloads(dtype, args.prefill, args.tokens)
         rates: dict[str, list[tuple[float, float]]] = {name: [] for name in ours}
+        roofline: dict[str, list[float]] = {name: [] for name in ours}
+        print(f"  {dtype}: the decode step reads {step_bytes / 1e6:.1f} MB of weights per token", file=sys.stderr)
         for r in range(args.rounds):
             for name in ours:
                 # both herd decode rows against one llama-bench tg run per round
                 a, b = ours[name](), (theirs[name]() if name in theirs else rates["decode b1"][-1][1])
                 rates[name].append((a, b))
-                print(f"| {dtype} | {name} | {r + 1} | {a:,.1f} | {b:,.1f} | {a / b:.2f}× | {bench.bandwidth():.1f} |",
-                      flush=True)
+                read = bench.bandwidth()
+                # decode: herd's share of the roofline, tok/s × bytes per token over the read bandwidth
+                share = a * step_bytes / (read * 1e9) if name.startswith("decode") else None
+                if share is not None:
+                    roofline[name].append(share)
+                print(f"| {dtype} | {name} | {r + 1} | {a:,.1f} | {b:,.1f} | {a / b:.2f}× | {read:.1f} | "
+                      f"{'' if share is None else f'{share:.0%}'} |", flush=True)
             print(f"  {dtype}: round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
         for name, pairs in rates.items():
-            ratios = [a / b for a, b in pairs]
+            ratios, shares = [a / b for a, b in pairs], roofline[name]
+            share = f"{statistics.median(shares):.0%} ({min(shares):.0%}–{max(shares):.0%})" if shares else ""
             summary.append(f"| {dtype} | {name} | median | {statistics.median(a for a, _ in pairs):,.1f} | "
                            f"{statistics.median(b for _, b in pairs):,.1f} | **{statistics.median(ratios):.2f}×** "
-                           f"({min(ratios):.2f}–{max(ratios):.2f}) | |")
+                           f"({min(ratios):.2f}–{max(ratios):.2f}) | | {share} |")
     print("\n".join(summary))
 
 

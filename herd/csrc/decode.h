@@ -120,7 +120,10 @@ static void prepare(rows_t *r, const weight_t *w, const T *const *xs, long B, lo
 }
 
 /* out[i] = w[n] · rows[first + i] for i < nb, in fp32. */
-static inline void wdots(const weight_t *w, long n, long K, const rows_t *r, long first, long nb, float *out) {
+/* Inlined into every loop (always_inline): called as a function per weight row it cost the bf16 step's layers
+   up to 20% at 16 rows. */
+static inline __attribute__((always_inline)) void wdots(const weight_t *w, long n, long K, const rows_t *r,
+                                                        long first, long nb, float *out) {
     if (!w->bits) {
         DOTS((const T *)w->data + n * K, r->xs + first, nb, K, out);
     } else {
@@ -138,8 +141,8 @@ static inline void wdots(const weight_t *w, long n, long K, const rows_t *r, lon
    over its blocks, so that loops over the same N split it alike among threads. d holds BLOCK · MAX_ROWS. */
 #define BLOCK 16
 
-static inline void wdots_block(const weight_t *w, long n0, long count, long K, const rows_t *r, long first, long nb,
-                               float *d) {
+static inline __attribute__((always_inline)) void wdots_block(const weight_t *w, long n0, long count, long K,
+                                                              const rows_t *r, long first, long nb, float *d) {
 #ifdef QDOTS16
     if (w->bits && nb == 1) {
         const long row_bytes = w->bits == 4 ? K / 2 : K, row_scales = (K + w->group - 1) / w->group;
