@@ -12,7 +12,9 @@ neither server's prompt cache answers from an earlier request), `--tokens` outpu
 streamed from `/v1/completions`. Figures per level: request throughput, output tokens/s over the level's
 wall time, time to first token and inter-token latency (between streamed chunks) at p50 / p90. The two
 servers take turns level by level, round by round (this machine's memory bandwidth drifts); the table
-gives medians over rounds and the median of the per-round ratios.
+gives medians over rounds and the median of the per-round ratios. At one client, herd's engine in this
+process (`Engine.stream`, what `herd generate` runs) takes the same prompts after the two servers each
+round: the serving overhead is herd serve ÷ herd generate.
 """
 
 from __future__ import annotations
@@ -91,10 +93,55 @@ async def _one(client: httpx.AsyncClient, base: str, prompt: list[int], tokens: 
     return stamps[0] - start, [b - a for a, b in itertools.pairwise(stamps)]
 
 
-async def level(base: str, concurrency: int, prompt_len: int, tokens: int, seed: int) -> dict:
-    n = max(8, 2 * concurrency)
+def _prompts(concurrency: int, prompt_len: int, seed: int) -> list[list[int]]:
     rng = random.Random(seed)  # prompts never repeat across levels and rounds: no server's prompt cache helps
-    prompts = [[rng.randrange(200000) for _ in range(prompt_len)] for _ in range(n)]
+    return [[rng.randrange(200000) for _ in range(prompt_len)] for _ in range(max(8, 2 * concurrency))]
+
+
+def _quantile(values: list[float], p: int) -> float:
+    return statistics.quantiles(values, n=100)[p - 1] if len(values) > 1 else values[0]
+
+
+def _figures(n: int, tokens: int, wall: float, ttfts: list[float], gaps: list[float]) -> dict:
+    return {"req_s": n / wall, "tok_s": n * tokens / wall, "ttft_p50": _quantile(ttfts, 50),
+            "ttft_p90": _quantile(ttfts, 90), "itl_p50": _quantile(gaps, 50), "itl_p90": _quantile(gaps, 90)}
+
+
+def generate_engine():
+    """`herd generate`'s path in this process: the benchmark model in bf16, optimized, the native decode step."""
+    import torch
+
+    import herd
+    from herd.fast import optimize
+    from herd.infer.engine import Engine
+    from herd.infer.steps import FastDecode
+
+    torch.set_num_threads(THREADS)
+    model = optimize(herd.load(MODEL_DIR, dtype=torch.bfloat16))
+    return Engine(model, step=FastDecode(model))
+
+
+def generate_level(engine, prompt_len: int, tokens: int, seed: int) -> dict:
+    """The one-client workload through `Engine.stream` in process, prompt after prompt: what a server at one
+    client is measured against."""
+    from herd.infer.sampling import SamplingParams
+
+    prompts = _prompts(1, prompt_len, seed)
+    params = SamplingParams(temperature=0.0, max_new_tokens=tokens, stop_ids=())
+    ttfts, gaps = [], []
+    start = time.perf_counter()
+    for prompt in prompts:
+        began, stamps = time.perf_counter(), []
+        for _ in engine.stream([prompt], params):
+            stamps.append(time.perf_counter())
+        ttfts.append(stamps[0] - began)
+        gaps.extend(b - a for a, b in itertools.pairwise(stamps))
+    return _figures(len(prompts), tokens, time.perf_counter() - start, ttfts, gaps)
+
+
+async def level(base: str, concurrency: int, prompt_len: int, tokens: int, seed: int) -> dict:
+    prompts = _prompts(concurrency, prompt_len, seed)
+    n = len(prompts)
     queue = list(prompts)
     ttfts, gaps = [], []
 
@@ -109,13 +156,7 @@ async def level(base: str, concurrency: int, prompt_len: int, tokens: int, seed:
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=0)  # a fresh connection each
     async with httpx.AsyncClient(timeout=600, limits=limits) as client:
         await asyncio.gather(*(client_loop(client) for _ in range(concurrency)))
-    wall = time.perf_counter() - start
-
-    def q(values: list[float], p: int) -> float:
-        return statistics.quantiles(values, n=100)[p - 1] if len(values) > 1 else values[0]
-
-    return {"req_s": n / wall, "tok_s": n * tokens / wall, "ttft_p50": q(ttfts, 50), "ttft_p90": q(ttfts, 90),
-            "itl_p50": q(gaps, 50), "itl_p90": q(gaps, 90)}
+    return _figures(n, tokens, time.perf_counter() - start, ttfts, gaps)
 
 
 def main() -> None:
@@ -124,19 +165,28 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--prompt", type=int, default=128, help="prompt tokens")
     parser.add_argument("--tokens", type=int, default=64, help="output tokens per request (EOS ignored)")
+    parser.add_argument("--no-generate", action="store_true",
+                        help="skip the one-client baseline of herd's engine in this process")
     args = parser.parse_args()
     ensure_model()
     servers = {"llama-server": start_llama_server(), "herd serve": start_herd()}
+    engine = None if args.no_generate or 1 not in args.concurrency else generate_engine()
     results: dict[tuple[str, int], list[dict]] = {}
     try:
         for base, _ in servers.values():  # warm-up: kernels built, caches touched
             asyncio.run(level(base, 2, args.prompt, 8, seed=-1))
+        if engine is not None:
+            generate_level(engine, args.prompt, 8, seed=-1)
         for r in range(args.rounds):
             for c in args.concurrency:
                 for name in (list(servers) if r % 2 else list(servers)[::-1]):
                     print(f"round {r + 1}: {name}, {c} concurrent ...", file=sys.stderr, flush=True)
                     results.setdefault((name, c), []).append(
                         asyncio.run(level(servers[name][0], c, args.prompt, args.tokens, seed=1000 * r + c)))
+                if c == 1 and engine is not None:
+                    print(f"round {r + 1}: herd generate, 1 client ...", file=sys.stderr, flush=True)
+                    results.setdefault(("herd generate", 1), []).append(
+                        generate_level(engine, args.prompt, args.tokens, seed=1000 * r + c))
     finally:
         for _, proc in servers.values():
             proc.terminate()
@@ -146,7 +196,9 @@ def main() -> None:
     print("\n| concurrent | server | req/s | output tok/s | TTFT p50 / p90 | ITL p50 / p90 |")
     print("|---:|---|---:|---:|---:|---:|")
     for c in args.concurrency:
-        for name in servers:
+        for name in [*servers, "herd generate"]:
+            if (name, c) not in results:
+                continue
             runs = results[(name, c)]
             m = {k: statistics.median(x[k] for x in runs) for k in runs[0]}
             print(f"| {c} | {name} | {m['req_s']:.2f} | {m['tok_s']:.1f} | {1000 * m['ttft_p50']:.0f} / "
@@ -159,6 +211,11 @@ def main() -> None:
 
         print(f"| {c} | herd / llama-server | {ratio('req_s')} | {ratio('tok_s')} | "
               f"{ratio('ttft_p50', True)} faster | {ratio('itl_p50', True)} faster |")
+        if ("herd generate", c) in results:
+            pairs = list(zip(results[("herd serve", c)], results[("herd generate", c)], strict=True))
+            print(f"| {c} | herd serve / herd generate | {ratio('req_s', pairs=pairs)} | "
+                  f"{ratio('tok_s', pairs=pairs)} | {ratio('ttft_p50', True, pairs)} faster | "
+                  f"{ratio('itl_p50', True, pairs)} faster |")
 
 
 if __name__ == "__main__":
