@@ -83,8 +83,8 @@ static inline weight_t expert_of(const weight_t *w, long e, long N, long K) {
     if (!w->bits) {
         out.data = (const T *)w->data + e * N * K;
     } else {
-        out.data = (const int8_t *)w->data + e * N * (w->bits == 4 ? K / 2 : K);
-        out.scales = w->scales + e * N * ((K + w->group - 1) / w->group);
+        out.data = (const int8_t *)w->data + e * N * CODE_BYTES(w->bits, K);
+        out.scales = w->scales + e * N * SCALE_COUNT(K, w->group);
     }
     return out;
 }
@@ -127,7 +127,7 @@ static inline __attribute__((always_inline)) void wdots(const weight_t *w, long 
     if (!w->bits) {
         DOTS((const T *)w->data + n * K, r->xs + first, nb, K, out);
     } else {
-        const long row_bytes = w->bits == 4 ? K / 2 : K, row_scales = (K + w->group - 1) / w->group;
+        const long row_bytes = CODE_BYTES(w->bits, K), row_scales = SCALE_COUNT(K, w->group);
         const int8_t *codes = (const int8_t *)w->data + n * row_bytes;
         const float *scales = w->scales + n * row_scales;
         prefetch_row(codes, row_bytes, scales);
@@ -145,7 +145,7 @@ static inline __attribute__((always_inline)) void wdots_block(const weight_t *w,
                                                               const rows_t *r, long first, long nb, float *d) {
 #ifdef QDOTS16
     if (w->bits && nb == 1) {
-        const long row_bytes = w->bits == 4 ? K / 2 : K, row_scales = (K + w->group - 1) / w->group;
+        const long row_bytes = CODE_BYTES(w->bits, K), row_scales = SCALE_COUNT(K, w->group);
         QDOTS16((int)w->bits, (const int8_t *)w->data + n0 * row_bytes, row_bytes, w->scales + n0 * row_scales,
                 row_scales, w->group, r->xa[first], K, count, d);
         return;
@@ -299,7 +299,7 @@ int NAME(const model_t *m, const int64_t *tokens, const int64_t *positions, cons
     {
         float *scores = malloc(sizeof(float) * R * L);
         const long Kmax = D > H * K ? (D > F ? D : F) : (H * K > F ? H * K : F);
-        T *xf = malloc(sizeof(T) * B * (Kmax + 3));  /* int4's activation copies (prepare) */
+        T *xf = malloc(sizeof(T) * B * (Kmax + 3));  /* the activations split into phases (prepare) */
         /* this thread's copy of the expert groups: rows in group order, their inputs and outputs */
         long row_of[B], group_start[B + 1], group_expert[B];
         const T *xs_of[B];

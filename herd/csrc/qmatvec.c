@@ -11,7 +11,7 @@
 #define HERD_QMATVEC(NAME, XT, QDOTS, WIDTH)                                                                   \
     void NAME(const XT *xa, const XT *xb, const int8_t *codes, const float *scales, float *y, long M, long N,  \
               long K, int bits, long group, int threads) {                                                     \
-        const long row_bytes = bits == 4 ? K / 2 : K, row_scales = (K + group - 1) / group;                   \
+        const long row_bytes = CODE_BYTES(bits, K), row_scales = SCALE_COUNT(K, group);                        \
         const long width = (WIDTH);                                                                            \
         _Pragma("omp parallel num_threads(threads)")                                                           \
         {                                                                                                      \
@@ -43,7 +43,7 @@ static inline void put16(void *out, long k, __m512 v, int out_bf16) {
    five). Groups are multiples of 32 (herd.quant.schemes); K need not be a multiple of the group. */
 void herd_dequant(const int8_t *codes, const float *scales, void *out, long N, long K, int bits, long group,
                   int out_bf16, int threads) {
-    const long row_bytes = bits == 4 ? K / 2 : K, row_scales = (K + group - 1) / group;
+    const long row_bytes = CODE_BYTES(bits, K), row_scales = SCALE_COUNT(K, group);
     const __m512i evens = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
     const __m512i odds = _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
     #pragma omp parallel for schedule(static) num_threads(threads)

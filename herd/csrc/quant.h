@@ -23,6 +23,12 @@ static inline void prefetch_row(const int8_t *codes, long row_bytes, const float
     _mm_prefetch((const char *)scales + QUANT_PREFETCH / 4, _MM_HINT_T0);
 }
 
+/* One weight row of K inputs in herd/quant/schemes.py's layout: its bytes of codes and its number of scales.
+   Macros, not functions: as inline functions in the decode step they moved GCC's inlining of the step's
+   other helpers (rms_norm went out of line), where these expand to the very expressions they name. */
+#define CODE_BYTES(bits, K) ((bits) == 4 ? (K) / 2 : (K))
+#define SCALE_COUNT(K, group) (((K) + (group) - 1) / (group))
+
 static inline __mmask16 tail16(long left) {
     return left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1);
 }
@@ -125,6 +131,19 @@ static inline long phase_len(long K, long phases) { return (K + phases - 1) / ph
 static inline int bf16_phases(int bits) { return bits == 4 ? 4 : 2; }
 
 
+/* The head of a chunk of 64 bytes of codes from word i, `left` bytes in the row: the codes (masked past the
+   row), the word mask m of its activation loads, and w0 … w3 = tables t0 … t3 looked up by the words shifted
+   right by 0, 4, 8 and 12 bits (`full`, `v`, `m`, `w0` … `w3` in the enclosing block). */
+#define HERD_WORD_LOOKUPS(i, left, t0, t1, t2, t3)                                                            \
+    const int full = (left) >= 64;                                                                            \
+    const __m512i v = full ? _mm512_loadu_si512(codes + 2 * (i))                                              \
+                           : _mm512_maskz_loadu_epi8(((__mmask64)1 << (left)) - 1, codes + 2 * (i));          \
+    const __mmask32 m = full ? ~(__mmask32)0 : (__mmask32)((1u << (((left) + 1) / 2)) - 1);                   \
+    const __m512bh w0 = (__m512bh)_mm512_permutexvar_epi16(v, t0);                                            \
+    const __m512bh w1 = (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(v, 4), t1);                      \
+    const __m512bh w2 = (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(v, 8), t2);                      \
+    const __m512bh w3 = (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(v, 12), t3);
+
 /* One chunk of int8 codes: 64 bytes (32 words, 64 inputs) from word i, `left` bytes in the row, against N
    rows' two phases (xp[b] + p·P holds inputs 2i + p), scaled lane by lane by s. A code is q = 16·hi + lo; the
    word shifted right by 0, 4, 8 and 12 indexes the lo / hi tables (vpermw reads an index's low five bits;
@@ -132,20 +151,13 @@ static inline int bf16_phases(int bits) { return bits == 4 ? 4 : 2; }
    4j … 4j+3 of the chunk. */
 #define HERD_INT8_PAIR(N, i, left, s)                                                                         \
     {                                                                                                         \
-        const int full = (left) >= 64;                                                                        \
-        const __m512i v = full ? _mm512_loadu_si512(codes + 2 * (i))                                          \
-                               : _mm512_maskz_loadu_epi8(((__mmask64)1 << (left)) - 1, codes + 2 * (i));      \
-        const __mmask32 m = full ? ~(__mmask32)0 : (__mmask32)((1u << (((left) + 1) / 2)) - 1);               \
-        const __m512bh l0 = (__m512bh)_mm512_permutexvar_epi16(v, lo_t);                                      \
-        const __m512bh h0 = (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(v, 4), hi_t);                \
-        const __m512bh l1 = (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(v, 8), lo_t);                \
-        const __m512bh h1 = (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(v, 12), hi_t);               \
+        HERD_WORD_LOOKUPS(i, left, lo_t, hi_t, lo_t, hi_t) /* even input lo, hi; odd input lo, hi */          \
         for (int b = 0; b < N; b++) {                                                                         \
             const uint16_t *x = xp[b] + (i);                                                                  \
             const __m512bh e = (__m512bh)(full ? _mm512_loadu_si512(x) : _mm512_maskz_loadu_epi16(m, x));     \
             const __m512bh o = (__m512bh)(full ? _mm512_loadu_si512(x + P) : _mm512_maskz_loadu_epi16(m, x + P)); \
-            const __m512 g = _mm512_dpbf16_ps(_mm512_dpbf16_ps(_mm512_setzero_ps(), l0, e), h0, e);            \
-            const __m512 h = _mm512_dpbf16_ps(_mm512_dpbf16_ps(_mm512_setzero_ps(), l1, o), h1, o);            \
+            const __m512 g = _mm512_dpbf16_ps(_mm512_dpbf16_ps(_mm512_setzero_ps(), w0, e), w1, e);            \
+            const __m512 h = _mm512_dpbf16_ps(_mm512_dpbf16_ps(_mm512_setzero_ps(), w2, o), w3, o);            \
             acc[b] = _mm512_fmadd_ps(_mm512_add_ps(g, h), s, acc[b]);                                         \
         }                                                                                                     \
     }
@@ -157,14 +169,7 @@ static inline int bf16_phases(int bits) { return bits == 4 ? 4 : 2; }
    j of the dot products sums words 2j and 2j+1 of all four phases: inputs 8j … 8j+7 of the chunk. */
 #define HERD_INT4_QUAD(N, i, left, s)                                                                         \
     {                                                                                                         \
-        const int full = (left) >= 64;                                                                        \
-        const __m512i v = full ? _mm512_loadu_si512(codes + 2 * (i))                                          \
-                               : _mm512_maskz_loadu_epi8(((__mmask64)1 << (left)) - 1, codes + 2 * (i));      \
-        const __mmask32 m = full ? ~(__mmask32)0 : (__mmask32)((1u << (((left) + 1) / 2)) - 1);               \
-        const __m512bh w0 = (__m512bh)_mm512_permutexvar_epi16(v, t);                                         \
-        const __m512bh w1 = (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(v, 4), t);                   \
-        const __m512bh w2 = (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(v, 8), t);                   \
-        const __m512bh w3 = (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(v, 12), t);                  \
+        HERD_WORD_LOOKUPS(i, left, t, t, t, t)                                                                \
         for (int b = 0; b < N; b++) {                                                                         \
             const uint16_t *x = xq[b] + (i);                                                                  \
             __m512 g, h;                                                                                      \
