@@ -156,6 +156,15 @@ static inline __attribute__((always_inline)) void wdots_block(const weight_t *w,
 
 static inline long block_rows(long n0, long N) { return N - n0 < BLOCK ? N - n0 : BLOCK; }
 
+/* ys[b][n0 + i] = round(w[n0 + i] · xs[b]) for the block of weight rows from n0 (d: scratch for its products). */
+static inline __attribute__((always_inline)) void gather_block(const weight_t *w, const rows_t *r, T *const *ys,
+                                                               long B, long N, long K, long n0, float *d) {
+    const long count = block_rows(n0, N);
+    wdots_block(w, n0, count, K, r, 0, B, d);
+    for (long i = 0; i < count; i++)
+        for (long b = 0; b < B; b++) ys[b][n0 + i] = STORE(d[i * B + b]);
+}
+
 /* ys[b][n] = round(w[n] · xs[b]) for n < N, b < B: each weight row is read once for all B rows. An orphaned
    `omp for` without a barrier: the caller places one before the results are read. */
 static void matvec_gather(const weight_t *w, const T *const *xs, T *const *ys, long B, long N, long K,
@@ -164,12 +173,25 @@ static void matvec_gather(const weight_t *w, const T *const *xs, T *const *ys, l
     float d[BLOCK * MAX_ROWS];
     prepare(&r, w, xs, B, K, scratch);
     #pragma omp for schedule(static) nowait
-    for (long n0 = 0; n0 < N; n0 += BLOCK) {
-        const long count = block_rows(n0, N);
-        wdots_block(w, n0, count, K, &r, 0, B, d);
-        for (long i = 0; i < count; i++)
-            for (long b = 0; b < B; b++) ys[b][n0 + i] = STORE(d[i * B + b]);
-    }
+    for (long n0 = 0; n0 < N; n0 += BLOCK) gather_block(w, &r, ys, B, N, K, n0, d);
+}
+
+/* Blocks of the LM head a thread takes at a time (~0.5-1 MB of a head of 512 inputs). The head is most of a
+   step's reads and its rows are independent, so it is shared out dynamically: a thread that the OS takes off
+   its core for a while (a server's event loop, an HTTP client on the same machine) leaves its part to the
+   others instead of making them wait for it at the end of the step. */
+#define HEAD_CHUNK 64
+
+/* The LM head as matvec_rows (x [B, D] to logits [B, V]), its blocks shared out dynamically; no barrier. */
+static void head_rows(const weight_t *w, const T *x, T *logits, long B, long V, long D, T *scratch) {
+    const T *xs[MAX_ROWS];
+    T *ys[MAX_ROWS];
+    rows_t r;
+    float d[BLOCK * MAX_ROWS];
+    for (long b = 0; b < B; b++) xs[b] = x + b * D, ys[b] = logits + b * V;
+    prepare(&r, w, xs, B, D, scratch);
+    #pragma omp for schedule(dynamic, HEAD_CHUNK) nowait
+    for (long n0 = 0; n0 < V; n0 += BLOCK) gather_block(w, &r, ys, B, V, D, n0, d);
 }
 
 /* y[b * y_stride + n] = round(w[n] · x[b * x_stride]) for n < N, b < B; as matvec_gather, no barrier. */
@@ -441,7 +463,7 @@ int NAME(const model_t *m, const int64_t *tokens, const int64_t *positions, cons
                 PACKED_MATVEC((const T *)m->output.data, xs_B, ys_B, B, m->vocab, D);
 #endif
             } else if (logits_BV) {
-                matvec_rows(&m->output, out, logits_BV, B, m->vocab, D, D, m->vocab, xf);
+                head_rows(&m->output, out, logits_BV, B, m->vocab, D, xf);
             }
         }
         free(scores), free(xf);

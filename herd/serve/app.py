@@ -31,7 +31,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from herd import chat
 from herd.infer.scheduler import QueueFull, TokenEvent
@@ -105,20 +107,38 @@ class State:
 _OPEN = ("/health", "/metrics", "/", "/docs", "/openapi.json")
 
 
+class Guard:
+    """The body limit, then the API key, as plain ASGI middleware: a request it lets through, and its
+    response, pass untouched. (Starlette's `@app.middleware("http")` would carry every streamed chunk
+    through a memory stream and a task switch of its own: ~0.1 ms a token on a busy event loop.)"""
+
+    def __init__(self, app: ASGIApp, state: State) -> None:
+        self.app, self.state = app, state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            refused = self.refusal(Headers(scope=scope), scope["path"])
+            if refused is not None:
+                await _error(refused)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    def refusal(self, headers: Headers, path: str) -> ApiError | None:
+        state = self.state
+        length = headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > state.max_body):
+            return ApiError(413, f"the request body exceeds {state.max_body:,} bytes")
+        authorized = headers.get("authorization", "") == f"Bearer {state.api_key}"
+        if state.api_key and path not in _OPEN and not authorized:
+            return ApiError(401, "a valid API key is needed (Authorization: Bearer KEY)", "authentication_error")
+        return None
+
+
 def create_app(state: State) -> FastAPI:
     app = FastAPI(title="herd serve", description="An OpenAI-compatible server for Llama 4", version="1")
     app.state.herd = state
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next):  # body limit, then the API key
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > state.max_body):
-            return _error(ApiError(413, f"the request body exceeds {state.max_body:,} bytes"))
-        authorized = request.headers.get("authorization", "") == f"Bearer {state.api_key}"
-        if state.api_key and request.url.path not in _OPEN and not authorized:
-            return _error(ApiError(401, "a valid API key is needed (Authorization: Bearer KEY)",
-                                   "authentication_error"))
-        return await call_next(request)
+    app.add_middleware(Guard, state=state)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, err: ApiError) -> JSONResponse:
