@@ -102,6 +102,7 @@ def _open() -> ctypes.CDLL | None:
     lib.herd_dequant.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_long] * 2 + [ctypes.c_int, ctypes.c_long,
                                                                              ctypes.c_int, ctypes.c_int]
     lib.herd_dequant.restype = None
+    lib.herd_argmax.argtypes, lib.herd_argmax.restype = [ctypes.c_void_p, ctypes.c_long, ctypes.c_int], ctypes.c_long
     for step in (lib.herd_decode_bf16, lib.herd_decode_f32):
         step.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 2 + [ctypes.c_void_p] * 2 + [ctypes.c_int]
         step.restype = ctypes.c_int
@@ -150,6 +151,16 @@ def matvec_bf16(x_MK: torch.Tensor, w_NK: torch.Tensor) -> torch.Tensor:
     if M and N:
         lib.herd_matvec_bf16(x_MK.data_ptr(), w_NK.data_ptr(), y_MN.data_ptr(), M, N, K, torch.get_num_threads())
     return y_MN
+
+
+def argmax(x_V: torch.Tensor) -> int | None:
+    """`int(x_V.argmax())` of a contiguous 1-D fp32 or bf16 CPU tensor (the first maximum; a NaN counts as the
+    largest) in one vectorized pass (herd/csrc/argmax.c); None where the kernel does not take it."""
+    lib = library()
+    if (lib is None or x_V.dim() != 1 or x_V.dtype not in (torch.float32, torch.bfloat16) or x_V.device.type != "cpu"
+            or not x_V.is_contiguous() or not 0 < x_V.shape[0] < 2**31):
+        return None
+    return int(lib.herd_argmax(x_V.data_ptr(), x_V.shape[0], int(x_V.dtype == torch.bfloat16)))
 
 
 def reads_bf16(bits: int, group: int) -> bool:

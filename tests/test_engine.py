@@ -119,18 +119,31 @@ def test_sampling_filters():
         SamplingParams(top_p=0.0)
 
 
-def test_argmax_is_torchs_first_maximum():
-    from herd.infer.sampling import argmax
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_argmax_is_torchs_first_maximum(dtype):
+    from herd import cpu_kernels
+    from herd.infer.sampling import argmax, argmax_by_rows
 
+    ways = {"by rows of 4": lambda x: argmax_by_rows(x, 4), "by rows": argmax_by_rows, "argmax": argmax}
+    if cpu_kernels.available():
+        ways["native"] = cpu_kernels.argmax
     g = torch.Generator().manual_seed(0)
-    for n in (5, 4096, 4097, 202048):
-        for width in (4, 2048):
-            x = torch.randint(0, 4, (n,), generator=g).float()  # many ties: the first maximum wins
-            assert argmax(x, width) == int(x.argmax())
-            x[int(torch.randint(n, (1,), generator=g))] = float("inf")
-            assert argmax(x, width) == int(x.argmax())
-            x[n - 1] = float("nan")  # a NaN counts as the largest, in the tail too
-            assert argmax(x, width) == int(x.argmax()) == n - 1
+    for n in (1, 5, 16, 17, 4096, 4097, 202048):
+        x = torch.randint(0, 4, (n,), generator=g).to(dtype)  # many ties: the first maximum wins
+        cases = [x.clone()]
+        x[int(torch.randint(n, (1,), generator=g))] = float("inf")
+        cases.append(x.clone())
+        x[n - 1] = float("nan")  # a NaN counts as the largest, in the tail too
+        cases.append(x.clone())
+        x[n // 2] = float("nan")  # the first NaN
+        cases += [x.clone(), torch.full((n,), float("-inf"), dtype=dtype), -torch.arange(n, dtype=dtype)]
+        for case in cases:
+            for name, way in ways.items():
+                assert way(case) == int(case.argmax()), (name, n, case)
+    if cpu_kernels.available():  # what the kernel does not take is left to the caller
+        assert cpu_kernels.argmax(torch.zeros(4, 2)) is None and cpu_kernels.argmax(torch.zeros(8)[::2]) is None
+        assert cpu_kernels.argmax(torch.zeros(0)) is None
+        assert cpu_kernels.argmax(torch.zeros(3, dtype=torch.float16)) is None
 
 
 def test_penalties():

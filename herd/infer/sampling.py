@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
+from herd import cpu_kernels
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -93,10 +95,17 @@ def _sample_reference(logits_V: torch.Tensor, p: SamplingParams, generator: torc
     return int(torch.multinomial(probs_V, 1, generator=generator))
 
 
-def argmax(x_V: torch.Tensor, width: int = 2048) -> int:
-    """`int(x_V.argmax())` (the first maximum; a NaN counts as the largest), about 8x faster on CPU for
-    a vocabulary: torch's argmax kernel is not vectorised there (~190 µs for 202K floats), its amax is.
-    The row maxima of a [V / width, width] view pick the row, one short argmax the position."""
+def argmax(x_V: torch.Tensor) -> int:
+    """`int(x_V.argmax())` (the first maximum; a NaN counts as the largest). torch's CPU argmax kernel is not
+    vectorised (~0.8 ms for 202K bf16 logits): herd's native one takes a contiguous CPU row (~20 µs), and
+    anything else goes by rows (`argmax_by_rows`)."""
+    native = cpu_kernels.argmax(x_V) if x_V.device.type == "cpu" else None
+    return native if native is not None else argmax_by_rows(x_V)
+
+
+def argmax_by_rows(x_V: torch.Tensor, width: int = 2048) -> int:
+    """`int(x_V.argmax())` in torch, about 8x faster on CPU for a vocabulary: its amax is vectorised there. The
+    row maxima of a [V / width, width] view pick the row, one short argmax the position."""
     rows = x_V.shape[0] // width
     if rows < 2:
         return int(x_V.argmax())
