@@ -102,6 +102,9 @@ def _open() -> ctypes.CDLL | None:
     lib.herd_dequant.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_long] * 2 + [ctypes.c_int, ctypes.c_long,
                                                                              ctypes.c_int, ctypes.c_int]
     lib.herd_dequant.restype = None
+    lib.herd_qgrouped_bf16.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_long] * 3 + [ctypes.c_int, ctypes.c_long,
+                                                                                    ctypes.c_int]
+    lib.herd_qgrouped_bf16.restype = ctypes.c_int
     lib.herd_argmax.argtypes, lib.herd_argmax.restype = [ctypes.c_void_p, ctypes.c_long, ctypes.c_int], ctypes.c_long
     for step in (lib.herd_decode_bf16, lib.herd_decode_f32):
         step.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 2 + [ctypes.c_void_p] * 2 + [ctypes.c_int]
@@ -289,6 +292,32 @@ def grouped(x_AK: torch.Tensor, w_ENK: torch.Tensor, offsets_E1: torch.Tensor) -
             or int(offsets_E1[-1]) != x_AK.shape[0] or bool((offsets_E1.diff() < 0).any())):
         raise ValueError(f"grouped needs {E + 1} non-decreasing int64 offsets from 0 to {x_AK.shape[0]}")
     return _grouped(x_AK, w_ENK, offsets_E1)
+
+
+def qgrouped(x_AK: torch.Tensor, codes_ENC: torch.Tensor, scales_ENG: torch.Tensor, bits: int, group: int,
+             offsets_E1: torch.Tensor) -> torch.Tensor:
+    """`grouped` for quantized experts (herd.quant.schemes: int8 codes [E, N, K] or int4 [E, N, K/2], fp32 scales
+    [E, N, ceil(K/group)]) and bf16 rows: y[a] = x[a] @ dequant(w[e])ᵀ, bit for bit `grouped(x, dequant(w))`,
+    each block of weight rows dequantized in cache rather than the whole weight to memory. `offsets` as
+    `grouped`, not checked here (the caller builds them from counts). Needs `available()`."""
+    lib = library()
+    if lib is None:
+        raise RuntimeError("herd.cpu_kernels.qgrouped is not available on this machine")
+    E, N = codes_ENC.shape[:2]
+    K = x_AK.shape[1]
+    if (x_AK.dtype != torch.bfloat16 or x_AK.dim() != 2 or bits not in (4, 8) or group % 32
+            or codes_ENC.shape[2] != (K // 2 if bits == 4 else K) or scales_ENG.shape != (E, N, -(-K // group))
+            or scales_ENG.dtype != torch.float32 or not (codes_ENC.is_contiguous() and scales_ENG.is_contiguous())):
+        raise ValueError(f"qgrouped takes bf16 rows [A, K] and contiguous {bits}-bit codes and fp32 scales of "
+                         f"[E, N, K] in groups of {group}, got {x_AK.dtype} {tuple(x_AK.shape)}, codes "
+                         f"{tuple(codes_ENC.shape)}, scales {scales_ENG.dtype} {tuple(scales_ENG.shape)}")
+    x_AK, offsets_E1 = x_AK.contiguous(), offsets_E1.to(torch.int64).contiguous()
+    y_AN = torch.empty(x_AK.shape[0], N, dtype=torch.bfloat16)
+    if x_AK.shape[0] and N and lib.herd_qgrouped_bf16(x_AK.data_ptr(), codes_ENC.data_ptr(), scales_ENG.data_ptr(),
+                                                      y_AN.data_ptr(), offsets_E1.data_ptr(), E, N, K, bits, group,
+                                                      torch.get_num_threads()):
+        raise MemoryError("qgrouped could not allocate its buffers")
+    return y_AN
 
 
 def linear_f32(x_MK: torch.Tensor, w_NK: torch.Tensor) -> torch.Tensor:

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 from hf_oracle import DENSE_LIKE, MAVERICK_LIKE, SCOUT_LIKE
 from safetensors.torch import load_file, save_file
 from test_cpu_kernels import NATIVE
@@ -82,7 +83,54 @@ def test_qmatvec_matches_x_at_dequantized_w(name, dtype):
         assert torch.allclose(got.float(), want, rtol=tolerance, atol=tolerance * K**0.5), (M, N, K)
 
 
+@pytest.mark.skipif(not NATIVE, reason="the native kernels need AVX512-BF16 and a C compiler")
+@pytest.mark.parametrize("name", [*SCHEMES, "int4-g64"])
+@pytest.mark.parametrize("threads", [1, 3])
+def test_qgrouped_is_grouped_on_the_dequantized_experts(name, threads):
+    """Bit for bit: groups of 0, 1, 2 (row by row), 5 … 40 rows (blocks of six and their remainders), output
+    counts that leave a last partial block of weight rows, widths with a short last group."""
+    s, g, before = SCHEMES.get(name, Scheme(name, 4, 64)), torch.Generator().manual_seed(2), torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for N, K, counts in [(37, 96, [0, 5, 40]), (64, 512, [1, 2, 7, 33]), (10, 256, [3, 0]), (9, 200, [13])]:
+            w_ENK = torch.randn(len(counts), N, K, generator=g)
+            codes, scales = map(torch.stack, zip(*(quantize(w, s) for w in w_ENK), strict=True))
+            x_AK = torch.randn(sum(counts), K, generator=g).bfloat16()
+            offsets_E1 = F.pad(torch.tensor(counts).cumsum(0), (1, 0))
+            plain_ENK = torch.stack([dequantize(c, sc, s, torch.bfloat16) for c, sc in zip(codes, scales, strict=True)])
+            want = cpu_kernels.grouped(x_AK, plain_ENK, offsets_E1)
+            assert torch.equal(cpu_kernels.qgrouped(x_AK, codes, scales, s.bits, s.group, offsets_E1), want), (N, K)
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(ValueError, match="qgrouped takes"):
+        cpu_kernels.qgrouped(x_AK.float(), codes, scales, s.bits, s.group, offsets_E1)
+    with pytest.raises(ValueError, match="qgrouped takes"):
+        cpu_kernels.qgrouped(x_AK, codes[:, :, 1:], scales, s.bits, s.group, offsets_E1)
+
+
 # ---- modules and the pass ----
+
+
+@pytest.mark.skipif(not NATIVE, reason="the native kernels need AVX512-BF16 and a C compiler")
+@pytest.mark.parametrize("name", ["int8", "int4"])
+def test_quantized_experts_prefill_through_qgrouped(name, monkeypatch):
+    """A bf16 prefill's routed experts: one `qgrouped` call per projection, the results of the native grouped
+    experts (`GatherExperts`) holding the dequantized weights, bit for bit."""
+    from herd.fast import GatherExperts
+
+    g = torch.Generator().manual_seed(4)
+    w13_EDO, w2_EFD = torch.randn(5, 48, 80, generator=g) * 0.2, torch.randn(5, 40, 48, generator=g) * 0.2
+    experts = QuantExperts.from_weights(w13_EDO, w2_EFD, name)
+    plain = GatherExperts(5, 48, 40)
+    plain.w13.data = dequantize(experts.w13_codes, experts.w13_scales, experts.scheme, torch.bfloat16).transpose(1, 2)
+    plain.w2.data = dequantize(experts.w2_codes, experts.w2_scales, experts.scheme, torch.bfloat16).transpose(1, 2)
+    xs_AD, counts_E = torch.randn(30, 48, generator=g).bfloat16(), torch.tensor([7, 0, 1, 20, 2])
+    calls = []
+    real = cpu_kernels.qgrouped
+    monkeypatch.setattr(cpu_kernels, "qgrouped", lambda *a: calls.append(a[3]) or real(*a))
+    with torch.no_grad():
+        assert torch.equal(experts.grouped(xs_AD, counts_E), plain.grouped(xs_AD, counts_E))
+    assert len(calls) == 2
 
 
 def _dequantized_copy(plain: torch.nn.Module, quantized: torch.nn.Module) -> torch.nn.Module:

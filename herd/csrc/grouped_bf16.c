@@ -16,3 +16,75 @@
 #define NAME herd_grouped_bf16
 
 #include "grouped.h"
+
+/* ---- quantized experts (herd.quant: int8 / int4 codes, fp32 scales per group) against bf16 rows ----
+
+   The same products with each block of NB weight rows dequantized to bf16 (quant.h's dequant_row: exactly
+   herd.quant's dequantized values) into a buffer of this thread's that stays in L1, then passed against the
+   rows as above: bit for bit `grouped` on the dequantized weight, without writing the dequantized experts
+   out to memory and reading them back (a prefill's routed experts are ~90% of its weights). */
+#include <stdlib.h>
+
+#include "quant.h"
+
+static void qgroup(const T *x, const int8_t *codes, const float *scales, T *y, long M, long N, long K, int bits,
+                   long group, T *wbuf) {
+    const long row_bytes = CODE_BYTES(bits, K), row_scales = SCALE_COUNT(K, group);
+    const long blocks = (N + NB - 1) / NB;
+    #pragma omp for schedule(static) nowait
+    for (long b = 0; b < blocks; b++) {
+        const long n0 = b * NB, count = N - n0 < NB ? N - n0 : NB;
+        for (long j = 0; j < count; j++) {
+            const int8_t *c = codes + (n0 + j) * row_bytes;
+            const float *s = scales + (n0 + j) * row_scales;
+            prefetch_row(c, row_bytes, s);
+            dequant_row(c, s, wbuf + j * K, K, bits, group, 1);
+        }
+        T *yb = y + n0;
+        if (M <= 2 || count < NB) {  /* as `group`: row by row for a matrix-vector product and the last rows */
+            for (long j = 0; j < count; j++)
+                for (long m = 0; m < M; m++) STORE1(yb + m * N + j, DOT(wbuf + j * K, x + m * K, K));
+            continue;
+        }
+        const long passes = (M + MB - 1) / MB;
+        for (long p = 0, m = 0; p < passes; p++) {
+            const long rows = (M - m) / (passes - p);
+            switch (rows) {
+                case 6: block(x + m * K, wbuf, yb + m * N, 6, K, N, NULL); break;
+                case 5: block(x + m * K, wbuf, yb + m * N, 5, K, N, NULL); break;
+                case 4: block(x + m * K, wbuf, yb + m * N, 4, K, N, NULL); break;
+                case 3: block(x + m * K, wbuf, yb + m * N, 3, K, N, NULL); break;
+                case 2: block(x + m * K, wbuf, yb + m * N, 2, K, N, NULL); break;
+                default: block(x + m * K, wbuf, yb + m * N, 1, K, N, NULL); break;
+            }
+            m += rows;
+        }
+    }
+}
+
+/* y[a] = x[a] @ dequant(w[e])ᵀ for the rows a of group e (offsets as `grouped`): codes [E, N, row bytes] and
+   scales [E, N, ceil(K / group)] in herd.quant.schemes' layout. Returns -1 when a buffer cannot be allocated
+   (nothing written), else 0. */
+int herd_qgrouped_bf16(const T *x, const int8_t *codes, const float *scales, T *y, const long *offsets, long E,
+                       long N, long K, int bits, long group, int threads) {
+    const long row_bytes = CODE_BYTES(bits, K), row_scales = SCALE_COUNT(K, group);
+    int failed = 0;
+    #pragma omp parallel num_threads(threads)
+    {
+        T *wbuf = malloc(sizeof(T) * NB * K);
+        if (!wbuf) {
+            #pragma omp atomic write
+            failed = 1;
+        }
+        #pragma omp barrier
+        if (!failed)
+            for (long e = 0; e < E; e++) {
+                const long start = offsets[e], rows = offsets[e + 1] - start;
+                if (rows > 0)
+                    qgroup(x + start * K, codes + e * N * row_bytes, scales + e * N * row_scales, y + start * N, rows,
+                           N, K, bits, group, wbuf);
+            }
+        free(wbuf);
+    }
+    return failed ? -1 : 0;
+}

@@ -318,3 +318,45 @@ static inline void qdots16_bf16(int bits, const int8_t *codes, long row_bytes, c
     const __m512i rows = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
     _mm512_storeu_ps(out, _mm512_permutexvar_ps(rows, sums16(acc)));
 }
+
+/* Store 16 fp32 values at out + k as bf16 (round to nearest even) or fp32. */
+static inline void put16(void *out, long k, __m512 v, int out_bf16) {
+    if (out_bf16) _mm256_storeu_si256((__m256i *)((uint16_t *)out + k), (__m256i)_mm512_cvtneps_pbh(v));
+    else _mm512_storeu_ps((float *)out + k, v);
+}
+
+/* One weight row dequantized: o[k] = q · scale for k < K, as bf16 (round to nearest even) or fp32 (out_bf16 0).
+   The exact values herd.quant.schemes.dequantize gives, in the activation dtype. */
+static inline void dequant_row(const int8_t *c, const float *s, void *o, long K, int bits, long group, int out_bf16) {
+    const __m512i evens = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    const __m512i odds = _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
+    for (long g0 = 0, si = 0; g0 < K; g0 += group, si++) {  /* by groups: no division per element */
+        const long end = g0 + group < K ? g0 + group : K;
+        const __m512 scale = _mm512_set1_ps(s[si]);
+        long k = g0;
+        if (bits == 4) {
+            for (; k + 32 <= end; k += 32) {  /* 16 bytes: inputs k, k+1 in byte k/2 (low, high nibble) */
+                const __m512i v = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(c + k / 2)));
+                const __m512 lo = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_srai_epi32(_mm512_slli_epi32(v, 28), 28)), scale);
+                const __m512 hi = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_srai_epi32(v, 4)), scale);
+                put16(o, k, _mm512_permutex2var_ps(lo, evens, hi), out_bf16);
+                put16(o, k + 16, _mm512_permutex2var_ps(lo, odds, hi), out_bf16);
+            }
+            for (; k < end; k += 2) {
+                const int8_t byte = c[k / 2];
+                const float a = (float)((int8_t)(byte << 4) >> 4) * s[si], b = (float)(byte >> 4) * s[si];
+                if (out_bf16) ((uint16_t *)o)[k] = to_bf16(a), ((uint16_t *)o)[k + 1] = to_bf16(b);
+                else ((float *)o)[k] = a, ((float *)o)[k + 1] = b;
+            }
+        } else {
+            for (; k + 16 <= end; k += 16)
+                put16(o, k, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
+                    _mm_loadu_si128((const __m128i *)(c + k)))), scale), out_bf16);
+            for (; k < end; k++) {
+                const float a = (float)c[k] * s[si];
+                if (out_bf16) ((uint16_t *)o)[k] = to_bf16(a);
+                else ((float *)o)[k] = a;
+            }
+        }
+    }
+}

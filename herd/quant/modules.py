@@ -5,7 +5,8 @@
   more rows (a prefill), a GPU, or a compiled graph dequantize the weight to the activation dtype and
   run the usual matmul.
 - `QuantExperts` replaces the routed experts: codes stored output-major per expert (w13 [E, 2F, D],
-  w2 [E, D, F], groups along the reduction), the same dispatch as `herd.moe.Experts`.
+  w2 [E, D, F], groups along the reduction), the same dispatch as `herd.moe.Experts`; a prefill's bf16 rows
+  go through `herd.cpu_kernels.qgrouped`, which dequantizes a few weight rows at a time in cache.
 - Scales stay fp32 through `.to(dtype)`: only a device move touches codes and scales.
 
 Shapes: M rows, N outputs, K inputs, E experts, D model dim, F expert hidden, T tokens.
@@ -143,6 +144,21 @@ class QuantExperts(Experts):
     def _apply(self, fn, recurse=True):
         _move(self, fn)
         return self
+
+    def grouped(self, xs_AD: torch.Tensor, counts_E: torch.Tensor) -> torch.Tensor:
+        """Rows sorted by expert through their experts. bf16 rows on a CPU with the native kernels go through
+        `cpu_kernels.qgrouped` (each projection of all experts in one call, weight blocks dequantized in cache:
+        the results of `GatherExperts` on the dequantized weights); anything else expert by expert."""
+        codes = (self.w13_codes, self.w13_scales, self.w2_codes, self.w2_scales)
+        if (xs_AD.device.type != "cpu" or xs_AD.dtype != torch.bfloat16 or torch.is_grad_enabled()
+                or torch.compiler.is_compiling() or not all(t.is_contiguous() for t in codes)
+                or not cpu_kernels.available()):
+            return super().grouped(xs_AD, counts_E)
+        bits, group = self.scheme.bits, self.scheme.group
+        offsets_E1 = F.pad(counts_E.cumsum(0), (1, 0))
+        gate_AF, up_AF = cpu_kernels.qgrouped(xs_AD, self.w13_codes, self.w13_scales, bits, group,
+                                              offsets_E1).chunk(2, dim=-1)
+        return cpu_kernels.qgrouped(F.silu(gate_AF).mul_(up_AF), self.w2_codes, self.w2_scales, bits, group, offsets_E1)
 
     def expert(self, e: int, x_TD: torch.Tensor) -> torch.Tensor:
         gate_TF, up_TF = _product(x_TD, self.w13_codes[e], self.w13_scales[e], self.scheme).chunk(2, dim=-1)
