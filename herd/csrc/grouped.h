@@ -60,6 +60,25 @@ static inline __attribute__((always_inline)) void block(const T *x, const T *w, 
     for (int m = 0; m < rows; m++) STORE4(y + m * ldy, sum4(acc[m][0], acc[m][1], acc[m][2], acc[m][3]));
 }
 
+/* M rows of x against the NB weight rows at wb, to yb (rows N apart), in ceil(M / MB) passes of near-equal
+   height: 32 rows go as 6+6+5+5+5+5, not 6·5+2. `next` (or NULL) is fetched during the first pass. */
+static inline __attribute__((always_inline)) void passes(const T *x, const T *wb, T *yb, long M, long N, long K,
+                                                          const T *next) {
+    const long count = (M + MB - 1) / MB;
+    for (long p = 0, m = 0; p < count; p++, next = NULL) {
+        const long rows = (M - m) / (count - p);
+        switch (rows) {
+            case 6: block(x + m * K, wb, yb + m * N, 6, K, N, next); break;
+            case 5: block(x + m * K, wb, yb + m * N, 5, K, N, next); break;
+            case 4: block(x + m * K, wb, yb + m * N, 4, K, N, next); break;
+            case 3: block(x + m * K, wb, yb + m * N, 3, K, N, next); break;
+            case 2: block(x + m * K, wb, yb + m * N, 2, K, N, next); break;
+            default: block(x + m * K, wb, yb + m * N, 1, K, N, next); break;
+        }
+        m += rows;
+    }
+}
+
 /* One group: x [M, K] against w [N, K]; this thread's share of the NB-row blocks (static, no barrier). */
 static void group(const T *x, const T *w, T *y, long M, long N, long K) {
     if (M <= 2) {  /* a matrix-vector product: one weight row at a time, read in order, is bandwidth-bound */
@@ -73,21 +92,7 @@ static void group(const T *x, const T *w, T *y, long M, long N, long K) {
     for (long b = 0; b < blocks; b++) {
         const T *wb = w + b * NB * K;
         T *yb = y + b * NB;
-        const T *next = b + 1 < blocks ? wb + NB * K : NULL;  /* fetched during the first pass */
-        /* ceil(M / MB) passes of near-equal height: 32 rows go as 6+6+5+5+5+5, not 6·5+2 */
-        const long passes = (M + MB - 1) / MB;
-        for (long p = 0, m = 0; p < passes; p++, next = NULL) {
-            const long rows = (M - m) / (passes - p);
-            switch (rows) {
-                case 6: block(x + m * K, wb, yb + m * N, 6, K, N, next); break;
-                case 5: block(x + m * K, wb, yb + m * N, 5, K, N, next); break;
-                case 4: block(x + m * K, wb, yb + m * N, 4, K, N, next); break;
-                case 3: block(x + m * K, wb, yb + m * N, 3, K, N, next); break;
-                case 2: block(x + m * K, wb, yb + m * N, 2, K, N, next); break;
-                default: block(x + m * K, wb, yb + m * N, 1, K, N, next); break;
-            }
-            m += rows;
-        }
+        passes(x, wb, yb, M, N, K, b + 1 < blocks ? wb + NB * K : NULL);
     }
     #pragma omp for schedule(static) nowait
     for (long n = blocks * NB; n < N; n++)  /* the last N % NB rows */

@@ -46,19 +46,7 @@ static void qgroup(const T *x, const int8_t *codes, const float *scales, T *y, l
                 for (long m = 0; m < M; m++) STORE1(yb + m * N + j, DOT(wbuf + j * K, x + m * K, K));
             continue;
         }
-        const long passes = (M + MB - 1) / MB;
-        for (long p = 0, m = 0; p < passes; p++) {
-            const long rows = (M - m) / (passes - p);
-            switch (rows) {
-                case 6: block(x + m * K, wbuf, yb + m * N, 6, K, N, NULL); break;
-                case 5: block(x + m * K, wbuf, yb + m * N, 5, K, N, NULL); break;
-                case 4: block(x + m * K, wbuf, yb + m * N, 4, K, N, NULL); break;
-                case 3: block(x + m * K, wbuf, yb + m * N, 3, K, N, NULL); break;
-                case 2: block(x + m * K, wbuf, yb + m * N, 2, K, N, NULL); break;
-                default: block(x + m * K, wbuf, yb + m * N, 1, K, N, NULL); break;
-            }
-            m += rows;
-        }
+        passes(x, wbuf, yb, M, N, K, NULL);
     }
 }
 
