@@ -201,6 +201,7 @@ def test_first_step_loss_matches_trl(base: Path, tmp_path: Path) -> None:
     assert herd_loss == pytest.approx(trl_loss, rel=1e-4, abs=1e-4)
 
 
+@pytest.mark.slow  # a whole training run (~11 s)
 def test_images_in_chat_data_train_the_text_model_with_the_tower_frozen(tmp_path: Path) -> None:
     """Image parts (a path relative to the JSONL) are rendered in place and encoded in the training forward: the
     loss is the fused model's masked cross-entropy; SFT leaves the tower as it was and saves it; a text-only

@@ -69,6 +69,7 @@ def test_config_file_is_strict(tmp_path: Path) -> None:
         TrainConfig(schedule="linear")
 
 
+@pytest.mark.slow  # a whole training run (~11 s)
 def test_loss_golden(llama4_data: Path, tmp_path: Path) -> None:
     """A fixed seed on the debug preset (with Llama 4's vocabulary) reproduces the recorded loss curve."""
     summary = run_in_process(debug_config(llama4_data, tmp_path))
