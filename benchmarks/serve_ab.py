@@ -6,7 +6,7 @@
 A serving change's A/B at one client, where `serve_bench.py` (levels minutes apart, against llama-server)
 cannot resolve a few percent on this machine, whose speed drifts from minute to minute. The base revision's
 whole tree is exported (`git archive`) and served from there beside the working tree (each builds its own
-kernels); both load the benchmark model (bench.py) in bf16 as `serve_bench.py` does. Each round sends the
+kernels), both started by `serve_bench.start_herd` (the benchmark model in bf16). Each round sends the
 same fresh prompt (128 random ids, 64 tokens, greedy, EOS ignored, streamed from `/v1/completions`) to each
 server in a shuffled order, and to `Engine.stream` in this process (what `herd generate` runs) unless
 `--no-generate`. Prints the median inter-token latency and output tok/s of each, and the median (range) of
@@ -17,29 +17,18 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import os
 import random
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
-from bench import MODEL_DIR, THREADS, ensure_model
-from serve_bench import _port, _wait
+from bench import ensure_model
+from serve_bench import generate_engine, start_herd
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _serve(tree: Path) -> tuple[subprocess.Popen, str]:
-    port = _port()
-    cmd = [sys.executable, "-m", "herd", "serve", "--model", str(MODEL_DIR), "--port", str(port), "--dtype",
-           "bfloat16", "--max-slots", "16", "--max-context", "4096", "--served-model-name", "bench"]
-    env = {**os.environ, "OMP_NUM_THREADS": str(THREADS), "PYTHONPATH": str(tree)}
-    proc = subprocess.Popen(cmd, cwd=tree, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    return proc, f"http://127.0.0.1:{port}"
 
 
 def _stream(client: httpx.Client, base: str, prompt: list[int], tokens: int) -> list[float]:
@@ -65,23 +54,15 @@ def main() -> None:
         base_tree = Path(tmp)
         archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.base], check=True, capture_output=True)
         subprocess.run(["tar", "-x", "-C", str(base_tree)], input=archive.stdout, check=True)
-        servers = {args.base: _serve(base_tree), "this tree": _serve(ROOT)}
+        servers: dict[str, tuple[str, subprocess.Popen]] = {}
         try:
-            for name, (proc, base) in servers.items():
-                _wait(base, proc, f"herd serve ({name})")
+            servers[args.base] = start_herd(base_tree)
+            servers["this tree"] = start_herd(ROOT)
             engine = params = None
             if not args.no_generate:
-                import torch
-
-                import herd
-                from herd.fast import optimize
-                from herd.infer.engine import Engine
                 from herd.infer.sampling import SamplingParams
-                from herd.infer.steps import FastDecode
 
-                torch.set_num_threads(THREADS)
-                model = optimize(herd.load(MODEL_DIR, dtype=torch.bfloat16))
-                engine = Engine(model, step=FastDecode(model))
+                engine = generate_engine()
                 params = SamplingParams(temperature=0.0, max_new_tokens=args.tokens, stop_ids=())
             names = [*servers, *(["herd generate"] if engine else [])]
             gaps: dict[str, list[float]] = {n: [] for n in names}
@@ -94,12 +75,12 @@ def main() -> None:
                         if name == "herd generate":
                             stamps = [time.perf_counter() for _ in engine.stream([prompt], params)]
                         else:
-                            stamps = _stream(client, servers[name][1], prompt, args.tokens)
+                            stamps = _stream(client, servers[name][0], prompt, args.tokens)
                         gaps[name] += [b - a for a, b in itertools.pairwise(stamps[1:])]  # past the first token
                         rates[name].append((len(stamps) - 1) / (stamps[-1] - stamps[0]))
                     print(f"round {r + 1}/{args.rounds}", flush=True)
         finally:
-            for proc, _ in servers.values():
+            for _, proc in servers.values():
                 proc.terminate()
                 proc.wait()
     print(f"\none client, bf16, {args.tokens} tokens a request, {args.rounds} rounds")

@@ -30,6 +30,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import llama_cpp
@@ -58,12 +59,14 @@ def _wait(base: str, proc: subprocess.Popen, name: str) -> None:
     sys.exit(f"{name} did not become healthy")
 
 
-def start_herd() -> tuple[str, subprocess.Popen]:
+def start_herd(tree: Path | None = None) -> tuple[str, subprocess.Popen]:
+    """`herd serve` on the benchmark model, ready; from the source tree `tree` (serve_ab.py's base revision)
+    where given, else the installed herd."""
     port = _port()
     cmd = [sys.executable, "-m", "herd", "serve", "--model", str(MODEL_DIR), "--port", str(port), "--dtype",
            "bfloat16", "--max-slots", str(SLOTS), "--max-context", str(SLOT_CONTEXT), "--served-model-name", "bench"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "OMP_NUM_THREADS": str(THREADS)})
+    env = {**os.environ, "OMP_NUM_THREADS": str(THREADS), **({"PYTHONPATH": str(tree)} if tree else {})}
+    proc = subprocess.Popen(cmd, cwd=tree, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     base = f"http://127.0.0.1:{port}"
     _wait(base, proc, "herd serve")
     return base, proc

@@ -159,9 +159,11 @@ def matvec_bf16(x_MK: torch.Tensor, w_NK: torch.Tensor) -> torch.Tensor:
 def argmax(x_V: torch.Tensor) -> int | None:
     """`int(x_V.argmax())` of a contiguous 1-D fp32 or bf16 CPU tensor (the first maximum; a NaN counts as the
     largest) in one vectorized pass (herd/csrc/argmax.c); None where the kernel does not take it."""
-    lib = library()
-    if (lib is None or x_V.dim() != 1 or x_V.dtype not in (torch.float32, torch.bfloat16) or x_V.device.type != "cpu"
+    if (x_V.device.type != "cpu" or x_V.dim() != 1 or x_V.dtype not in (torch.float32, torch.bfloat16)
             or not x_V.is_contiguous() or not 0 < x_V.shape[0] < 2**31):
+        return None
+    lib = library()  # asked only for a tensor it takes: a GPU row does not build the kernels
+    if lib is None:
         return None
     return int(lib.herd_argmax(x_V.data_ptr(), x_V.shape[0], int(x_V.dtype == torch.bfloat16)))
 
@@ -303,9 +305,11 @@ def qgrouped(x_AK: torch.Tensor, codes_ENC: torch.Tensor, scales_ENG: torch.Tens
     lib = library()
     if lib is None:
         raise RuntimeError("herd.cpu_kernels.qgrouped is not available on this machine")
-    E, N = codes_ENC.shape[:2]
-    K = x_AK.shape[1]
-    if (x_AK.dtype != torch.bfloat16 or x_AK.dim() != 2 or bits not in (4, 8) or group % 32
+    if x_AK.dim() != 2 or codes_ENC.dim() != 3:
+        raise ValueError(f"qgrouped takes rows [A, K] and codes [E, N, ...], got {tuple(x_AK.shape)} and "
+                         f"{tuple(codes_ENC.shape)}")
+    (E, N, _), K = codes_ENC.shape, x_AK.shape[1]
+    if (x_AK.dtype != torch.bfloat16 or bits not in (4, 8) or group % 32
             or codes_ENC.shape[2] != (K // 2 if bits == 4 else K) or scales_ENG.shape != (E, N, -(-K // group))
             or scales_ENG.dtype != torch.float32 or not (codes_ENC.is_contiguous() and scales_ENG.is_contiguous())):
         raise ValueError(f"qgrouped takes bf16 rows [A, K] and contiguous {bits}-bit codes and fp32 scales of "

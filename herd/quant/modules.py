@@ -149,9 +149,9 @@ class QuantExperts(Experts):
         """Rows sorted by expert through their experts. bf16 rows on a CPU with the native kernels go through
         `cpu_kernels.qgrouped` (each projection of all experts in one call, weight blocks dequantized in cache:
         the results of `GatherExperts` on the dequantized weights); anything else expert by expert."""
-        codes = (self.w13_codes, self.w13_scales, self.w2_codes, self.w2_scales)
+        stored = (self.w13_codes, self.w13_scales, self.w2_codes, self.w2_scales)
         if (xs_AD.device.type != "cpu" or xs_AD.dtype != torch.bfloat16 or torch.is_grad_enabled()
-                or torch.compiler.is_compiling() or not all(t.is_contiguous() for t in codes)
+                or torch.compiler.is_compiling() or not all(t.is_contiguous() for t in stored)
                 or not cpu_kernels.available()):
             return super().grouped(xs_AD, counts_E)
         bits, group = self.scheme.bits, self.scheme.group
