@@ -260,3 +260,53 @@ def test_a_row_decodes_the_same_alone_and_among_eleven(dtype):
     tolerance = 1e-4 if dtype == torch.float32 else 2**-5  # bf16: a rounding step apart over six steps
     assert torch.allclose(together, eager, rtol=tolerance, atol=tolerance), (together - eager).abs().max()
     assert config.n_experts < 11  # so rows share experts in every MoE layer
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_run_gives_the_logits_and_their_first_maximum(dtype, threads):
+    """`run` (the scheduler's form of a step) equals the tensor call, and its greedy tokens are torch's argmax
+    of the logits, the step's threads searching a piece of each row each: ties go to the first (an all-zero
+    LM head), a NaN counts as the largest and the first NaN wins, across pieces too."""
+    model = optimize(herd.build(SCOUT_LIKE, seed=0, dtype=dtype))
+    native, pool = NativeDecode(model), KVPool(model.config, 3, 64, dtype)
+    tokens, positions, slots = [3, 9, 4], [0, 2, 5], [1, 0, 2]
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.no_grad():
+            assert native.ready(3, pool)
+            want_BV = native(torch.tensor(tokens).view(3, 1), torch.tensor(positions), torch.tensor(slots), pool)
+            logits_BV, best_B = native.run(tokens, positions, slots, pool, greedy=True)
+            assert torch.equal(logits_BV, want_BV) and best_B == logits_BV.argmax(-1).tolist()
+            assert native.run(tokens[:1], positions[:1], slots[:1], pool)[1] is None  # not asked for
+            head = model.output.weight
+            head.zero_()
+            assert native.ready(3, pool) and native.run(tokens, positions, slots, pool, greedy=True)[1] == [0, 0, 0]
+            head[200], head[7] = float("nan"), float("nan")  # in the last piece, then in the first
+            assert native.ready(3, pool) and native.run(tokens, positions, slots, pool, greedy=True)[1] == [7, 7, 7]
+            head[7] = 0
+            assert native.ready(3, pool) and native.run(tokens, positions, slots, pool, greedy=True)[1] == [200] * 3
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_a_weight_moved_alone_is_read_until_the_full_check_then_followed():
+    """Every step checks the embedding and the LM head; a weight moved alone (`.data` swapped) is noticed at the
+    next full check, and its old memory is kept alive until then."""
+    from herd.infer.native import FULL_CHECK
+
+    model = optimize(herd.build(SCOUT_LIKE, seed=0, dtype=torch.bfloat16))
+    native, pool = NativeDecode(model), KVPool(model.config, 1, 64, torch.bfloat16)
+    wo = model.layers[1].attention.wo.weight
+    with torch.no_grad():
+        assert native.ready(1, pool)
+        before = native.run([5], [0], [0], pool)[0].clone()
+        wo.data = wo.data * 2  # the old storage's only owner is now the step's alias
+        while (native._steps + 1) % FULL_CHECK:
+            assert native.ready(1, pool)
+            assert torch.equal(native.run([5], [0], [0], pool)[0], before)  # the old weights, still alive
+        assert native._key != native._key_of(pool)
+        assert native.ready(1, pool)  # the full check: noticed and rebuilt
+        assert native._key == native._key_of(pool)
+        assert not torch.equal(native.run([5], [0], [0], pool)[0], before)

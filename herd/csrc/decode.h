@@ -278,12 +278,28 @@ static void attend(const T *q_RK, const T *k_LK, const T *v_LK, long n, long R, 
         for (long k = 0; k < K; k++) out_RK[r * K + k] = STORE(acc_RK[r * K + k] / sum_R[r]);
 }
 
-/* The final-norm hidden states go to out [B, D] and, unless logits_BV is NULL, their logits to logits_BV [B, V].
+long herd_argmax(const void *x, long n, int bf16);  /* argmax.c */
+
+/* The first largest of the logits of row b, from the first largest of each of its `parts` (best_P): the
+   first NaN wins, as in herd_argmax; equal values keep the earlier part's. */
+static long combine_argmax(const T *logits_V, const int64_t *best_P, long parts) {
+    long out = best_P[0];
+    for (long p = 1; p < parts; p++) {
+        const float have = LOAD(logits_V[out]), value = LOAD(logits_V[best_P[p]]);
+        if (isnan(have)) break;
+        if (isnan(value) || value > have) out = best_P[p];
+    }
+    return out;
+}
+
+/* The final-norm hidden states go to out [B, D] and, unless logits_BV is NULL, their logits to logits_BV [B, V];
+   with argmax_B, each row's greedy token too (the first largest logit, a NaN counting as the largest, as
+   torch.argmax): found by the step's threads while the logits are still in their caches.
    Returns 0; -1 when scratch memory cannot be allocated, -2 for a token id outside the vocabulary, -3 for a
    position outside a layer's cache, -4 for a slot outside the pool of n_slots, -5 for more than MAX_ROWS rows.
    Nothing is written on an error. */
 int NAME(const model_t *m, const int64_t *tokens, const int64_t *positions, const int64_t *slots, int64_t n_slots,
-         int64_t B, T *out, T *logits_BV, int threads) {
+         int64_t B, T *out, T *logits_BV, int64_t *argmax_B, int threads) {
     const long D = m->dim, H = m->n_heads, G = m->n_kv_heads, K = m->head_dim, R = H / G, E = m->n_experts;
     const long QKV = (H + 2 * G) * K;
     const float eps = m->norm_eps;
@@ -308,8 +324,10 @@ int NAME(const model_t *m, const int64_t *tokens, const int64_t *positions, cons
     T *buf = malloc(sizeof(T) * B * (4 * D + QKV + H * K + 6 * F + (E ? E : 1)));
     int64_t *expert_B = malloc(sizeof(int64_t) * B);
     float *cos_sin_BK = malloc(sizeof(float) * B * K);
-    if (!buf || !expert_B || !cos_sin_BK) {
-        free(buf), free(expert_B), free(cos_sin_BK);
+    const long parts = threads < 1 ? 1 : threads < m->vocab ? threads : m->vocab;  /* pieces of a row's argmax */
+    int64_t *best_BP = malloc(sizeof(int64_t) * B * parts);
+    if (!buf || !expert_B || !cos_sin_BK || !best_BP) {
+        free(buf), free(expert_B), free(cos_sin_BK), free(best_BP);
         return -1;
     }
     T *x = buf, *xn = x + B * D, *xs = xn + B * D, *shared_out = xs + B * D, *qkv = shared_out + B * D;
@@ -465,9 +483,20 @@ int NAME(const model_t *m, const int64_t *tokens, const int64_t *positions, cons
             } else if (logits_BV) {
                 head_rows(&m->output, out, logits_BV, B, m->vocab, D, xf);
             }
+            if (logits_BV && argmax_B) {
+                const long V = m->vocab;
+                #pragma omp barrier
+                #pragma omp for
+                for (long i = 0; i < B * parts; i++) {
+                    const long b = i / parts, p = i % parts, start = V * p / parts, end = V * (p + 1) / parts;
+                    best_BP[i] = start + herd_argmax(logits_BV + b * V + start, end - start, sizeof(T) == 2);
+                }
+            }
         }
         free(scores), free(xf);
     }
-    free(buf), free(expert_B), free(cos_sin_BK);
+    if (!failed && logits_BV && argmax_B)
+        for (long b = 0; b < B; b++) argmax_B[b] = combine_argmax(logits_BV + b * m->vocab, best_BP + b * parts, parts);
+    free(buf), free(expert_B), free(cos_sin_BK), free(best_BP);
     return failed ? -1 : 0;
 }

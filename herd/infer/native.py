@@ -11,8 +11,18 @@ names its KV slot in the pool (`herd.infer.kv_pool.KVPool`).
 `NativeDecode.takes()` says whether it can run a step: the model is bf16 or fp32 on CPU and laid out by
 `herd.fast.optimize` (fused q|k|v and gate|up, output-major experts), MoE layers route top-1, the pool has
 the weights' dtype, and the kernels are available (`herd.cpu_kernels`). `herd.infer.steps.FastDecode` asks
-first and keeps its compiled path otherwise. The pointers handed to C are rebuilt whenever a weight or pool
-tensor moves (a cast, a new pool), checked by address on every step.
+first and keeps its compiled path otherwise.
+
+The pointers handed to C are rebuilt when a tensor moves. Checking the address of every tensor (~150 for the
+benchmark model) costs ~0.2 ms a step, because the step itself has just pushed Python's objects out of the
+caches; so every step checks the pool, the embedding (a cast or a move of the model moves it) and the LM head
+(which RL writes in place, and whose bf16 packed copy must follow), and every `FULL_CHECK`-th step checks
+all. A tensor moved alone in between is read from its old memory, which the step keeps alive until then.
+
+`run()` is the scheduler's form of a step: Python ints in, the logits in a buffer of the step's own (until
+the next run) and, on request, each row's greedy token, found by the step's threads while the logits are
+still in their caches. Between two steps the scheduler's Python runs with cold caches (~1 µs a touched
+object), so this path touches as few as it can.
 
 Shapes: B rows, D model dim, V vocab.
 """
@@ -57,6 +67,7 @@ class _Model(ctypes.Structure):  # model_t in decode.h
 
 
 _STEPS = {torch.bfloat16: "herd_decode_bf16", torch.float32: "herd_decode_f32"}  # the kernel per weight dtype
+FULL_CHECK = 32  # steps between two checks of every tensor's address (the module doc)
 _PACKED = 1  # weight_t.bits of a bf16 weight in packed.h's layout (decode.h's PACKED)
 _ERRORS = {-1: "out of memory for scratch buffers", -2: "a token id outside the vocabulary",
            -3: "a position outside the KV cache", -4: "a slot outside the KV pool", -5: "more rows than 64"}
@@ -137,10 +148,15 @@ class NativeDecode:
         self.enabled = True
         self.reason = "not checked yet"  # why the last check refused, for logs and tests
         self._key: tuple | None = None
+        self._quick: tuple | None = None
+        self._steps = 0
         self._pool: weakref.ref = lambda: None
         self._watching: list[tuple[dict, str]] = []
         self._ok = False
         self._keep: list[torch.Tensor] = []
+        self._alive: list[torch.Tensor] = []  # aliases of the weights read: a moved one stays valid until noticed
+        self._ints = (c_int64 * max_batch)(), (c_int64 * max_batch)(), (c_int64 * max_batch)(), (c_int64 * max_batch)()
+        self._outputs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # rows -> run()'s hidden and logits
         self.pack_head = True  # the bf16 LM head read from a packed copy (packed.h); False: the weight itself
         self._head: torch.Tensor | None = None  # the weight the packed copy was made from, and the copy
         self._head_version = -1
@@ -223,6 +239,9 @@ class NativeDecode:
             layers[i].rope, layers[i].qk_norm = attention.use_rope, attention.use_qk_norm
             layers[i].temperature = attention.temperature_tuning
         self._layers = layers
+        self._alive = [store[name].detach() for store, name in self._watching]
+        self._step_fn = getattr(cpu_kernels.library(), _STEPS[m.tok_embeddings.weight.dtype])
+        self._outputs = {}
         self._model = _Model(vocab=c.vocab_size, dim=c.dim, n_heads=c.n_heads, n_kv_heads=c.n_kv_heads,
                              head_dim=c.head_dim, n_layers=c.n_layers, n_experts=c.n_experts,
                              norm_eps=c.norm_eps, floor_scale=c.floor_scale, attn_scale=c.attn_scale,
@@ -245,15 +264,22 @@ class NativeDecode:
 
     def takes(self, tokens_B1: torch.Tensor, pool: KVPool) -> bool:
         """Whether the native kernel runs this step (checked again whenever a tensor has moved)."""
-        rows = tokens_B1.shape[0]
-        if not self.enabled or rows > self.max_batch or tokens_B1.device.type != "cpu" or tokens_B1.shape[1] != 1:
+        return tokens_B1.device.type == "cpu" and tokens_B1.shape[1] == 1 and self.ready(tokens_B1.shape[0], pool)
+
+    def ready(self, rows: int, pool: KVPool) -> bool:
+        """Whether the native kernel runs a step of `rows` rows on `pool` (see the module doc for what is
+        checked every step)."""
+        if not self.enabled or rows > self.max_batch:
             return False
         if self._pool() is not pool:  # a weak reference: a dropped pool is freed
             self._pool, self._watching = weakref.ref(pool), self._watch()
             self._key = None
-        if self._key_of(pool) != self._key:
-            self._build(pool)
-            self._key = self._key_of(pool)
+        self._steps += 1
+        if self._key is None or self._steps % FULL_CHECK == 0 or self._quick_of()[:4] != self._quick[:4]:
+            if self._key_of(pool) != self._key:
+                self._build(pool)
+                self._key = self._key_of(pool)
+            self._quick = self._quick_of()
         return self._ok
 
     def _key_of(self, pool: KVPool) -> tuple:
@@ -261,6 +287,13 @@ class NativeDecode:
         return (*(store[name].data_ptr() for store, name in self._watching),
                 *(t.data_ptr() for layer in pool.layers for t in (layer.k_SGLK, layer.v_SGLK)),
                 self._head._version if self._head is not None else None)
+
+    def _quick_of(self) -> tuple:
+        """What every step checks: the embedding's address, and the LM head's address, version and id (the
+        tuple holds the head itself, so that the id cannot pass to another tensor)."""
+        (embeddings, e), (heads, h) = self._watching[0], self._watching[3]  # _watch's order
+        head = heads[h]
+        return embeddings[e].data_ptr(), head.data_ptr(), head._version, id(head), head
 
     def __call__(self, tokens_B1: torch.Tensor, positions_B: torch.Tensor, slots_B: torch.Tensor, pool: KVPool,
                  logits: bool = True) -> torch.Tensor:
@@ -276,11 +309,34 @@ class NativeDecode:
                              f"{tuple(slots_B.shape)}")
         hidden_BD = torch.empty(rows, c.dim, dtype=dtype)
         logits_BV = torch.empty(rows, c.vocab_size, dtype=dtype) if logits else None
-        status = getattr(cpu_kernels.library(), _STEPS[dtype])(
-            ctypes.byref(self._model), tokens_B.data_ptr(), positions_B.data_ptr(), slots_B.data_ptr(),
-            c_int64(pool.slots), rows, hidden_BD.data_ptr(), logits_BV.data_ptr() if logits else None,
-            torch.get_num_threads())
+        status = self._step_fn(ctypes.byref(self._model), tokens_B.data_ptr(), positions_B.data_ptr(),
+                               slots_B.data_ptr(), c_int64(pool.slots), rows, hidden_BD.data_ptr(),
+                               logits_BV.data_ptr() if logits else None, None, torch.get_num_threads())
         if status:
-            raise ValueError(f"native decode step refused: {_ERRORS.get(status, status)} (tokens "
-                             f"{tokens_B.tolist()}, positions {positions_B.tolist()}, slots {slots_B.tolist()})")
+            self._refused(status, tokens_B.tolist(), positions_B.tolist(), slots_B.tolist())
         return logits_BV if logits else hidden_BD
+
+    def run(self, tokens: list[int], positions: list[int], slots: list[int], pool: KVPool,
+            greedy: bool = False) -> tuple[torch.Tensor, list[int] | None]:
+        """The step on Python ints (row b: token tokens[b] at position positions[b] of slot slots[b]): the logits
+        [B, V], in a buffer that the next `run` overwrites, and with `greedy` each row's first largest logit's
+        id (a NaN counting as the largest, as torch.argmax). Call after `ready()` said yes for this pool."""
+        rows = len(tokens)
+        ids, at, where, best = self._ints
+        ids[:rows], at[:rows], where[:rows] = tokens, positions, slots
+        outputs = self._outputs.get(rows)
+        if outputs is None:
+            c, dtype = self.model.config, self.model.tok_embeddings.weight.dtype
+            outputs = self._outputs[rows] = (torch.empty(rows, c.dim, dtype=dtype),
+                                             torch.empty(rows, c.vocab_size, dtype=dtype))
+        hidden_BD, logits_BV = outputs
+        status = self._step_fn(ctypes.byref(self._model), ids, at, where, pool.slots, rows, hidden_BD.data_ptr(),
+                               logits_BV.data_ptr(), best if greedy else None, torch.get_num_threads())
+        if status:
+            self._refused(status, list(tokens), list(positions), list(slots))
+        return logits_BV, best[:rows] if greedy else None
+
+    @staticmethod
+    def _refused(status: int, tokens: list[int], positions: list[int], slots: list[int]) -> None:
+        raise ValueError(f"native decode step refused: {_ERRORS.get(status, status)} (tokens {tokens}, positions "
+                         f"{positions}, slots {slots})")

@@ -54,6 +54,17 @@ class SamplingParams:
         if failed:
             raise ValueError(f"invalid sampling parameters: need {', '.join(failed)}")
 
+    @property
+    def plain_greedy(self) -> bool:
+        """Greedy with no penalties: the next token is the first largest raw logit."""
+        return self.temperature == 0 and self.repetition_penalty == 1.0 and not (self.frequency_penalty or
+                                                                                  self.presence_penalty)
+
+    @property
+    def reads_logprobs(self) -> bool:
+        """Whether each step reports log-probabilities (logprobs, sampling_logprobs or scored_ids)."""
+        return self.logprobs is not None or self.sampling_logprobs or bool(self.scored_ids)
+
 
 def apply_penalties(logits_V: torch.Tensor, p: SamplingParams, seen_ids: torch.Tensor,
                     output_ids: torch.Tensor) -> torch.Tensor:

@@ -101,6 +101,11 @@ class _Sequence:
     generator: torch.Generator | None
     constraint: Constraint | None = None
 
+    def __post_init__(self) -> None:
+        # the step's own argmax is this sample's next token: nothing else reads its logits
+        p = self.request.params
+        self.plain_greedy = p.plain_greedy and self.constraint is None and not p.reads_logprobs
+
 
 def usable_prefix(shared: int, cached: int, prompt: int, chunk: int | None) -> int:
     """How much of a `shared`-token common prefix a slot holding `cached` positions can give a prompt of
@@ -335,15 +340,17 @@ class Scheduler:
         return end - start
 
     def _decode(self) -> list[TokenEvent]:
-        seqs, device = list(self._running), self.pool.device
-        tokens_B1 = torch.tensor([[s.history[-1]] for s in seqs], device=device)
-        positions_B = torch.tensor([len(s.history) - 1 for s in seqs], device=device)
-        slots_B = torch.tensor([s.slot for s in seqs], device=device)
-        logits_BV = self.step_fn(tokens_B1, positions_B, slots_B, self.pool)
+        seqs = list(self._running)
+        greedy = any(s.plain_greedy for s in seqs)  # ask the step for its rows' argmax
+        logits_BV, best_B = self.step_fn.rows([s.history[-1] for s in seqs], [len(s.history) - 1 for s in seqs],
+                                              [s.slot for s in seqs], self.pool, greedy)
         events = []
         for b, seq in enumerate(seqs):
             self._cached[seq.slot].append(seq.history[-1])
-            events.append(self._sample(seq, logits_BV[b]))
+            if best_B is not None and seq.plain_greedy:
+                events.append(self._emit(seq, best_B[b], None))  # the step's argmax: no logits read here
+            else:
+                events.append(self._sample(seq, logits_BV[b]))
         return events
 
     def _sample(self, seq: _Sequence, logits_V: torch.Tensor) -> TokenEvent:
@@ -356,6 +363,13 @@ class Scheduler:
         if seq.constraint is not None:
             penalized_V = seq.constraint.mask(penalized_V)
         token = choose(penalized_V, params, seq.generator)  # greedy takes the first maximum, as in fp32
+        return self._emit(seq, token, logits_V, penalized_V)
+
+    def _emit(self, seq: _Sequence, token: int, logits_V: torch.Tensor | None,
+              penalized_V: torch.Tensor | None = None) -> TokenEvent:
+        """The event of a sample's next token (the logits it was chosen from, where read), ending the sample
+        where it is done."""
+        request, params = seq.request, seq.request.params
         seq.history.append(token)
         done = None
         if token in request.stop or (request.stop_fn is not None and request.stop_fn(seq.sample, token)):
@@ -365,12 +379,13 @@ class Scheduler:
         elif len(seq.history) - len(request.prompt) >= params.max_new_tokens or len(seq.history) >= self.limit:
             done = "length"
         event = TokenEvent(request=request.id, token=token, finish_reason=done, sample=seq.sample)
-        if params.logprobs is not None:
-            event.logprob, event.top_logprobs = logprobs_of(logits_V, token, params.logprobs)
-        if params.scored_ids:
-            event.scored = scored_logprobs(logits_V, params.scored_ids)
-        if params.sampling_logprobs:
-            event.sampling_logprob = sampling_logprob(penalized_V, params, token)
+        if logits_V is not None:
+            if params.logprobs is not None:
+                event.logprob, event.top_logprobs = logprobs_of(logits_V, token, params.logprobs)
+            if params.scored_ids:
+                event.scored = scored_logprobs(logits_V, params.scored_ids)
+            if params.sampling_logprobs:
+                event.sampling_logprob = sampling_logprob(penalized_V, params, token)
         if done is not None:
             self._end(seq)
         return event

@@ -2,7 +2,9 @@
 
 Every step is called as `step(tokens_B1, positions_B, slots_B, pool) -> logits_BV`: row b feeds token
 tokens_B1[b] at absolute position positions_B[b] of the sequence in pool slot slots_B[b], whose keys the step
-writes before it attends. Three implementations compute the same thing:
+writes before it attends. The scheduler calls `step.rows(tokens, positions, slots, pool, greedy)` with Python
+ints instead, which may also return each row's greedy token (the native step finds it while the logits are
+in cache) and skips building tensors where the step takes ints. Three implementations compute the same thing:
 
 - `EagerStep`: the plain model through the pool's decode view (SDPA over each row's slots). The reference.
 - The compiled graph (inside `FastDecode`): the whole step, embedding to final norm, as one `torch.compile`
@@ -22,7 +24,7 @@ Shapes: B rows, H heads, G kv heads (R = H / G), L attended positions, K head di
 from __future__ import annotations
 
 import logging
-from typing import Protocol
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -33,12 +35,24 @@ from herd.infer.native import NativeDecode
 log = logging.getLogger("herd")
 
 
-class DecodeStep(Protocol):
+class DecodeStep:
+    """A decode step; see the module doc. Subclasses define `__call__`; `rows` defaults to it."""
+
     def __call__(self, tokens_B1: torch.Tensor, positions_B: torch.Tensor, slots_B: torch.Tensor,
-                 pool: KVPool) -> torch.Tensor: ...
+                 pool: KVPool) -> torch.Tensor:
+        raise NotImplementedError
+
+    def rows(self, tokens: Sequence[int], positions: Sequence[int], slots: Sequence[int], pool: KVPool,
+             greedy: bool = False) -> tuple[torch.Tensor, list[int] | None]:
+        """The step on Python ints: the logits [B, V], and each row's greedy token (the first largest logit)
+        where the step found it on the way (`greedy`: asked for), else None."""
+        device = pool.device
+        tokens_B1 = torch.tensor(tokens, device=device).view(-1, 1)
+        positions_B, slots_B = torch.tensor(positions, device=device), torch.tensor(slots, device=device)
+        return self(tokens_B1, positions_B, slots_B, pool), None
 
 
-class EagerStep:
+class EagerStep(DecodeStep):
     """The plain model's decode step; see the module doc."""
 
     def __init__(self, model: nn.Module) -> None:
@@ -83,7 +97,7 @@ class SpanDecodeView:
         return single_query_attention(q_BH1K, k_BGLK, v_BGLK, allowed_BL)
 
 
-class FastDecode:
+class FastDecode(DecodeStep):
     """The fastest exact decode step for a model laid out by `herd.fast.optimize`: native (batches up to
     `native_max_batch`), else the compiled graph (up to `max_batch`: each batch size compiles its own graph),
     else eager. A compile failure turns the graph off with a warning."""
@@ -124,3 +138,12 @@ class FastDecode:
         # The LM head stays outside the graph: inside it, inductor fuses the head's reduction with
         # the last layer and picks loop orders that run it 20-50x slower than the standalone kernel.
         return self.model.output(hidden_BD)
+
+    def rows(self, tokens: Sequence[int], positions: Sequence[int], slots: Sequence[int], pool: KVPool,
+             greedy: bool = False) -> tuple[torch.Tensor, list[int] | None]:
+        """As `DecodeStep.rows`; the native step takes the ints as they are (its logits are a buffer that the
+        next native step overwrites)."""
+        if not torch.is_grad_enabled() and self.native.ready(len(tokens), pool):
+            self.native_steps += 1
+            return self.native.run(tokens, positions, slots, pool, greedy)
+        return super().rows(tokens, positions, slots, pool, greedy)
