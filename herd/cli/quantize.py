@@ -1,5 +1,5 @@
-"""`herd quantize SRC --scheme int8|int4|int4-g128 --out DST`: write a quantized checkpoint that `herd.load` reads
-back as it was written (codes and scales bit for bit)."""
+"""`herd quantize SRC --scheme int8|int8-g128|int4|int4-g128 --out DST`: write a quantized checkpoint that
+`herd.load` reads back as it was written (codes and scales bit for bit)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json",
 def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", metavar="SRC", help="checkpoint directory (HF or Meta format)")
     parser.add_argument("--scheme", choices=list(SCHEMES), required=True,
-                        help="int8: groups of 32 (as Q8_0); int4: groups of 32; int4-g128: Meta's int4_mixed groups")
+                        help="int8: groups of 32 (as Q8_0); int8-g128: groups of 128 (8%% fewer bytes); "
+                             "int4: groups of 32; int4-g128: Meta's int4_mixed groups")
     parser.add_argument("--out", required=True, metavar="DST", help="directory to write (HF safetensors layout)")
     add_quant_groups_flags(parser)
     parser.add_argument("--dtype", choices=list(DTYPES), default=None,

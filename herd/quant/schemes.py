@@ -1,7 +1,8 @@
 """Weight quantization schemes: symmetric integer codes with one fp32 scale per group of inputs (spec §7).
 
 - `int8`: groups of 32 along the input dimension (as llama.cpp's Q8_0), scale = max|w| / 127,
-  q = round(w / scale) in [-127, 127].
+  q = round(w / scale) in [-127, 127]. `int8-g128`: the same in groups of 128, 1.03 bytes a weight against
+  1.125: decode reads 8% fewer bytes (the common GPTQ/AWQ group size; the issue's per-row int8 is coarser).
 - `int4`: groups of 32, Meta's `int4_row_quantize` rule: scale = max(max|w|, 1e-6) / 8,
   q = clamp(round(w / scale), -8, 7). `int4-g128` is Meta's `int4_mixed` group of 128.
 - Two int4 codes per byte: the even input index in the low nibble, the odd one in the high nibble, each
@@ -52,7 +53,8 @@ class Scheme:
         return math.prod(self.code_shape(shape)) + 4 * math.prod(self.scale_shape(shape))
 
 
-SCHEMES = {s.name: s for s in (Scheme("int8", 8, 32), Scheme("int4", 4, 32), Scheme("int4-g128", 4, 128))}
+SCHEMES = {s.name: s for s in (Scheme("int8", 8, 32), Scheme("int8-g128", 8, 128), Scheme("int4", 4, 32),
+                                Scheme("int4-g128", 4, 128))}
 
 
 def scheme(name: str | Scheme) -> Scheme:
