@@ -107,7 +107,7 @@ def _open() -> ctypes.CDLL | None:
     lib.herd_qgrouped_bf16.restype = ctypes.c_int
     lib.herd_argmax.argtypes, lib.herd_argmax.restype = [ctypes.c_void_p, ctypes.c_long, ctypes.c_int], ctypes.c_long
     for step in (lib.herd_decode_bf16, lib.herd_decode_f32):
-        step.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 2 + [ctypes.c_void_p] * 3 + [ctypes.c_int]
+        step.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 2 + [ctypes.c_void_p] * 3 + [ctypes.c_int] * 2
         step.restype = ctypes.c_int
     return lib
 

@@ -310,3 +310,19 @@ def test_a_weight_moved_alone_is_read_until_the_full_check_then_followed():
         assert native.ready(1, pool)  # the full check: noticed and rebuilt
         assert native._key == native._key_of(pool)
         assert not torch.equal(native.run([5], [0], [0], pool)[0], before)
+
+
+def test_run_writes_wake_fd_as_the_head_starts():
+    import os
+
+    model = optimize(herd.build(SCOUT_LIKE, seed=0, dtype=torch.bfloat16))
+    native, pool = NativeDecode(model), KVPool(model.config, 1, 64, torch.bfloat16)
+    read_fd, write_fd = os.pipe()
+    try:
+        with torch.no_grad():
+            assert native.ready(1, pool)
+            want = native.run([5], [0], [0], pool)[0].clone()
+            assert torch.equal(native.run([5], [0], [0], pool, wake_fd=write_fd)[0], want)
+        assert os.read(read_fd, 16) == b"\1"
+    finally:
+        os.close(read_fd), os.close(write_fd)

@@ -395,3 +395,32 @@ def test_step_emits_each_part_as_it_ends(scout):
     returned = scheduler.step(lambda events: batches.append([e.request for e in events]))
     assert batches == [[0], [second], [third]]
     assert [e.request for e in returned] == [0, second, third]
+
+
+def test_wake_fd_is_written_once_per_step_and_before_each_prefill_piece(scout):
+    """A server's hand-off: a step with nothing to decode writes `wake_fd` at once; a decode step writes it
+    during the step (the eager step at its start); a prefill piece after decoded rows writes it again first."""
+    import os
+
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(read_fd, False)
+
+    def wakes() -> int:
+        try:
+            return len(os.read(read_fd, 4096))
+        except BlockingIOError:
+            return 0
+
+    try:
+        scheduler = Scheduler(scout, KVPool(scout.config, 4, 64, torch.float32), prefill_chunk=64)
+        scheduler.wake_fd = write_fd
+        scheduler.submit(_ids(5, 1), GREEDY)
+        scheduler.step()  # a prefill alone
+        assert wakes() == 1
+        scheduler.step()  # a decode alone
+        assert wakes() == 1
+        scheduler.submit(_ids(6, 2), GREEDY)
+        scheduler.step()  # a decode, then a prefill piece
+        assert wakes() == 2
+    finally:
+        os.close(read_fd), os.close(write_fd)

@@ -27,6 +27,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "quant.h"
 
@@ -294,12 +295,13 @@ static long combine_argmax(const T *logits_V, const int64_t *best_P, long parts)
 
 /* The final-norm hidden states go to out [B, D] and, unless logits_BV is NULL, their logits to logits_BV [B, V];
    with argmax_B, each row's greedy token too (the first largest logit, a NaN counting as the largest, as
-   torch.argmax): found by the step's threads while the logits are still in their caches.
+   torch.argmax): found by the step's threads while the logits are still in their caches. With wake_fd >= 0,
+   one byte is written to it as the LM head starts (a server's cue to deliver the previous step's tokens).
    Returns 0; -1 when scratch memory cannot be allocated, -2 for a token id outside the vocabulary, -3 for a
    position outside a layer's cache, -4 for a slot outside the pool of n_slots, -5 for more than MAX_ROWS rows.
    Nothing is written on an error. */
 int NAME(const model_t *m, const int64_t *tokens, const int64_t *positions, const int64_t *slots, int64_t n_slots,
-         int64_t B, T *out, T *logits_BV, int64_t *argmax_B, int threads) {
+         int64_t B, T *out, T *logits_BV, int64_t *argmax_B, int wake_fd, int threads) {
     const long D = m->dim, H = m->n_heads, G = m->n_kv_heads, K = m->head_dim, R = H / G, E = m->n_experts;
     const long QKV = (H + 2 * G) * K;
     const float eps = m->norm_eps;
@@ -473,6 +475,13 @@ int NAME(const model_t *m, const int64_t *tokens, const int64_t *positions, cons
             }
             #pragma omp for
             for (long b = 0; b < B; b++) rms_norm(x + b * D, m->norm, out + b * D, D, eps);
+            if (wake_fd >= 0) {  /* the head's blocks are shared out dynamically: a woken thread costs it least */
+                #pragma omp master
+                {
+                    const char byte = 1;
+                    if (write(wake_fd, &byte, 1) < 0) { /* a full pipe is already a wake-up */ }
+                }
+            }
             if (logits_BV && m->output.bits == PACKED) {
 #ifdef PACKED_MATVEC
                 const T *xs_B[MAX_ROWS];

@@ -311,16 +311,17 @@ class NativeDecode:
         logits_BV = torch.empty(rows, c.vocab_size, dtype=dtype) if logits else None
         status = self._step_fn(ctypes.byref(self._model), tokens_B.data_ptr(), positions_B.data_ptr(),
                                slots_B.data_ptr(), c_int64(pool.slots), rows, hidden_BD.data_ptr(),
-                               logits_BV.data_ptr() if logits else None, None, torch.get_num_threads())
+                               logits_BV.data_ptr() if logits else None, None, -1, torch.get_num_threads())
         if status:
             self._refused(status, tokens_B.tolist(), positions_B.tolist(), slots_B.tolist())
         return logits_BV if logits else hidden_BD
 
     def run(self, tokens: list[int], positions: list[int], slots: list[int], pool: KVPool,
-            greedy: bool = False) -> tuple[torch.Tensor, list[int] | None]:
+            greedy: bool = False, wake_fd: int = -1) -> tuple[torch.Tensor, list[int] | None]:
         """The step on Python ints (row b: token tokens[b] at position positions[b] of slot slots[b]): the logits
         [B, V], in a buffer that the next `run` overwrites, and with `greedy` each row's first largest logit's
-        id (a NaN counting as the largest, as torch.argmax). Call after `ready()` said yes for this pool."""
+        id (a NaN counting as the largest, as torch.argmax). With `wake_fd`, one byte is written to that file
+        descriptor as the LM head starts. Call after `ready()` said yes for this pool."""
         rows = len(tokens)
         ids, at, where, best = self._ints
         ids[:rows], at[:rows], where[:rows] = tokens, positions, slots
@@ -331,7 +332,7 @@ class NativeDecode:
                                              torch.empty(rows, c.vocab_size, dtype=dtype))
         hidden_BD, logits_BV = outputs
         status = self._step_fn(ctypes.byref(self._model), ids, at, where, pool.slots, rows, hidden_BD.data_ptr(),
-                               logits_BV.data_ptr(), best if greedy else None, torch.get_num_threads())
+                               logits_BV.data_ptr(), best if greedy else None, wake_fd, torch.get_num_threads())
         if status:
             self._refused(status, list(tokens), list(positions), list(slots))
         return logits_BV, best[:rows] if greedy else None

@@ -9,6 +9,10 @@
   step's `TokenEvent`s.
 - A request is admitted when the pool has a free slot for each of its n samples. Its prompt is prefilled
   once, then its cache is copied into the other n-1 slots, and every sample decodes on its own.
+- A server's hand-off (`wake_fd`): the scheduler writes one byte to that file descriptor when the events emitted
+  so far should be delivered: as the next decode step's LM head starts (its blocks are shared out between the
+  step's threads as they come, so a thread the server's event loop takes off its core costs the step least),
+  or at once when a prefill piece or no decode comes next.
 - Finished sequences free their slot at once. `abort()` (client gone) takes effect at the start of the next
   step, also in the middle of a prefill.
 - Prefix reuse: a slot keeps the tokens of its cache after it is freed. A new request takes the slot (free,
@@ -49,7 +53,7 @@ from herd.infer.sampling import (
     sampling_logprob,
     scored_logprobs,
 )
-from herd.infer.steps import DecodeStep, EagerStep
+from herd.infer.steps import DecodeStep, EagerStep, wake
 
 
 class QueueFull(RuntimeError):
@@ -174,6 +178,7 @@ class Scheduler:
         self._prefilling: _Request | None = None
         self._running: list[_Sequence] = []
         self._cached: list[list[Key]] = [[] for _ in range(pool.slots)]  # the keys whose KV each slot holds
+        self.wake_fd = -1  # see the module doc; -1: none
         self.reused_tokens = 0  # prompt tokens taken from cached prefixes instead of prefilled
         self.prefilled_tokens = 0  # prompt tokens computed
 
@@ -245,7 +250,9 @@ class Scheduler:
         produced. `emit(events)` (a server's dispatch) gets them as soon as each part of the step is done, so
         the decoded rows and the first request whose prefill ends are not held back by the rest of the step."""
         self.apply_aborts()
-        events = self._decode() if self._running else []
+        events = self._decode() if self._running else []  # the decode step writes wake_fd at its LM head
+        if not events:
+            self._wake()
         if emit is not None and events:
             emit(events)
         budget, done = self.prefill_chunk, len(events)
@@ -254,11 +261,17 @@ class Scheduler:
                 self._admit()
                 if self._prefilling is None:
                     break
+            if done:
+                self._wake()  # the decoded rows' tokens go out before the prefill piece
             budget -= self._prefill(budget, events)
             if emit is not None and len(events) > done:
                 emit(events[done:])
                 done = len(events)
         return events
+
+    def _wake(self) -> None:
+        if self.wake_fd >= 0:
+            wake(self.wake_fd)
 
     def apply_aborts(self) -> None:
         """Carry out the aborts asked for so far (`step` starts with this)."""
@@ -343,7 +356,7 @@ class Scheduler:
         seqs = list(self._running)
         greedy = any(s.plain_greedy for s in seqs)  # ask the step for its rows' argmax
         logits_BV, best_B = self.step_fn.rows([s.history[-1] for s in seqs], [len(s.history) - 1 for s in seqs],
-                                              [s.slot for s in seqs], self.pool, greedy)
+                                              [s.slot for s in seqs], self.pool, greedy, self.wake_fd)
         events = []
         for b, seq in enumerate(seqs):
             self._cached[seq.slot].append(seq.history[-1])

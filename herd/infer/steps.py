@@ -23,7 +23,9 @@ Shapes: B rows, H heads, G kv heads (R = H / G), L attended positions, K head di
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 from collections.abc import Sequence
 
 import torch
@@ -35,6 +37,12 @@ from herd.infer.native import NativeDecode
 log = logging.getLogger("herd")
 
 
+def wake(fd: int) -> None:
+    """Write one byte to `fd` (a non-blocking pipe: a full one already holds a wake-up)."""
+    with contextlib.suppress(BlockingIOError):
+        os.write(fd, b"\1")
+
+
 class DecodeStep:
     """A decode step; see the module doc. Subclasses define `__call__`; `rows` defaults to it."""
 
@@ -43,9 +51,12 @@ class DecodeStep:
         raise NotImplementedError
 
     def rows(self, tokens: Sequence[int], positions: Sequence[int], slots: Sequence[int], pool: KVPool,
-             greedy: bool = False) -> tuple[torch.Tensor, list[int] | None]:
+             greedy: bool = False, wake_fd: int = -1) -> tuple[torch.Tensor, list[int] | None]:
         """The step on Python ints: the logits [B, V], and each row's greedy token (the first largest logit)
-        where the step found it on the way (`greedy`: asked for), else None."""
+        where the step found it on the way (`greedy`: asked for), else None. With `wake_fd`, one byte is written
+        to that file descriptor during the step: as its LM head starts (the native step), or at once."""
+        if wake_fd >= 0:
+            wake(wake_fd)
         device = pool.device
         tokens_B1 = torch.tensor(tokens, device=device).view(-1, 1)
         positions_B, slots_B = torch.tensor(positions, device=device), torch.tensor(slots, device=device)
@@ -140,10 +151,10 @@ class FastDecode(DecodeStep):
         return self.model.output(hidden_BD)
 
     def rows(self, tokens: Sequence[int], positions: Sequence[int], slots: Sequence[int], pool: KVPool,
-             greedy: bool = False) -> tuple[torch.Tensor, list[int] | None]:
+             greedy: bool = False, wake_fd: int = -1) -> tuple[torch.Tensor, list[int] | None]:
         """As `DecodeStep.rows`; the native step takes the ints as they are (its logits are a buffer that the
         next native step overwrites)."""
         if not torch.is_grad_enabled() and self.native.ready(len(tokens), pool):
             self.native_steps += 1
-            return self.native.run(tokens, positions, slots, pool, greedy)
-        return super().rows(tokens, positions, slots, pool, greedy)
+            return self.native.run(tokens, positions, slots, pool, greedy, wake_fd)
+        return super().rows(tokens, positions, slots, pool, greedy, wake_fd)

@@ -7,12 +7,19 @@
 - `call(fn)` runs `fn(model)` in the engine thread between steps (prompt scoring for `echo`), so the
   model is only ever used by one thread.
 - The thread sleeps when there is nothing to do and wakes on the next submission.
+- Events reach the event loop through a delivery thread, woken by the scheduler's `wake_fd` (a pipe): a
+  step's tokens are handed over as the next decode step's LM head starts, where the event loop's and the
+  client's CPU time is taken from a part of the step its threads share dynamically (on a machine whose
+  cores the step fills, handed over as soon as they exist they landed in the layers, whose static shares
+  wait for each other), or at once when no decode step follows.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -22,6 +29,7 @@ from typing import Any
 import torch
 
 from herd.infer.scheduler import Scheduler, TokenEvent
+from herd.infer.steps import wake
 
 log = logging.getLogger("herd")
 
@@ -41,6 +49,12 @@ class Runner:
         self._calls: list[tuple[Callable[[Any], Any], Future]] = []
         self._wake = threading.Event()
         self._stopping = False
+        self._pending: list[tuple[asyncio.AbstractEventLoop, asyncio.Queue, Any]] = []  # not yet handed over
+        self._deliver_r, self._deliver_w = os.pipe()
+        os.set_blocking(self._deliver_w, False)
+        scheduler.wake_fd = self._deliver_w
+        self._delivery = threading.Thread(target=self._deliver, name="herd-deliver", daemon=True)
+        self._delivery.start()
         self._thread = threading.Thread(target=self._loop, name="herd-engine", daemon=True)
         self._thread.start()
 
@@ -82,13 +96,36 @@ class Runner:
         self._wake.set()
         self._thread.join(timeout=30)
         self._close_all("the server is shutting down")
+        os.close(self._deliver_w)  # the delivery thread hands over what is left, then ends
+        self._delivery.join(timeout=30)
 
     def _close_all(self, reason: str) -> None:
         with self._lock:
             queues, self._queues = self._queues, {}
-        for request_id, (loop, queue) in queues.items():
+            self._pending += [(loop, queue, Closed(reason)) for loop, queue in queues.values()]
+        for request_id in queues:
             self.scheduler.abort(request_id)
-            loop.call_soon_threadsafe(queue.put_nowait, Closed(reason))
+        self._hand_over()
+
+    def _hand_over(self) -> None:
+        """Wake the delivery thread now."""
+        wake(self._deliver_w)
+
+    def _deliver(self) -> None:
+        """The delivery thread: on each wake-up, the pending events to their queues' event loops."""
+        while True:
+            try:
+                woken = os.read(self._deliver_r, 4096)
+            except OSError:
+                return
+            with self._lock:
+                items, self._pending = self._pending, []
+            for loop, queue, item in items:
+                with contextlib.suppress(RuntimeError):  # that event loop is closed: its request is gone
+                    loop.call_soon_threadsafe(queue.put_nowait, item)
+            if not woken:  # the write end is closed: stopped
+                os.close(self._deliver_r)
+                return
 
     def _loop(self) -> None:
         while not self._stopping:
@@ -110,11 +147,13 @@ class Runner:
             except Exception:
                 log.exception("herd serve: a step failed; ending the running requests")
                 self._close_all("internal error in the engine step")
+            if not self.scheduler.has_work():  # no next step to hand over this one's events
+                self._hand_over()
 
     def _dispatch(self, events: list[TokenEvent]) -> None:
-        """Hand events to their requests' queues, on each queue's event loop."""
+        """Queue events for their requests; the scheduler's wake-up hands them over (see the module doc)."""
         with self._lock:
             for event in events:
                 target = self._queues.get(event.request)
                 if target is not None:
-                    target[0].call_soon_threadsafe(target[1].put_nowait, event)
+                    self._pending.append((*target, event))
