@@ -96,6 +96,7 @@ class Runner:
         self._wake.set()
         self._thread.join(timeout=30)
         self._close_all("the server is shutting down")
+        self.scheduler.wake_fd = -1  # its number may go to another file once closed
         os.close(self._deliver_w)  # the delivery thread hands over what is left, then ends
         self._delivery.join(timeout=30)
 
