@@ -12,7 +12,8 @@ llama-bench's default batch 2048 / ubatch 512). It prints a markdown table of to
 the repetitions. `--check` also greedy-decodes 8 tokens with herd and with llama.cpp from the f32 GGUF
 and compares them. Importable: `convert(hf_dir, out_dir, outtype) -> Path`, `bench(gguf, ...) -> dict`,
 `gguf_metadata(gguf) -> dict`, `check_metadata(gguf, hf_dir) -> list[str]`, `smoke(gguf) -> str`,
-`greedy_check(hf_dir, gguf) -> (same, herd_text, llama_text)`.
+`greedy_check(hf_dir, gguf) -> (same, herd_text, llama_text)`, `tokenize(gguf, text_file) -> ids`,
+`kl_divergence(gguf, text_file, base_logits) -> dict` (llama-perplexity; quant_quality.py --llama-cpp).
 
 Everything lives under `$HERD_BENCH_CACHE` (default ~/.cache/herd-bench): the llama.cpp tree and
 binaries in `llama.cpp/` (see llama_cpp_setup.sh), GGUF files in `gguf/<checkpoint name>/` unless
@@ -50,6 +51,7 @@ import argparse
 import importlib.resources
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -150,10 +152,24 @@ def _staged(hf_dir: Path, work_dir: Path) -> Path:
 # ------------------------------------------------------------------------------------------ convert
 
 
+# Runs convert_hf_to_gguf.py with its BPE pre-tokenizer detection answering argv[1]: a herd-trained BPE over
+# Llama 4's regex (the demo model's) has a vocabulary whose hash llama.cpp does not list, but the same
+# pre-tokenizer as "llama4" (quant_quality.py checks the ids against herd's with llama-tokenize).
+_CONVERT_AS = """import os, runpy, sys
+pre, script = sys.argv[1], sys.argv[2]
+sys.path[:0] = [os.path.dirname(script), os.path.join(os.path.dirname(script), "gguf-py")]
+import conversion.base
+conversion.base.TextModel.get_vocab_base_pre = lambda self, tokenizer: pre
+sys.argv = sys.argv[2:]
+runpy.run_path(script, run_name="__main__")
+"""
+
+
 def convert(hf_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], outtype: str = "f32",
-            *, force: bool = False) -> Path:
+            *, force: bool = False, pre_tokenizer: str | None = None) -> Path:
     """Convert an HF Llama 4 text checkpoint to `out_dir/<name>-<outtype>.gguf` with llama.cpp's
-    vendored convert_hf_to_gguf.py; an existing file is reused unless `force`."""
+    vendored convert_hf_to_gguf.py; an existing file is reused unless `force`. `pre_tokenizer` names the
+    BPE pre-tokenizer for a tokenizer.json whose hash llama.cpp does not know (e.g. "llama4")."""
     if outtype not in OUTTYPES:
         raise ValueError(f"outtype {outtype!r} not in {OUTTYPES}")
     hf_dir, out_dir = Path(hf_dir).resolve(), Path(out_dir)
@@ -169,7 +185,8 @@ def convert(hf_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], out
     stage = _staged(hf_dir, out_dir)
     tmp = out.with_name(out.name + ".tmp")
     t0 = time.perf_counter()
-    _run([sys.executable, script, stage, "--outtype", outtype, "--outfile", tmp, "--model-name", hf_dir.name])
+    args = [script, stage, "--outtype", outtype, "--outfile", tmp, "--model-name", hf_dir.name]
+    _run([sys.executable, *(["-c", _CONVERT_AS, pre_tokenizer] if pre_tokenizer else []), *args])
     tmp.replace(out)
     print(f"converted {hf_dir} -> {out} ({out.stat().st_size / 2**20:.0f} MiB, "
           f"{time.perf_counter() - t0:.0f} s)", file=sys.stderr)
@@ -194,6 +211,37 @@ def quantize(source_gguf: str | os.PathLike[str], qtype: str, *, force: bool = F
     _run([_binary("llama-quantize"), source, tmp, qtype])
     tmp.replace(out)
     return out
+
+
+def tokenize(gguf_path: str | os.PathLike[str], text_file: str | os.PathLike[str]) -> list[int]:
+    """The ids llama.cpp gives the text of `text_file` (`llama-tokenize`, no escape processing)."""
+    out = _run([_binary("llama-tokenize"), "-m", gguf_path, "-f", text_file, "--ids", "--log-disable", "--no-escape"])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def kl_divergence(gguf_path: str | os.PathLike[str], text_file: str | os.PathLike[str], base_logits: Path,
+                  threads: int = 2, context: int = 512) -> dict[str, float]:
+    """`llama-perplexity` on `text_file` (windows of `context` tokens, the second half of each scored). When
+    `base_logits` does not exist, the full-precision model's logits are written there and its perplexity is
+    returned ({"ppl"}); else `gguf_path` is compared with them ({"ppl", "kld", "top1", "ppl_ratio"}, top-1 as a
+    fraction)."""
+    cmd = [_binary("llama-perplexity"), "-m", gguf_path, "-f", text_file, "--no-escape", "-c", context, "-b", context,
+           "-t", threads, "--kl-divergence-base", base_logits]
+    if not base_logits.exists():
+        proc = _run(cmd)
+        return {"ppl": float(re.search(r"Final estimate: PPL = ([\d.]+)", proc.stdout + proc.stderr).group(1))}
+    proc = _run([*cmd, "--kl-divergence"])
+    out = proc.stdout + proc.stderr
+
+    def number(pattern: str) -> float:
+        found = re.search(pattern, out)
+        if found is None:
+            raise RuntimeError(f"llama-perplexity printed no {pattern!r}:\n{out[-2000:]}")
+        return float(found.group(1))
+
+    return {"ppl": number(r"Mean PPL\(Q\)\s*:\s*([\d.]+)"), "kld": number(r"Mean\s+KLD:\s*(-?[\d.]+)"),
+            "top1": number(r"Same top p:\s*([\d.]+)") / 100,
+            "ppl_ratio": number(r"Mean PPL\(Q\)/PPL\(base\)\s*:\s*([\d.]+)")}
 
 
 def _gguf_module() -> Any:

@@ -10,7 +10,7 @@
 # Everything lives outside the repo, under $HERD_BENCH_CACHE/llama.cpp (default ~/.cache/herd-bench):
 #     llama_cpp_python-<ver>.tar.gz       the sdist
 #     llama_cpp_python-<ver>/vendor/llama.cpp   the source tree
-#     build/bin/llama-bench, llama-simple, llama-server   the binaries
+#     build/bin/llama-bench, llama-simple, llama-server, llama-quantize, llama-perplexity, llama-tokenize
 #     build/BUILD_INFO                          version, commit, flags and build time
 #
 # Release build, GGML_NATIVE=ON (-march=native), CPU backend only: no CUDA/Metal/Vulkan, no BLAS
@@ -38,7 +38,7 @@ if [[ -z "${PYTHON:-}" ]]; then
 fi
 BUILD="$CACHE/build"
 BIN="$BUILD/bin"
-TARGETS=(llama-bench llama-simple llama-server llama-quantize)
+TARGETS=(llama-bench llama-simple llama-server llama-quantize llama-perplexity llama-tokenize)
 
 have_all() {
     local t

@@ -9,12 +9,24 @@ For each scheme (every module group quantized; with and without the LM head), ag
 the same tokens: mean KL divergence KL(p_fp32 ‖ p_quant) per scored token, the share of tokens whose top-1
 prediction is unchanged, and the perplexity ratio PPL(quant) / PPL(fp32). Activations stay fp32, so the
 figures are the weights' quantization error alone.
+
+    bash benchmarks/llama_cpp_setup.sh                                   # once
+    .venv/bin/python benchmarks/quant_quality.py --llama-cpp             # herd beside llama.cpp's Q8_0 / Q4_K_M
+
+`--llama-cpp` measures llama.cpp's Q8_0 and Q4_K_M with `llama-perplexity --kl-divergence` against its own
+F32 GGUF of the same checkpoint, and herd's schemes (LM head quantized too, as llama.cpp's types do) against
+herd's fp32, on the same token ids: the held-out split decoded to text, which both tokenizers encode (checked
+id for id with `llama-tokenize`; the demo's BPE is converted with llama.cpp's "llama4" pre-tokenizer, the
+same regex). llama.cpp has no router selection bias (neither has transformers), so both sides run the
+checkpoint without it (herd's zeroed: it only picks experts). llama.cpp's types also quantize the token
+embedding, and its Q8_0 / Q4_K dot products quantize the activations to 8 bits.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import shutil
 from pathlib import Path
 
 import torch
@@ -23,8 +35,10 @@ import torch.nn.functional as F
 import herd
 from herd.data.shards import TokenShards
 from herd.quant import DEFAULT_GROUPS, GROUPS, SCHEMES
+from herd.tokenizer import load_tokenizer
 
 DEMO = Path.home() / ".cache" / "herd" / "demo"
+LLAMA_CPP_TYPES = ("Q8_0", "Q4_K_M")
 
 
 @torch.no_grad()
@@ -45,14 +59,98 @@ def compare(reference: torch.Tensor, quantized: torch.Tensor, targets: torch.Ten
             "ppl_ratio": math.exp(float(nll_q - nll_ref)), "ppl": math.exp(float(nll_q))}
 
 
+def held_out_text(model_dir: Path, data_dir: Path) -> str:
+    """The `val` split's documents as text (special tokens dropped), concatenated."""
+    tokenizer, shards = load_tokenizer(model_dir / "tokenizer.json"), TokenShards(data_dir, "val")
+    text, run = [], []
+    for t in shards.read(0, shards.n_tokens).astype("int64").tolist():
+        if tokenizer.is_special(t):
+            text.append(tokenizer.decode(run))
+            run = []
+        else:
+            run.append(t)
+    return "".join([*text, tokenizer.decode(run)])
+
+
+def without_router_bias(model_dir: Path, out_dir: Path) -> Path:
+    """A copy of an HF checkpoint without the routers' selection bias (llama.cpp has none)."""
+    from safetensors.torch import load_file, save_file
+
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True)
+    for f in model_dir.iterdir():
+        if f.suffix == ".safetensors":
+            tensors = load_file(f)
+            save_file({k: v for k, v in tensors.items() if not k.endswith("selection_bias")}, out_dir / f.name,
+                      metadata={"format": "pt"})
+        elif f.is_file():
+            shutil.copyfile(f, out_dir / f.name)
+    return out_dir
+
+
+def beside_llama_cpp(args: argparse.Namespace) -> None:
+    """herd's schemes and llama.cpp's types on the same ids; see the module doc."""
+    import llama_cpp
+
+    work = llama_cpp.CACHE / "quality" / args.model.name
+    work.mkdir(parents=True, exist_ok=True)
+    text_file = work / "val.txt"
+    text_file.write_text(held_out_text(args.model, args.data))
+    ids = load_tokenizer(args.model / "tokenizer.json").encode(text_file.read_text())
+    f32 = llama_cpp.convert(without_router_bias(args.model, work / "checkpoint"), work, "f32", force=True,
+                            pre_tokenizer=llama_cpp.LLAMA4_TOKENIZER_PRE)
+    theirs = llama_cpp.tokenize(f32, text_file)
+    if theirs != ids:
+        at = next((i for i, (a, b) in enumerate(zip(ids, theirs, strict=False)) if a != b), min(len(ids), len(theirs)))
+        raise SystemExit(f"llama.cpp tokenizes the text differently from herd (from id {at}): the figures would "
+                         "not be on the same tokens")
+    base = work / "f32.kld"
+    base.unlink(missing_ok=True)
+    rows = {"F32": llama_cpp.kl_divergence(f32, text_file, base, context=args.context)}
+    for qtype in LLAMA_CPP_TYPES:
+        rows[qtype] = llama_cpp.kl_divergence(llama_cpp.quantize(f32, qtype, force=True), text_file, base,
+                                              context=args.context)
+
+    n_windows = min(args.windows, len(ids) // args.context)
+    windows_NS = torch.tensor(ids[: n_windows * args.context]).view(n_windows, args.context)
+    targets = windows_NS[:, args.context // 2 + 1 :]
+
+    def load(**quantize: object) -> torch.nn.Module:
+        model = herd.load(args.model, dtype=torch.float32, **quantize)
+        for block in model.layers:
+            if block.is_moe and block.feed_forward.router_bias is not None:
+                block.feed_forward.router_bias.zero_()  # as llama.cpp runs it: no selection bias
+        return model
+
+    reference = scored_log_probs(load(), windows_NS)
+    ppl = math.exp(float(-reference.gather(-1, targets[..., None]).mean()))
+    print(f"{args.model} without its router bias: {n_windows} windows of {args.context} ({targets.numel():,} scored "
+          f"tokens, ids equal in both); fp32 perplexity herd {ppl:.3f}, llama.cpp F32 {rows['F32']['ppl']:.3f}\n")
+    print("| engine | format | mean KLD | same top-1 | PPL ratio |")
+    print("|---|---|---:|---:|---:|")
+    for name in SCHEMES:
+        r = compare(reference, scored_log_probs(load(quantize=name, quantize_groups=GROUPS), windows_NS), targets)
+        print(f"| herd | {name}, LM head too | {r['kld']:.5f} | {100 * r['top1']:.2f}% | {r['ppl_ratio']:.4f} |",
+              flush=True)
+    for qtype in LLAMA_CPP_TYPES:
+        r = rows[qtype]
+        print(f"| llama.cpp | {qtype} | {r['kld']:.5f} | {100 * r['top1']:.2f}% | {r['ppl_ratio']:.4f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", type=Path, default=DEMO / "run" / "model")
     parser.add_argument("--data", type=Path, default=DEMO / "data", help="token shards with a `val` split")
     parser.add_argument("--windows", type=int, default=64, help="windows of --context tokens")
     parser.add_argument("--context", type=int, default=512)
+    parser.add_argument("--llama-cpp", action="store_true",
+                        help="herd's schemes beside llama.cpp's Q8_0 / Q4_K_M on the same ids (module doc)")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
+    if args.llama_cpp:
+        beside_llama_cpp(args)
+        return
     shards = TokenShards(args.data, "val")
     n_windows = min(args.windows, shards.n_tokens // args.context)  # the demo's held-out split holds ~55
     tokens = torch.from_numpy(shards.read(0, n_windows * args.context).astype("int64"))
