@@ -424,3 +424,22 @@ def test_wake_fd_is_written_once_per_step_and_before_each_prefill_piece(scout):
         assert wakes() == 2
     finally:
         os.close(read_fd), os.close(write_fd)
+
+
+def test_a_plain_step_function_is_taken(scout):
+    """`Scheduler(step=fn)` with a plain `fn(tokens_B1, positions_B, slots_B, pool)` decodes as the eager step."""
+    from herd.infer.steps import EagerStep
+
+    eager = EagerStep(scout)
+    calls = []
+
+    def step(tokens_B1, positions_B, slots_B, pool):
+        calls.append(tokens_B1.shape[0])
+        return eager(tokens_B1, positions_B, slots_B, pool)
+
+    scheduler = Scheduler(scout, KVPool(scout.config, 2, 64, torch.float32), step)
+    scheduler.submit(_ids(5, 1), GREEDY)
+    tokens = []
+    while scheduler.has_work():
+        tokens += [e.token for e in scheduler.step()]
+    assert tokens == _alone(scout, _ids(5, 1), GREEDY).token_ids and calls == [1] * 5

@@ -237,3 +237,32 @@ def test_a_streamed_tool_call_equals_the_plain_answer(app_client):
     calls = lambda items: [(c["function"]["name"], c["function"]["arguments"]) for c in items]  # ids are fresh
     assert calls(deltas) == calls(plain["message"]["tool_calls"]) and deltas
     assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]][-1] == "tool_calls"
+
+
+def test_runner_hands_tokens_over_and_stops_twice():
+    """Tokens reach the event loop through the delivery pipe (woken per step), a request's last token and
+    then `Closed` for a stream still open at `stop()`; stopping again (herd serve's signal handler and its
+    exit both stop) is harmless, and the pipe is closed once."""
+    from herd.infer.sampling import SamplingParams
+    from herd.serve.runner import Closed
+
+    state = in_process_state(2, 256)
+    runner = state.runner
+    params = SamplingParams(temperature=0.0, max_new_tokens=4, stop_ids=())
+
+    async def run() -> tuple[list, list]:
+        _, done_queue = runner.submit([1, 2, 3], params)
+        done = [await asyncio.wait_for(done_queue.get(), 30) for _ in range(4)]
+        _, open_queue = runner.submit([4, 5, 6], SamplingParams(temperature=0.0, max_new_tokens=200, stop_ids=()))
+        first = await asyncio.wait_for(open_queue.get(), 30)
+        await asyncio.get_running_loop().run_in_executor(None, runner.stop)
+        rest = []
+        while not rest or not isinstance(rest[-1], Closed):
+            rest.append(await asyncio.wait_for(open_queue.get(), 30))
+        return done, [first, *rest]
+
+    done, stopped = asyncio.run(run())
+    assert [e.finish_reason for e in done] == [None, None, None, "length"]
+    assert isinstance(stopped[-1], Closed) and all(not isinstance(e, Closed) for e in stopped[:-1])
+    runner.stop()  # again
+    assert runner._deliver_w == -1 and runner.scheduler.wake_fd == -1 and not runner._delivery.is_alive()

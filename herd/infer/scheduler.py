@@ -53,7 +53,7 @@ from herd.infer.sampling import (
     sampling_logprob,
     scored_logprobs,
 )
-from herd.infer.steps import DecodeStep, EagerStep, wake
+from herd.infer.steps import CallStep, DecodeStep, EagerStep, wake
 
 
 class QueueFull(RuntimeError):
@@ -165,7 +165,8 @@ class Scheduler:
         if prefill_chunk < 1:
             raise ValueError("prefill_chunk must be >= 1")
         self.model, self.pool = model.eval(), pool
-        self.step_fn = step or EagerStep(model)
+        step = step or EagerStep(model)
+        self.step_fn = step if isinstance(step, DecodeStep) else CallStep(step)  # a plain step function too
         self.prefill_chunk, self.max_queue = prefill_chunk, max_queue
         self.limit = min(pool.max_context, model.config.max_seq_len)  # positions a sequence may reach
         self._patch_id = model.vision.config.patch_token_id if model.vision is not None else -1
@@ -270,8 +271,9 @@ class Scheduler:
         return events
 
     def _wake(self) -> None:
-        if self.wake_fd >= 0:
-            wake(self.wake_fd)
+        fd = self.wake_fd  # read once: a runner stopping may reset it
+        if fd >= 0:
+            wake(fd)
 
     def apply_aborts(self) -> None:
         """Carry out the aborts asked for so far (`step` starts with this)."""

@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -61,6 +61,17 @@ class DecodeStep:
         tokens_B1 = torch.tensor(tokens, device=device).view(-1, 1)
         positions_B, slots_B = torch.tensor(positions, device=device), torch.tensor(slots, device=device)
         return self(tokens_B1, positions_B, slots_B, pool), None
+
+
+class CallStep(DecodeStep):
+    """A plain function `fn(tokens_B1, positions_B, slots_B, pool) -> logits_BV` as a `DecodeStep`."""
+
+    def __init__(self, fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, KVPool], torch.Tensor]) -> None:
+        self.fn = fn
+
+    def __call__(self, tokens_B1: torch.Tensor, positions_B: torch.Tensor, slots_B: torch.Tensor,
+                 pool: KVPool) -> torch.Tensor:
+        return self.fn(tokens_B1, positions_B, slots_B, pool)
 
 
 class EagerStep(DecodeStep):

@@ -52,6 +52,8 @@ class Runner:
         self._pending: list[tuple[asyncio.AbstractEventLoop, asyncio.Queue, Any]] = []  # not yet handed over
         self._deliver_r, self._deliver_w = os.pipe()
         os.set_blocking(self._deliver_w, False)
+        self._pipe_lock = threading.Lock()
+        self._engine_done = self._close_when_done = False
         scheduler.wake_fd = self._deliver_w
         self._delivery = threading.Thread(target=self._deliver, name="herd-deliver", daemon=True)
         self._delivery.start()
@@ -91,14 +93,25 @@ class Runner:
         return future
 
     def stop(self) -> None:
-        """Stop stepping; every open stream gets `Closed`."""
+        """Stop stepping; every open stream gets `Closed`. Safe to call more than once, from any thread."""
         self._stopping = True
         self._wake.set()
         self._thread.join(timeout=30)
         self._close_all("the server is shutting down")
-        self.scheduler.wake_fd = -1  # its number may go to another file once closed
-        os.close(self._deliver_w)  # the delivery thread hands over what is left, then ends
+        with self._pipe_lock:  # the pipe closes once no step can write to it: its number may go to another file
+            if self._engine_done:
+                self._close_pipe()
+            else:  # a step outlived the join: the engine thread closes it as it leaves
+                self._close_when_done = True
         self._delivery.join(timeout=30)
+
+    def _close_pipe(self) -> None:
+        """Close the delivery pipe's write end (once; the caller holds `_pipe_lock`): the delivery thread hands
+        over what is left and ends."""
+        if self._deliver_w >= 0:
+            self.scheduler.wake_fd = -1
+            os.close(self._deliver_w)
+            self._deliver_w = -1
 
     def _close_all(self, reason: str) -> None:
         with self._lock:
@@ -109,8 +122,10 @@ class Runner:
         self._hand_over()
 
     def _hand_over(self) -> None:
-        """Wake the delivery thread now."""
-        wake(self._deliver_w)
+        """Wake the delivery thread now (nothing once the pipe is closed)."""
+        with self._pipe_lock:
+            if self._deliver_w >= 0:
+                wake(self._deliver_w)
 
     def _deliver(self) -> None:
         """The delivery thread: on each wake-up, the pending events to their queues' event loops."""
@@ -129,9 +144,20 @@ class Runner:
                 return
 
     def _loop(self) -> None:
+        try:
+            self._steps()
+        finally:
+            with self._pipe_lock:
+                self._engine_done = True
+                if self._close_when_done:
+                    self._close_pipe()
+
+    def _steps(self) -> None:
         while not self._stopping:
             with self._lock:
                 calls, self._calls = self._calls, []
+            if calls:
+                self._hand_over()  # the last step's tokens do not wait for these
             for fn, future in calls:
                 if future.set_running_or_notify_cancel():
                     try:
