@@ -131,7 +131,7 @@ static inline __attribute__((always_inline)) void wdots(const weight_t *w, long 
         const long row_bytes = CODE_BYTES(w->bits, K), row_scales = SCALE_COUNT(K, w->group);
         const int8_t *codes = (const int8_t *)w->data + n * row_bytes;
         const float *scales = w->scales + n * row_scales;
-        prefetch_row(codes, row_bytes, scales);
+        prefetch_row((int)w->bits, codes, row_bytes, scales);
         QDOTS((int)w->bits, codes, scales, w->group, r->xa + first, r->xb + first, nb, K, out);
     }
 }

@@ -37,7 +37,7 @@ static void qgroup(const T *x, const int8_t *codes, const float *scales, T *y, l
         for (long j = 0; j < count; j++) {
             const int8_t *c = codes + (n0 + j) * row_bytes;
             const float *s = scales + (n0 + j) * row_scales;
-            prefetch_row(c, row_bytes, s);
+            prefetch_row(bits, c, row_bytes, s);
             dequant_row(c, s, wbuf + j * K, K, bits, group, 1);
         }
         T *yb = y + n0;

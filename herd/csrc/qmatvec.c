@@ -20,7 +20,7 @@
             for (long m = 0; m < M; m++) as[m] = xa + m * width, bs[m] = xb ? xb + m * width : as[m];         \
             _Pragma("omp for schedule(static)")                                                                \
             for (long n = 0; n < N; n++) {                                                                     \
-                prefetch_row(codes + n * row_bytes, row_bytes, scales + n * row_scales);                       \
+                prefetch_row(bits, codes + n * row_bytes, row_bytes, scales + n * row_scales);                 \
                 QDOTS(bits, codes + n * row_bytes, scales + n * row_scales, group, as, bs, M, K, dots);        \
                 for (long m = 0; m < M; m++) y[m * N + n] = dots[m];                                           \
             }                                                                                                  \
