@@ -59,6 +59,22 @@ def compare(reference: torch.Tensor, quantized: torch.Tensor, targets: torch.Ten
             "ppl_ratio": math.exp(float(nll_q - nll_ref)), "ppl": math.exp(float(nll_q))}
 
 
+def windows_of(ids_T: torch.Tensor, windows: int, context: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Up to `windows` windows [N, context] of the ids, and the targets of their scored second halves."""
+    n = min(windows, ids_T.shape[0] // context)
+    windows_NS = ids_T[: n * context].view(n, context)
+    return windows_NS, windows_NS[:, context // 2 + 1 :]
+
+
+def perplexity(reference: torch.Tensor, targets: torch.Tensor) -> float:
+    return math.exp(float(-reference.gather(-1, targets[..., None]).mean()))
+
+
+def row(*cells: str, r: dict[str, float]) -> str:
+    """A markdown row: the cells, then the KLD, same top-1 and perplexity ratio of `r`."""
+    return "| " + " | ".join([*cells, f"{r['kld']:.5f}", f"{100 * r['top1']:.2f}%", f"{r['ppl_ratio']:.4f}"]) + " |"
+
+
 def held_out_text(model_dir: Path, data_dir: Path) -> str:
     """The `val` split's documents as text (special tokens dropped), concatenated."""
     tokenizer, shards = load_tokenizer(model_dir / "tokenizer.json"), TokenShards(data_dir, "val")
@@ -112,9 +128,7 @@ def beside_llama_cpp(args: argparse.Namespace) -> None:
         rows[qtype] = llama_cpp.kl_divergence(llama_cpp.quantize(f32, qtype, force=True), text_file, base,
                                               context=args.context)
 
-    n_windows = min(args.windows, len(ids) // args.context)
-    windows_NS = torch.tensor(ids[: n_windows * args.context]).view(n_windows, args.context)
-    targets = windows_NS[:, args.context // 2 + 1 :]
+    windows_NS, targets = windows_of(torch.tensor(ids), args.windows, args.context)
 
     def load(**quantize: object) -> torch.nn.Module:
         model = herd.load(args.model, dtype=torch.float32, **quantize)
@@ -124,18 +138,16 @@ def beside_llama_cpp(args: argparse.Namespace) -> None:
         return model
 
     reference = scored_log_probs(load(), windows_NS)
-    ppl = math.exp(float(-reference.gather(-1, targets[..., None]).mean()))
-    print(f"{args.model} without its router bias: {n_windows} windows of {args.context} ({targets.numel():,} scored "
-          f"tokens, ids equal in both); fp32 perplexity herd {ppl:.3f}, llama.cpp F32 {rows['F32']['ppl']:.3f}\n")
+    print(f"{args.model} without its router bias: {len(windows_NS)} windows of {args.context} ({targets.numel():,} "
+          f"scored tokens, ids equal in both); fp32 perplexity herd {perplexity(reference, targets):.3f}, llama.cpp "
+          f"F32 {rows['F32']['ppl']:.3f}\n")
     print("| engine | format | mean KLD | same top-1 | PPL ratio |")
     print("|---|---|---:|---:|---:|")
     for name in SCHEMES:
-        r = compare(reference, scored_log_probs(load(quantize=name, quantize_groups=GROUPS), windows_NS), targets)
-        print(f"| herd | {name}, LM head too | {r['kld']:.5f} | {100 * r['top1']:.2f}% | {r['ppl_ratio']:.4f} |",
-              flush=True)
+        quantized = scored_log_probs(load(quantize=name, quantize_groups=GROUPS), windows_NS)
+        print(row("herd", f"{name}, LM head too", r=compare(reference, quantized, targets)), flush=True)
     for qtype in LLAMA_CPP_TYPES:
-        r = rows[qtype]
-        print(f"| llama.cpp | {qtype} | {r['kld']:.5f} | {100 * r['top1']:.2f}% | {r['ppl_ratio']:.4f} |")
+        print(row("llama.cpp", qtype, r=rows[qtype]))
 
 
 def main() -> None:
@@ -151,23 +163,19 @@ def main() -> None:
     if args.llama_cpp:
         beside_llama_cpp(args)
         return
-    shards = TokenShards(args.data, "val")
-    n_windows = min(args.windows, shards.n_tokens // args.context)  # the demo's held-out split holds ~55
-    tokens = torch.from_numpy(shards.read(0, n_windows * args.context).astype("int64"))
-    windows_NS = tokens.view(n_windows, args.context)
-    targets = windows_NS[:, args.context // 2 + 1 :]
+    shards = TokenShards(args.data, "val")  # the demo's held-out split holds ~55 windows
+    windows_NS, targets = windows_of(torch.from_numpy(shards.read(0, shards.n_tokens).astype("int64")),
+                                     args.windows, args.context)
     reference = scored_log_probs(herd.load(args.model, dtype=torch.float32), windows_NS)
-    ppl = math.exp(float(-reference.gather(-1, targets[..., None]).mean()))
-    print(f"{args.model}: {n_windows} windows of {args.context}, second halves scored ({targets.numel():,} "
-          f"tokens); fp32 perplexity {ppl:.3f}\n")
+    print(f"{args.model}: {len(windows_NS)} windows of {args.context}, second halves scored ({targets.numel():,} "
+          f"tokens); fp32 perplexity {perplexity(reference, targets):.3f}\n")
     print("| scheme | LM head | mean KLD | same top-1 | PPL ratio |")
     print("|---|---|---:|---:|---:|")
     for name in SCHEMES:
         for groups in (DEFAULT_GROUPS, GROUPS):
             model = herd.load(args.model, dtype=torch.float32, quantize=name, quantize_groups=groups)
             r = compare(reference, scored_log_probs(model, windows_NS), targets)
-            print(f"| {name} | {'int' if 'lm_head' in groups else 'fp32'} | {r['kld']:.5f} | {100 * r['top1']:.2f}% | "
-                  f"{r['ppl_ratio']:.4f} |", flush=True)
+            print(row(name, "int" if "lm_head" in groups else "fp32", r=r), flush=True)
 
 
 if __name__ == "__main__":
