@@ -275,11 +275,12 @@ class NativeDecode:
             self._pool, self._watching = weakref.ref(pool), self._watch()
             self._key = None
         self._steps += 1
-        if self._key is None or self._steps % FULL_CHECK == 0 or self._quick_of()[:4] != self._quick[:4]:
+        quick = self._quick_of()
+        if self._key is None or self._steps % FULL_CHECK == 0 or quick[:4] != self._quick[:4]:
             if self._key_of(pool) != self._key:
-                self._build(pool)
+                self._build(pool)  # moves neither the embedding nor the head: `quick` stays true
                 self._key = self._key_of(pool)
-            self._quick = self._quick_of()
+            self._quick = quick
         return self._ok
 
     def _key_of(self, pool: KVPool) -> tuple:

@@ -251,9 +251,11 @@ class Scheduler:
         produced. `emit(events)` (a server's dispatch) gets them as soon as each part of the step is done, so
         the decoded rows and the first request whose prefill ends are not held back by the rest of the step."""
         self.apply_aborts()
-        events = self._decode() if self._running else []  # the decode step writes wake_fd at its LM head
-        if not events:
-            self._wake()
+        if self._running:
+            events = self._decode()  # its step writes wake_fd as its LM head starts
+        else:
+            events = []
+            self._wake()  # nothing decodes: what is pending goes out now
         if emit is not None and events:
             emit(events)
         budget, done = self.prefill_chunk, len(events)
