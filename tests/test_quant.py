@@ -21,7 +21,7 @@ from herd.infer.native import NativeDecode
 from herd.infer.sampling import SamplingParams
 from herd.infer.steps import FastDecode
 from herd.quant import GROUPS, SCHEMES, QuantError, QuantExperts, QuantLinear, dequantize, quantize, quantize_model
-from herd.quant.schemes import Scheme, pack_int4, unpack_int4
+from herd.quant.schemes import Scheme, pack_int4, quantize_activations, unpack_int4
 
 CONFIGS = {"scout": SCOUT_LIKE, "maverick": MAVERICK_LIKE, "dense": DENSE_LIKE}
 
@@ -70,14 +70,17 @@ def test_bad_scheme_and_odd_int4_width_are_clear_errors():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_qmatvec_matches_x_at_dequantized_w(name, dtype):
     """Rows of x 1 … 8 (tiles of four and the rest), widths with masked tails (a last word of one byte,
-    chunks of fewer groups), odd output counts; int4 in groups of 64 (a layout the bf16 kernel reads)."""
+    chunks of fewer groups), odd output counts; int4 in groups of 64 (a layout the bf16 kernel reads). int4-a8
+    against x quantized as `quantize_activations` does, which the kernel must reproduce code for code (one code
+    off in a block scaled up 40× is far outside the fp32 tolerance)."""
     s, g = SCHEMES.get(name, Scheme(name, 4, 64)), torch.Generator().manual_seed(1)
     shapes = [(1, 5, 72), (3, 33, 64), (4, 7, 200), (5, 100, 512), (8, 17, 96), (2, 9, 74), (6, 3, 1030)]
     for M, N, K in shapes + ([(3, 7, 75)] if s.bits == 8 else []):  # int8: a last word of one code
         w, x = torch.randn(N, K, generator=g), torch.randn(M, K, generator=g).to(dtype)
+        x[0, : K // 3] *= 40  # blocks of activations at different scales
         codes, scales = quantize(w, s)
-        want = x.float() @ dequantize(codes, scales, s).T
-        got = cpu_kernels.qmatvec(x, codes, scales, s.bits, s.group)
+        want = (quantize_activations(x) if s.act_bits else x.float()) @ dequantize(codes, scales, s).T
+        got = cpu_kernels.qmatvec(x, codes, scales, s.bits, s.group, s.act_bits)
         assert got.dtype == dtype and got.shape == (M, N)
         tolerance = 1e-4 if dtype == torch.float32 else 2**-7
         assert torch.allclose(got.float(), want, rtol=tolerance, atol=tolerance * K**0.5), (M, N, K)
@@ -199,7 +202,30 @@ def test_native_step_reads_quantized_weights(config, name, dtype):
 
 
 @pytest.mark.skipif(not NATIVE, reason="the native kernels need AVX512-BF16 and a C compiler")
-@pytest.mark.parametrize("name", ["int8", "int4"])
+@pytest.mark.parametrize("config", list(CONFIGS.values()), ids=list(CONFIGS))
+def test_int8_activations_are_one_function_on_every_path(config):
+    """int4-a8 quantizes each product's input on every path: an fp32 prefill (torch's quantize_activations before
+    the GEMM), a one-token eager step (cpu_kernels.qmatvec's VNNI kernel) and the native step give the last
+    position the same logits to 1e-4; int4's (the same codes, activations as they come) differ."""
+    g = torch.Generator().manual_seed(5)
+    tokens = torch.randint(0, 256, (1, 10), generator=g)
+    a8 = quantize_model(optimize(herd.build(config, seed=0)), "int4-a8", groups=GROUPS)
+    plain = quantize_model(optimize(herd.build(config, seed=0)), "int4", groups=GROUPS)
+    with torch.no_grad():
+        prefill = a8(tokens)[0, -1]
+        pool = KVPool(a8.config, 1, 64, torch.float32)
+        a8(tokens[:, :9], kv=pool.prefill(0, 0), last_only=True)
+        native_pool = copy.deepcopy(pool)
+        eager = a8(tokens[:, 9:], kv=pool.decode(torch.tensor([0]), torch.tensor([9])))[0, -1]
+        native = NativeDecode(a8)
+        assert native.takes(tokens[:, 9:], native_pool), native.reason
+        step = native(tokens[:, 9:], torch.tensor([9]), torch.tensor([0]), native_pool)[0]
+        assert (eager - prefill).abs().max() <= 1e-4 and (step - prefill).abs().max() <= 1e-4
+        assert (plain(tokens)[0, -1] - prefill).abs().max() > 1e-3
+
+
+@pytest.mark.skipif(not NATIVE, reason="the native kernels need AVX512-BF16 and a C compiler")
+@pytest.mark.parametrize("name", ["int8", "int4", "int4-a8"])
 def test_quantized_step_gives_a_row_alone_what_it_gets_among_others(name):
     """One row takes the 16-rows-at-a-time sums (qdots16_bf16), several rows the row-by-row ones: the same
     logits bit for bit, so a request's greedy tokens do not depend on its batch."""

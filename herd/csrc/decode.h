@@ -41,6 +41,7 @@ typedef struct {
     const void *data;           /* T [N, K]; int8 codes [N, K] (bits 8) or [N, K/2] (bits 4); PACKED blocks */
     const float *scales;        /* [N, ceil(K / group)]; NULL for bits 0 and PACKED */
     int64_t bits, group;
+    int64_t act_bits;           /* 8: int4 codes against activations quantized to int8 (quant.h); else 0 */
 } weight_t;
 
 #define PACKED 1  /* weight_t.bits of a bf16 weight in packed.h's layout (the LM head; PACKED_MATVEC steps) */
@@ -97,6 +98,7 @@ static inline weight_t expert_of(const weight_t *w, long e, long N, long K) {
 typedef struct {
     const T *const *xs;
     const T *xa[MAX_ROWS], *xb[MAX_ROWS];
+    const int8_t *xq[MAX_ROWS];  /* act_bits 8: the rows quantized (quant.h's a8_quantize) */
 } rows_t;
 
 /* out[p · P + i] = x[phases · i + p] (zero past K), P = phase_len(K, phases). */
@@ -109,6 +111,11 @@ static void phase_split(const T *x, long K, long phases, T *out) {
 static void prepare(rows_t *r, const weight_t *w, const T *const *xs, long B, long K, T *scratch) {
     const long phases = w->bits ? PHASES(w->bits) : 1, P = phase_len(K, phases);
     r->xs = xs;
+    if (w->act_bits) {
+        int8_t *q = (int8_t *)scratch;  /* 64-byte aligned (the step's allocation) */
+        for (long b = 0; b < B; b++) a8_quantize(xs[b], sizeof(T) == 2, K, r->xq[b] = q + b * a8_row_bytes(K));
+        return;
+    }
     for (long b = 0; b < B; b++) {
         if (phases > 1) {
             T *rows = scratch + b * phases * P;
@@ -132,7 +139,8 @@ static inline __attribute__((always_inline)) void wdots(const weight_t *w, long 
         const int8_t *codes = (const int8_t *)w->data + n * row_bytes;
         const float *scales = w->scales + n * row_scales;
         prefetch_row((int)w->bits, codes, row_bytes, scales);
-        QDOTS((int)w->bits, codes, scales, w->group, r->xa + first, r->xb + first, nb, K, out);
+        if (w->act_bits) qdots_a8(codes, scales, w->group, r->xq + first, nb, K, out);
+        else QDOTS((int)w->bits, codes, scales, w->group, r->xa + first, r->xb + first, nb, K, out);
     }
 }
 
@@ -144,6 +152,12 @@ static inline __attribute__((always_inline)) void wdots(const weight_t *w, long 
 
 static inline __attribute__((always_inline)) void wdots_block(const weight_t *w, long n0, long count, long K,
                                                               const rows_t *r, long first, long nb, float *d) {
+    if (w->act_bits && nb == 1) {
+        const long row_bytes = CODE_BYTES(w->bits, K), row_scales = SCALE_COUNT(K, w->group);
+        qdots16_a8((const int8_t *)w->data + n0 * row_bytes, row_bytes, w->scales + n0 * row_scales, row_scales,
+                   w->group, r->xq[first], K, count, d);
+        return;
+    }
 #ifdef QDOTS16
     if (w->bits && nb == 1) {
         const long row_bytes = CODE_BYTES(w->bits, K), row_scales = SCALE_COUNT(K, w->group);
@@ -341,7 +355,10 @@ int NAME(const model_t *m, const int64_t *tokens, const int64_t *positions, cons
     {
         float *scores = malloc(sizeof(float) * R * L);
         const long Kmax = D > H * K ? (D > F ? D : F) : (H * K > F ? H * K : F);
-        T *xf = malloc(sizeof(T) * B * (Kmax + 3));  /* the activations split into phases (prepare) */
+        /* the activations split into phases, or quantized (prepare): the larger of the two layouts */
+        const long xf_bytes = B * (a8_row_bytes(Kmax) > (long)sizeof(T) * (Kmax + 3) ? a8_row_bytes(Kmax)
+                                                                                      : (long)sizeof(T) * (Kmax + 3));
+        T *xf = aligned_alloc(64, (xf_bytes + 63) / 64 * 64);
         /* this thread's copy of the expert groups: rows in group order, their inputs and outputs */
         long row_of[B], group_start[B + 1], group_expert[B];
         const T *xs_of[B];

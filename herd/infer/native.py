@@ -44,7 +44,7 @@ log = logging.getLogger("herd")
 
 
 class _Weight(ctypes.Structure):  # weight_t in decode.h
-    _fields_ = [("data", c_void_p), ("scales", c_void_p), ("bits", c_int64), ("group", c_int64)]
+    _fields_ = [("data", c_void_p), ("scales", c_void_p), ("bits", c_int64), ("group", c_int64), ("act_bits", c_int64)]
 
 
 _MATRICES = ("wqkv", "wo", "w13", "w2", "shared_w13", "shared_w2")  # the layer's weight_t fields
@@ -96,20 +96,20 @@ def _attrs(owner: nn.Module, attr: str) -> tuple[str, ...]:
     return f"{prefix}codes", f"{prefix}scales"
 
 
-def _stored(owner: nn.Module | None, attr: str) -> tuple[torch.Tensor, torch.Tensor | None, int, int] | None:
-    """A weight matrix as the kernel reads it: (data, scales, bits, group). Plain: the tensor (bits 0); a
-    quantized module: its codes and scales. None where absent."""
+def _stored(owner: nn.Module | None, attr: str) -> tuple[torch.Tensor, torch.Tensor | None, int, int, int] | None:
+    """A weight matrix as the kernel reads it: (data, scales, bits, group, act_bits). Plain: the tensor (bits
+    0); a quantized module: its codes and scales. None where absent."""
     if owner is None:
         return None
     tensors = [getattr(owner, a, None) for a in _attrs(owner, attr)]
     if tensors[0] is None:
         return None
     if len(tensors) == 1:
-        return tensors[0], None, 0, 0
-    return tensors[0], tensors[1], owner.scheme.bits, owner.scheme.group
+        return tensors[0], None, 0, 0, 0
+    return tensors[0], tensors[1], owner.scheme.bits, owner.scheme.group, owner.scheme.act_bits
 
 
-def _weights(block: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor | None, int, int] | None]:
+def _weights(block: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor | None, int, int, int] | None]:
     """The tensors of `_fields(block)` themselves (None where a projection is not fused, or no bias)."""
     return {name: _stored(owner, attr) for name, (owner, attr) in _fields(block).items()}
 
@@ -119,7 +119,9 @@ def _layout_error(name: str, stored: tuple | None, moe: bool, dtype: torch.dtype
         return None if name == "router_bias" else f"no fused {name} (run herd.fast.optimize)"
     if name == "router_bias":
         return None
-    t, scales, bits, group = stored
+    t, scales, bits, group, act_bits = stored
+    if act_bits and (act_bits != 8 or bits != 4 or not cpu_kernels.reads_bf16(bits, group)):
+        return f"{name}: no product kernel for int{bits} in groups of {group} with int{act_bits} activations"
     if bits:  # quantized: codes and scales stored row by row, experts output-major already
         if t.dtype != torch.int8 or scales.dtype != torch.float32 or t.device.type != "cpu" or group % 32:
             return f"{name}: codes {t.dtype} / scales {scales.dtype} on {t.device} (group {group})"
@@ -136,8 +138,8 @@ def _layout_error(name: str, stored: tuple | None, moe: bool, dtype: torch.dtype
 def _weight(stored: tuple | None) -> _Weight:
     if stored is None:
         return _Weight()
-    t, scales, bits, group = stored
-    return _Weight(t.data_ptr(), scales.data_ptr() if scales is not None else None, bits, group)
+    t, scales, bits, group, act_bits = stored
+    return _Weight(t.data_ptr(), scales.data_ptr() if scales is not None else None, bits, group, act_bits)
 
 
 class NativeDecode:
@@ -253,7 +255,7 @@ class NativeDecode:
         """The LM head as the step reads it. A bf16 head is packed into a copy of its own (packed.h: the
         products of many rows run about twice as fast as row by row; it costs the head's size in memory
         again), remade when the weight moves or is written in place."""
-        t, _, bits, _ = stored
+        t, _, bits, _, _ = stored
         if not (self.pack_head and bits == 0 and t.dtype == torch.bfloat16 and t.shape[1] % 2 == 0):
             self._head = self._packed = None
             return _weight(stored)

@@ -2,7 +2,7 @@
 
 from herd.quant.apply import DEFAULT_GROUPS, GROUPS, quantize_model
 from herd.quant.modules import QuantExperts, QuantLinear
-from herd.quant.schemes import SCHEMES, QuantError, Scheme, dequantize, quantize, scheme
+from herd.quant.schemes import SCHEMES, QuantError, Scheme, dequantize, quantize, quantize_activations, scheme
 
 __all__ = ["DEFAULT_GROUPS", "GROUPS", "SCHEMES", "QuantError", "QuantExperts", "QuantLinear", "Scheme",
-           "dequantize", "quantize", "quantize_model", "scheme"]
+           "dequantize", "quantize", "quantize_activations", "quantize_model", "scheme"]

@@ -22,7 +22,7 @@ from torch import nn
 
 from herd import cpu_kernels
 from herd.moe import Experts
-from herd.quant.schemes import Scheme, dequantize, quantize, scheme
+from herd.quant.schemes import Scheme, dequantize, quantize, quantize_activations, scheme
 
 MAX_KERNEL_ROWS = 8  # rows of x past which dequantizing once and running the GEMM is cheaper
 
@@ -33,16 +33,25 @@ def _kernel_takes(x: torch.Tensor, rows: int) -> bool:
 
 
 def _product(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, s: Scheme) -> torch.Tensor:
-    """x [..., K] @ dequant(codes, scales)ᵀ → [..., N], in x's dtype."""
+    """x [..., K] @ dequant(codes, scales)ᵀ → [..., N], in x's dtype; a scheme with act_bits quantizes x first
+    (`quantize_activations`)."""
     K, N = x.shape[-1], codes.shape[0]
     rows = x.numel() // K
     if _kernel_takes(x, rows):
-        return cpu_kernels.qmatvec(x.reshape(rows, K), codes, scales, s.bits, s.group).view(*x.shape[:-1], N)
+        y = cpu_kernels.qmatvec(x.reshape(rows, K), codes, scales, s.bits, s.group, s.act_bits)
+        return y.view(*x.shape[:-1], N)
+    x = _activations(x, s)
     if (x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float32) and not torch.compiler.is_compiling()
             and codes.is_contiguous() and cpu_kernels.available()):
         w_NK = cpu_kernels.dequantize(codes, scales, s.bits, s.group, K, x.dtype, out=_scratch(N * K, x.dtype))
         return F.linear(x, w_NK)
     return F.linear(x, dequantize(codes, scales, s, x.dtype))
+
+
+def _activations(x: torch.Tensor, s: Scheme) -> torch.Tensor:
+    """x as a product in scheme `s` reads it: quantized (`quantize_activations`, back in x's dtype, which for
+    bf16 rounds q · d) where the scheme has act_bits, else x itself."""
+    return quantize_activations(x).to(x.dtype) if s.act_bits else x
 
 
 _local = threading.local()
@@ -156,9 +165,10 @@ class QuantExperts(Experts):
             return super().grouped(xs_AD, counts_E)
         bits, group = self.scheme.bits, self.scheme.group
         offsets_E1 = F.pad(counts_E.cumsum(0), (1, 0))
-        gate_AF, up_AF = cpu_kernels.qgrouped(xs_AD, self.w13_codes, self.w13_scales, bits, group,
-                                              offsets_E1).chunk(2, dim=-1)
-        return cpu_kernels.qgrouped(F.silu(gate_AF).mul_(up_AF), self.w2_codes, self.w2_scales, bits, group, offsets_E1)
+        gate_AF, up_AF = cpu_kernels.qgrouped(_activations(xs_AD, self.scheme), self.w13_codes, self.w13_scales, bits,
+                                              group, offsets_E1).chunk(2, dim=-1)
+        hidden_AF = _activations(F.silu(gate_AF).mul_(up_AF), self.scheme)
+        return cpu_kernels.qgrouped(hidden_AF, self.w2_codes, self.w2_scales, bits, group, offsets_E1)
 
     def expert(self, e: int, x_TD: torch.Tensor) -> torch.Tensor:
         gate_TF, up_TF = _product(x_TD, self.w13_codes[e], self.w13_scales[e], self.scheme).chunk(2, dim=-1)
