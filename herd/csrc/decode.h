@@ -191,22 +191,30 @@ static void matvec_gather(const weight_t *w, const T *const *xs, T *const *ys, l
     for (long n0 = 0; n0 < N; n0 += BLOCK) gather_block(w, &r, ys, B, N, K, n0, d);
 }
 
-/* Blocks of the LM head a thread takes at a time (~0.5-1 MB of a head of 512 inputs). The head is most of a
-   step's reads and its rows are independent, so it is shared out dynamically: a thread that the OS takes off
-   its core for a while (a server's event loop, an HTTP client on the same machine) leaves its part to the
-   others instead of making them wait for it at the end of the step. */
+/* Blocks of the LM head a thread takes at a time when it is shared out dynamically (~0.5-1 MB of a head of 512
+   inputs). */
 #define HEAD_CHUNK 64
 
-/* The LM head as matvec_rows (x [B, D] to logits [B, V]), its blocks shared out dynamically; no barrier. */
-static void head_rows(const weight_t *w, const T *x, T *logits, long B, long V, long D, T *scratch) {
+/* The LM head as matvec_rows (x [B, D] to logits [B, V]); no barrier. The head is most of a step's reads.
+   Split statically, each thread streams one contiguous range: read so, a one-row int4 head of the benchmark
+   model ran at 70-76 GB/s where this machine's memory was fast, against 50-55 in blocks of HEAD_CHUNK taken in
+   turn (2026-12-04). `dynamic` shares its blocks out as threads come for them: a thread that the OS takes off
+   its core for a while (a server's event loop, woken as the head starts) then leaves its part to the others
+   instead of making them wait for it at the end of the step. */
+static void head_rows(const weight_t *w, const T *x, T *logits, long B, long V, long D, T *scratch, int dynamic) {
     const T *xs[MAX_ROWS];
     T *ys[MAX_ROWS];
     rows_t r;
     float d[BLOCK * MAX_ROWS];
     for (long b = 0; b < B; b++) xs[b] = x + b * D, ys[b] = logits + b * V;
     prepare(&r, w, xs, B, D, scratch);
-    #pragma omp for schedule(dynamic, HEAD_CHUNK) nowait
-    for (long n0 = 0; n0 < V; n0 += BLOCK) gather_block(w, &r, ys, B, V, D, n0, d);
+    if (dynamic) {
+        #pragma omp for schedule(dynamic, HEAD_CHUNK) nowait
+        for (long n0 = 0; n0 < V; n0 += BLOCK) gather_block(w, &r, ys, B, V, D, n0, d);
+    } else {
+        #pragma omp for schedule(static) nowait
+        for (long n0 = 0; n0 < V; n0 += BLOCK) gather_block(w, &r, ys, B, V, D, n0, d);
+    }
 }
 
 /* y[b * y_stride + n] = round(w[n] · x[b * x_stride]) for n < N, b < B; as matvec_gather, no barrier. */
@@ -504,10 +512,10 @@ int NAME(const model_t *m, const int64_t *tokens, const int64_t *positions, cons
                 const T *xs_B[MAX_ROWS];
                 T *ys_B[MAX_ROWS];
                 for (long b = 0; b < B; b++) xs_B[b] = out + b * D, ys_B[b] = logits_BV + b * m->vocab;
-                PACKED_MATVEC((const T *)m->output.data, xs_B, ys_B, B, m->vocab, D);
+                PACKED_MATVEC((const T *)m->output.data, xs_B, ys_B, B, m->vocab, D, wake_fd >= 0);
 #endif
             } else if (logits_BV) {
-                head_rows(&m->output, out, logits_BV, B, m->vocab, D, xf);
+                head_rows(&m->output, out, logits_BV, B, m->vocab, D, xf, wake_fd >= 0);
             }
             if (logits_BV && argmax_B) {
                 const long V = m->vocab;

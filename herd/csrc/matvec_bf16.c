@@ -34,6 +34,6 @@ void herd_packed_matvec_bf16(const uint16_t *x, const uint16_t *wp, uint16_t *y,
         const uint16_t *xs[M];
         uint16_t *ys[M];
         for (long m = 0; m < M; m++) xs[m] = x + m * K, ys[m] = y + m * N;
-        packed_matvec(wp, xs, ys, M, N, K);
+        packed_matvec(wp, xs, ys, M, N, K, 0);
     }
 }

@@ -12,8 +12,8 @@
 #pragma once
 #include "bf16.h"
 
-/* Pairs of blocks a thread takes at a time (~1 MB of an LM head of 512 inputs), shared out dynamically as
-   decode.h's head_rows does for the same reason. */
+/* Pairs of blocks a thread takes at a time (~1 MB of an LM head of 512 inputs) when they are shared out
+   dynamically, as decode.h's head_rows does and for the same reason. */
 #define PACKED_CHUNK 32
 
 /* y[r * y_stride + n0 + j] = round(Σ_k w[n0 + j][k] · x_r[k]) for R rows and the `width` (1 … 32) outputs of two
@@ -63,16 +63,25 @@ HERD_PACKED_TILE(7)
 HERD_PACKED_TILE(8)
 
 /* ys[b][n] = round(w[n] · xs[b]) for n < N, b < B (any B), rows in tiles of eight. An orphaned `omp for` over
-   pairs of blocks, dynamically scheduled, without a barrier. */
+   pairs of blocks without a barrier: a contiguous range per thread, or with `dynamic` shared out as threads come
+   for them (decode.h's head_rows). */
 static void packed_matvec(const uint16_t *wp, const uint16_t *const *xs, uint16_t *const *ys, long B, long N,
-                          long K) {
+                          long K, int dynamic) {
     typedef void (*tile_fn)(const uint16_t *, long, const uint16_t *const *, uint16_t *const *, long, long);
     static const tile_fn tiles[9] = {0, packed_tile_1, packed_tile_2, packed_tile_3, packed_tile_4,
                                      packed_tile_5, packed_tile_6, packed_tile_7, packed_tile_8};
     const long pairs = (N + 31) / 32;
-    #pragma omp for schedule(dynamic, PACKED_CHUNK) nowait
-    for (long p = 0; p < pairs; p++) {
-        const long n0 = 32 * p, width = N - n0 < 32 ? N - n0 : 32;
-        for (long b = 0; b < B; b += 8) tiles[B - b < 8 ? B - b : 8](wp + n0 * K, K, xs + b, ys + b, n0, width);
+#define HERD_PACKED_PAIR                                                                                      \
+    {                                                                                                         \
+        const long n0 = 32 * p, width = N - n0 < 32 ? N - n0 : 32;                                            \
+        for (long b = 0; b < B; b += 8) tiles[B - b < 8 ? B - b : 8](wp + n0 * K, K, xs + b, ys + b, n0, width); \
     }
+    if (dynamic) {
+        #pragma omp for schedule(dynamic, PACKED_CHUNK) nowait
+        for (long p = 0; p < pairs; p++) HERD_PACKED_PAIR
+    } else {
+        #pragma omp for schedule(static) nowait
+        for (long p = 0; p < pairs; p++) HERD_PACKED_PAIR
+    }
+#undef HERD_PACKED_PAIR
 }
