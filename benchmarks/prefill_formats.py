@@ -1,9 +1,9 @@
 """Prefill in herd's quantized formats against bf16, in one process, interleaved: #20's "within 10%".
 
-    .venv/bin/python benchmarks/prefill_formats.py [--tokens 512] [--rounds 7]
+    .venv/bin/python benchmarks/prefill_formats.py [--tokens 512] [--rounds 7] [--formats int8 int4 int4-a8]
 
-The benchmark model (bench.py) is loaded three times, in bf16 and quantized while loading to int8 and int4
-(every module group, bf16 activations), each laid out by `herd.fast.optimize` behind an `Engine`. Each round
+The benchmark model (bench.py) is loaded once per format, in bf16 and quantized while loading to each of
+`--formats` (every module group), each laid out by `herd.fast.optimize` behind an `Engine`. Each round
 times one prefill of the same random prompt into a fresh cache in each format, in turn (median of 3), and
 the table gives the median tok/s and the median (range) of the per-round ratios format / bf16. The
 formats take turns within a round because this machine's speed drifts from minute to minute, which is what
@@ -23,6 +23,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=512)
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--formats", nargs="+", default=["int8", "int4"],
+                        choices=["int8", "int8-g128", "int4", "int4-g128", "int4-a8"])
     args = parser.parse_args()
 
     import herd
@@ -32,7 +34,7 @@ def main() -> None:
 
     torch.set_num_threads(bench.THREADS)
     engines = {}
-    for fmt in ("bfloat16", "int8", "int4"):
+    for fmt in ("bfloat16", *args.formats):
         quantize = dict(quantize=fmt, quantize_groups=GROUPS) if fmt != "bfloat16" else {}
         engines[fmt] = Engine(optimize(herd.load(bench.ensure_model(), dtype=torch.bfloat16, **quantize)),
                               prefill_chunk=2048)

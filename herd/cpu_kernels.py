@@ -102,6 +102,8 @@ def _open() -> ctypes.CDLL | None:
     lib.herd_qmatvec_a8.argtypes = [ctypes.c_void_p, ctypes.c_int] + [ctypes.c_void_p] * 3 + [ctypes.c_long] * 4 \
         + [ctypes.c_int]
     lib.herd_qmatvec_a8.restype = None
+    lib.herd_a8_dequantized.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_long] * 2 + [ctypes.c_int] * 2
+    lib.herd_a8_dequantized.restype = None
     lib.herd_dequant.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_long] * 2 + [ctypes.c_int, ctypes.c_long,
                                                                              ctypes.c_int, ctypes.c_int]
     lib.herd_dequant.restype = None
@@ -248,6 +250,23 @@ def qmatvec(x_MK: torch.Tensor, codes_NC: torch.Tensor, scales_NG: torch.Tensor,
         kernel(xa.data_ptr(), xb.data_ptr() if xb is not None else None, codes_NC.data_ptr(), scales_NG.data_ptr(),
                y_MN.data_ptr(), M, N, K, bits, group, torch.get_num_threads())
     return y_MN.to(dtype)
+
+
+def quantize_activations(x: torch.Tensor) -> torch.Tensor:
+    """`herd.quant.schemes.quantize_activations(x)` in x's dtype (bf16 or fp32, on the CPU), in one parallel pass:
+    the same codes and scales, then q · d rounded to x's dtype. Needs `available()`."""
+    lib = library()
+    if lib is None:
+        raise RuntimeError("herd.cpu_kernels.quantize_activations is not available on this machine")
+    if x.device.type != "cpu" or x.dtype not in (torch.bfloat16, torch.float32):
+        raise ValueError(f"quantize_activations takes bf16 or fp32 on the CPU, not {x.dtype} on {x.device}")
+    x = x.contiguous()
+    out = torch.empty_like(x)
+    K = x.shape[-1]
+    if x.numel():
+        lib.herd_a8_dequantized(x.data_ptr(), out.data_ptr(), x.numel() // K, K, int(x.dtype == torch.bfloat16),
+                                torch.get_num_threads())
+    return out
 
 
 def dequantize(codes_NC: torch.Tensor, scales_NG: torch.Tensor, bits: int, group: int, K: int,

@@ -87,6 +87,18 @@ def test_qmatvec_matches_x_at_dequantized_w(name, dtype):
 
 
 @pytest.mark.skipif(not NATIVE, reason="the native kernels need AVX512-BF16 and a C compiler")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_native_quantized_activations_are_torchs(dtype):
+    """cpu_kernels.quantize_activations (a prefill's int4-a8 input) bit for bit the torch rule: widths with a
+    short last block, all-zero blocks and rows, blocks at scales apart."""
+    g = torch.Generator().manual_seed(3)
+    for K in (5, 32, 72, 512, 1030):
+        x = (torch.randn(6, K, generator=g) * torch.rand(6, 1, generator=g) * 50).to(dtype)
+        x[0, :40], x[1] = 0, 0
+        assert torch.equal(cpu_kernels.quantize_activations(x), quantize_activations(x).to(dtype)), K
+
+
+@pytest.mark.skipif(not NATIVE, reason="the native kernels need AVX512-BF16 and a C compiler")
 @pytest.mark.parametrize("name", [*SCHEMES, "int4-g64"])
 @pytest.mark.parametrize("threads", [1, 3])
 def test_qgrouped_is_grouped_on_the_dequantized_experts(name, threads):

@@ -56,6 +56,15 @@ void herd_qmatvec_a8(const void *x, int bf16, const int8_t *codes, const float *
     free(xq);
 }
 
+/* out [M, K] = each row of x [M, K] (fp32, or bf16 when bf16) as the int8-activation products see it (quant.h's
+   a8_dequantized), in x's type; rows in parallel. */
+void herd_a8_dequantized(const void *x, void *out, long M, long K, int bf16, int threads) {
+    const long width = bf16 ? 2 : 4;
+    #pragma omp parallel for schedule(static) num_threads(threads)
+    for (long m = 0; m < M; m++)
+        a8_dequantized((const char *)x + m * K * width, bf16, K, (char *)out + m * K * width);
+}
+
 /* w[n, k] = q · scale as bf16 (round to nearest even) or fp32 (out_bf16 0): the dequantized weight [N, K] for
    a prefill's matrix product, written in one vectorized parallel pass (torch's unpack-multiply-cast takes
    five). Groups are multiples of 32 (herd.quant.schemes); K need not be a multiple of the group. */

@@ -427,6 +427,26 @@ static inline void a8_quantize(const void *x, int bf16, long K, int8_t *out) {
     }
 }
 
+/* The activation row x of K inputs as the products see it, q · d per block of 32, written to out in x's type
+   (bf16 rounded to nearest even): what a8_quantize's codes stand for, for the products that run on a GEMM. */
+static inline void a8_dequantized(const void *x, int bf16, long K, void *out) {
+    for (long k = 0; k < K; k += 32) {
+        const __m512 a = a8_load16(x, bf16, k, K), b = a8_load16(x, bf16, k + 16, K);
+        const float d = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a), _mm512_abs_ps(b))) / 127.0f;
+        const __m512 inv = _mm512_set1_ps(d > 0.0f ? 1.0f / d : 0.0f), dv = _mm512_set1_ps(d);
+        for (int h = 0; h < 2; h++) {
+            const long at = k + 16 * h;
+            if (at >= K) break;
+            const __m512i q = _mm512_max_epi32(_mm512_min_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(h ? b : a, inv)),
+                                                                _mm512_set1_epi32(127)), _mm512_set1_epi32(-128));
+            const __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(q), dv);
+            const __mmask16 m = tail16(K - at);
+            if (bf16) _mm256_mask_storeu_epi16((uint16_t *)out + at, m, (__m256i)_mm512_cvtneps_pbh(v));
+            else _mm512_mask_storeu_ps((float *)out + at, m, v);
+        }
+    }
+}
+
 /* One chunk of int4 codes: 64 bytes from byte j, `left` bytes in the row, against N quantized activation rows
    (xq[b] + 4j is the chunk's 256 bytes), scaled lane by lane by the weight scales (a8_weight_scales). */
 #define HERD_INT4_A8(N, j, left, weight_scales)                                                               \
