@@ -7,6 +7,9 @@
 #define LOAD(v) from_bf16(v)
 #define STORE(v) to_bf16(v)
 #define ROUND(v) round_bf16(v)
+#define LOAD16(p, m) _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16))
+#define STORE16(p, v, m) _mm256_mask_storeu_epi16(p, m, (__m256i)_mm512_cvtneps_pbh(v))
+#define ROUND16(v) _mm512_cvtpbh_ps(_mm512_cvtneps_pbh(v))
 #define DOT(w, x, K) row_dot(w, x, K)
 #define DOTS(w, xs, n, K, out) row_dots(w, xs, n, K, out)
 #define QDOTS qdots_bf16

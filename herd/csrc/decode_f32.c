@@ -5,6 +5,9 @@
 #define LOAD(v) (v)
 #define STORE(v) (v)
 #define ROUND(v) (v)
+#define LOAD16(p, m) _mm512_maskz_loadu_ps(m, p)
+#define STORE16(p, v, m) _mm512_mask_storeu_ps(p, m, v)
+#define ROUND16(v) (v)
 #define DOT(w, x, K) dot_f32(w, x, K)
 #define DOTS(w, xs, n, K, out) dots_f32(w, xs, n, K, out)
 #define QDOTS qdots
