@@ -111,16 +111,20 @@ def load(
 
     `dtype=None` keeps the stored dtype (that of the first tensor, for all of them, should a
     checkpoint mix dtypes). With vision weights present the model has its vision tower
-    (`model.vision`), unless `text_only=True`. `quantize="int8"|"int4"|"int4-g128"` quantizes the
-    `quantize_groups` (`herd.quant.apply`) while reading, one tensor at a time; a checkpoint written by
-    `herd quantize` loads quantized as stored.
+    (`model.vision`), unless `text_only=True`. `quantize="int8"|"int4"|…` (`herd.quant.SCHEMES`) quantizes
+    the `quantize_groups` (`herd.quant.apply`) while reading, one tensor at a time; a checkpoint written by
+    `herd quantize` loads quantized as stored, or in a scheme with the same codes and scales that differs
+    only in its activations (`int4` as `int4-a8` and back).
     """
     path = Path(path)
     fmt = detect_format(path)
     config = read_config(path)
     stored = read_quantization(path)
-    if stored and quantize and scheme(quantize).name != stored["scheme"]:
-        raise CheckpointError(f"{path} is already quantized ({stored['scheme']}); it cannot be loaded as {quantize}")
+    if stored and quantize:
+        wanted, have = scheme(quantize), scheme(stored["scheme"])
+        if (wanted.bits, wanted.group) != (have.bits, have.group):
+            raise CheckpointError(f"{path} is already quantized ({have.name}); it cannot be loaded as {wanted.name}")
+        stored = {**stored, "scheme": wanted.name}  # the same codes and scales, read as the scheme asked for
     if fmt == "hf":
         files = _hf_weight_map(path)
         vision_keys = [n for n in files if n.startswith(hf.VISION_PREFIXES)]

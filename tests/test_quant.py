@@ -300,6 +300,12 @@ def test_quantize_while_loading_and_round_trip(plain_dir, tmp_path, name):
         assert torch.equal(a, b), k
     with pytest.raises(CheckpointError, match=f"already quantized \\({name}\\)"):
         herd.load(tmp_path / "q", quantize="int8" if name != "int8" else "int4")
+    twin = {"int4": "int4-a8", "int4-a8": "int4"}.get(name)
+    if twin:  # the same tensors, read with or without 8-bit activations
+        other = herd.load(tmp_path / "q", quantize=twin)
+        assert {m.scheme.name for m in other.modules() if hasattr(m, "scheme")} == {twin}
+        for (k, a), (_, b) in zip(other.state_dict().items(), loaded.state_dict().items(), strict=True):
+            assert torch.equal(a, b), k
 
 
 def test_damaged_quantized_checkpoints_name_the_tensor(plain_dir, tmp_path):
