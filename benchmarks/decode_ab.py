@@ -49,7 +49,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", required=True, help="git revision whose herd/csrc is the baseline")
     parser.add_argument("--formats", nargs="+", default=["int8", "int4", "bfloat16"],
-                        choices=["bfloat16", "int8", "int8-g128", "int4", "int4-g128", "int4-a8"])
+                        choices=["bfloat16", "int8", "int8-g128", "int4", "int4-g128", "int4-a8", "int8-a8"])
     parser.add_argument("--rows", nargs="+", type=int, default=[1, 16])
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()

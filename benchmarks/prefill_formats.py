@@ -24,7 +24,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=512)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--formats", nargs="+", default=["int8", "int4"],
-                        choices=["int8", "int8-g128", "int4", "int4-g128", "int4-a8"])
+                        choices=["int8", "int8-g128", "int4", "int4-g128", "int4-a8", "int8-a8"])
     args = parser.parse_args()
 
     import herd

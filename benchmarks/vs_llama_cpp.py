@@ -36,7 +36,7 @@ import torch
 
 GGUF_TYPE = {"float32": "f32", "bfloat16": "bf16"}
 # herd's quantized formats (bf16 activations) against llama.cpp's nearest: both quantize the LM head
-QUANT = {"int8": "Q8_0", "int8-g128": "Q8_0", "int4": "Q4_K_M", "int4-a8": "Q4_K_M"}
+QUANT = {"int8": "Q8_0", "int8-g128": "Q8_0", "int8-a8": "Q8_0", "int4": "Q4_K_M", "int4-a8": "Q4_K_M"}
 FORMATS = [*GGUF_TYPE, *QUANT]
 
 
@@ -97,8 +97,8 @@ def llama_cpp_workloads(fmt: str, prefill: int, tokens: int) -> dict[str, Callab
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=FORMATS,
-                        help="dtypes, and quantized formats: int8 and int8-g128 (against Q8_0), int4 and int4-a8 "
-                             "(against Q4_K_M)")
+                        help="dtypes, and quantized formats: int8, int8-g128 and int8-a8 (against Q8_0), int4 and "
+                             "int4-a8 (against Q4_K_M)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--prefill", type=int, default=512)
     parser.add_argument("--tokens", type=int, default=64, help="decode tokens per measurement")

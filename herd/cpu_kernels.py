@@ -99,8 +99,8 @@ def _open() -> ctypes.CDLL | None:
                                                                                ctypes.c_int]
     lib.herd_qmatvec.restype = None
     lib.herd_qmatvec_bf16.argtypes, lib.herd_qmatvec_bf16.restype = lib.herd_qmatvec.argtypes, None
-    lib.herd_qmatvec_a8.argtypes = [ctypes.c_void_p, ctypes.c_int] + [ctypes.c_void_p] * 3 + [ctypes.c_long] * 4 \
-        + [ctypes.c_int]
+    lib.herd_qmatvec_a8.argtypes = [ctypes.c_void_p, ctypes.c_int] + [ctypes.c_void_p] * 3 + [ctypes.c_long] * 3 \
+        + [ctypes.c_int, ctypes.c_long, ctypes.c_int]
     lib.herd_qmatvec_a8.restype = None
     lib.herd_a8_dequantized.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_long] * 2 + [ctypes.c_int] * 2
     lib.herd_a8_dequantized.restype = None
@@ -212,9 +212,9 @@ def packed_matvec_bf16(x_MK: torch.Tensor, packed: torch.Tensor, N: int) -> torc
 def qmatvec(x_MK: torch.Tensor, codes_NC: torch.Tensor, scales_NG: torch.Tensor, bits: int, group: int,
             act_bits: int = 0) -> torch.Tensor:
     """x @ dequant(W)ᵀ for a quantized weight (herd.quant.schemes: int8 codes [N, K] or int4 [N, K/2], fp32
-    scales [N, ceil(K/group)]), accumulated in fp32, returned in x's dtype: [M, K] → [M, N]. act_bits 8 (int4
-    codes only): x quantized first as `herd.quant.schemes.quantize_activations` does, the products integer
-    (quant.h's VNNI kernel). Needs `available()`; the caller checks the codes against the scheme."""
+    scales [N, ceil(K/group)]), accumulated in fp32, returned in x's dtype: [M, K] → [M, N]. act_bits 8: x
+    quantized first as `herd.quant.schemes.quantize_activations` does, the products integer (quant.h's VNNI
+    kernels). Needs `available()`; the caller checks the codes against the scheme."""
     lib = library()
     if lib is None:
         raise RuntimeError("herd.cpu_kernels.qmatvec is not available on this machine")
@@ -225,14 +225,14 @@ def qmatvec(x_MK: torch.Tensor, codes_NC: torch.Tensor, scales_NG: torch.Tensor,
                          f"{bits} bits, group {group}, {scales_NG.dtype} scales")
     (M, K), N, dtype = x_MK.shape, codes_NC.shape[0], x_MK.dtype
     if act_bits:
-        if act_bits != 8 or bits != 4 or not reads_bf16(bits, group):
-            raise ValueError(f"qmatvec quantizes activations to 8 bits for int4 codes in groups of 32, 64 or 128·n, "
-                             f"not act_bits {act_bits} with {bits} bits, group {group}")
+        if act_bits != 8 or not reads_bf16(bits, group):
+            raise ValueError(f"qmatvec quantizes activations to 8 bits for codes in groups of 32 or 64·n (int8), "
+                             f"32, 64 or 128·n (int4), not act_bits {act_bits} with {bits} bits, group {group}")
         x_MK = x_MK.contiguous() if dtype == torch.bfloat16 else x_MK.float().contiguous()
         y_MN = torch.empty(M, N, dtype=torch.float32)
         if M and N:
             lib.herd_qmatvec_a8(x_MK.data_ptr(), int(dtype == torch.bfloat16), codes_NC.data_ptr(),
-                                scales_NG.data_ptr(), y_MN.data_ptr(), M, N, K, group, torch.get_num_threads())
+                                scales_NG.data_ptr(), y_MN.data_ptr(), M, N, K, bits, group, torch.get_num_threads())
         return y_MN.to(dtype)
     # bf16 activations: the codes become exact bf16 values on dot-product instructions; anything else in fp32
     bf16 = dtype == torch.bfloat16 and reads_bf16(bits, group)

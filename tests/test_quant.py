@@ -215,14 +215,15 @@ def test_native_step_reads_quantized_weights(config, name, dtype):
 
 @pytest.mark.skipif(not NATIVE, reason="the native kernels need AVX512-BF16 and a C compiler")
 @pytest.mark.parametrize("config", list(CONFIGS.values()), ids=list(CONFIGS))
-def test_int8_activations_are_one_function_on_every_path(config):
-    """int4-a8 quantizes each product's input on every path: an fp32 prefill (torch's quantize_activations before
+@pytest.mark.parametrize("name", ["int4-a8", "int8-a8"])
+def test_int8_activations_are_one_function_on_every_path(config, name):
+    """An -a8 scheme quantizes each product's input on every path: an fp32 prefill (quantize_activations before
     the GEMM), a one-token eager step (cpu_kernels.qmatvec's VNNI kernel) and the native step give the last
-    position the same logits to 1e-4; int4's (the same codes, activations as they come) differ."""
+    position the same logits to 1e-4; the plain scheme's (the same codes, activations as they come) differ."""
     g = torch.Generator().manual_seed(5)
     tokens = torch.randint(0, 256, (1, 10), generator=g)
-    a8 = quantize_model(optimize(herd.build(config, seed=0)), "int4-a8", groups=GROUPS)
-    plain = quantize_model(optimize(herd.build(config, seed=0)), "int4", groups=GROUPS)
+    a8 = quantize_model(optimize(herd.build(config, seed=0)), name, groups=GROUPS)
+    plain = quantize_model(optimize(herd.build(config, seed=0)), name.removesuffix("-a8"), groups=GROUPS)
     with torch.no_grad():
         prefill = a8(tokens)[0, -1]
         pool = KVPool(a8.config, 1, 64, torch.float32)
@@ -237,7 +238,7 @@ def test_int8_activations_are_one_function_on_every_path(config):
 
 
 @pytest.mark.skipif(not NATIVE, reason="the native kernels need AVX512-BF16 and a C compiler")
-@pytest.mark.parametrize("name", ["int8", "int4", "int4-a8"])
+@pytest.mark.parametrize("name", ["int8", "int4", "int4-a8", "int8-a8"])
 def test_quantized_step_gives_a_row_alone_what_it_gets_among_others(name):
     """One row takes the 16-rows-at-a-time sums (qdots16_bf16), several rows the row-by-row ones: the same
     logits bit for bit, so a request's greedy tokens do not depend on its batch."""
@@ -299,8 +300,8 @@ def test_quantize_while_loading_and_round_trip(plain_dir, tmp_path, name):
     for (k, a), (_, b) in zip(back.state_dict().items(), loaded.state_dict().items(), strict=True):
         assert torch.equal(a, b), k
     with pytest.raises(CheckpointError, match=f"already quantized \\({name}\\)"):
-        herd.load(tmp_path / "q", quantize="int8" if name != "int8" else "int4")
-    twin = {"int4": "int4-a8", "int4-a8": "int4"}.get(name)
+        herd.load(tmp_path / "q", quantize="int4" if SCHEMES[name].bits == 8 else "int8")
+    twin = {"int4": "int4-a8", "int4-a8": "int4", "int8": "int8-a8", "int8-a8": "int8"}.get(name)
     if twin:  # the same tensors, read with or without 8-bit activations
         other = herd.load(tmp_path / "q", quantize=twin)
         assert {m.scheme.name for m in other.modules() if hasattr(m, "scheme")} == {twin}

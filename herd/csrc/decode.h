@@ -113,7 +113,8 @@ static void prepare(rows_t *r, const weight_t *w, const T *const *xs, long B, lo
     r->xs = xs;
     if (w->act_bits) {
         int8_t *q = (int8_t *)scratch;  /* 64-byte aligned (the step's allocation) */
-        for (long b = 0; b < B; b++) a8_quantize(xs[b], sizeof(T) == 2, K, r->xq[b] = q + b * a8_row_bytes(K));
+        const long bytes = a8_row_bytes(K, (int)w->bits);
+        for (long b = 0; b < B; b++) a8_quantize(xs[b], sizeof(T) == 2, K, (int)w->bits, r->xq[b] = q + b * bytes);
         return;
     }
     for (long b = 0; b < B; b++) {
@@ -139,7 +140,7 @@ static inline __attribute__((always_inline)) void wdots(const weight_t *w, long 
         const int8_t *codes = (const int8_t *)w->data + n * row_bytes;
         const float *scales = w->scales + n * row_scales;
         prefetch_row((int)w->bits, codes, row_bytes, scales);
-        if (w->act_bits) qdots_a8(codes, scales, w->group, r->xq + first, nb, K, out);
+        if (w->act_bits) qdots_a8((int)w->bits, codes, scales, w->group, r->xq + first, nb, K, out);
         else QDOTS((int)w->bits, codes, scales, w->group, r->xa + first, r->xb + first, nb, K, out);
     }
 }
@@ -154,8 +155,8 @@ static inline __attribute__((always_inline)) void wdots_block(const weight_t *w,
                                                               const rows_t *r, long first, long nb, float *d) {
     if (w->act_bits && nb == 1) {
         const long row_bytes = CODE_BYTES(w->bits, K), row_scales = SCALE_COUNT(K, w->group);
-        qdots16_a8((const int8_t *)w->data + n0 * row_bytes, row_bytes, w->scales + n0 * row_scales, row_scales,
-                   w->group, r->xq[first], K, count, d);
+        qdots16_a8((int)w->bits, (const int8_t *)w->data + n0 * row_bytes, row_bytes, w->scales + n0 * row_scales,
+                   row_scales, w->group, r->xq[first], K, count, d);
         return;
     }
 #ifdef QDOTS16
@@ -387,8 +388,9 @@ int NAME(const model_t *m, const int64_t *tokens, const int64_t *positions, cons
         float *scores = malloc(sizeof(float) * R * L);
         const long Kmax = D > H * K ? (D > F ? D : F) : (H * K > F ? H * K : F);
         /* the activations split into phases, or quantized (prepare): the larger of the two layouts */
-        const long xf_bytes = B * (a8_row_bytes(Kmax) > (long)sizeof(T) * (Kmax + 3) ? a8_row_bytes(Kmax)
-                                                                                      : (long)sizeof(T) * (Kmax + 3));
+        const long a8_int4 = a8_row_bytes(Kmax, 4), a8_int8 = a8_row_bytes(Kmax, 8), phases = sizeof(T) * (Kmax + 3);
+        const long a8_most = a8_int4 > a8_int8 ? a8_int4 : a8_int8;  /* int4's for K ≤ 64, int8's past it */
+        const long xf_bytes = B * (a8_most > phases ? a8_most : phases);
         T *xf = aligned_alloc(64, (xf_bytes + 63) / 64 * 64);
         /* this thread's copy of the expert groups: rows in group order, their inputs and outputs */
         long row_of[B], group_start[B + 1], group_expert[B];

@@ -34,23 +34,23 @@ HERD_QMATVEC(herd_qmatvec, float, qdots, bits == 4 ? K / 2 : K)
 /* bf16 activations: codes looked up as bf16 values, AVX512-BF16 dot products. */
 HERD_QMATVEC(herd_qmatvec_bf16, uint16_t, qdots_bf16, bf16_phases(bits) * phase_len(K, bf16_phases(bits)))
 
-/* int4 codes against int8 activations (quant.h's VNNI products): x [M, K] fp32 or bf16 (bf16 1), quantized
-   here into blocks of 32 as the decode step quantizes them. */
+/* int8 / int4 codes against int8 activations (quant.h's VNNI products): x [M, K] fp32 or bf16 (bf16 1),
+   quantized here into blocks of 32 as the decode step quantizes them. */
 void herd_qmatvec_a8(const void *x, int bf16, const int8_t *codes, const float *scales, float *y, long M, long N,
-                     long K, long group, int threads) {
-    const long row_bytes = CODE_BYTES(4, K), row_scales = SCALE_COUNT(K, group), qbytes = a8_row_bytes(K);
+                     long K, int bits, long group, int threads) {
+    const long row_bytes = CODE_BYTES(bits, K), row_scales = SCALE_COUNT(K, group), qbytes = a8_row_bytes(K, bits);
     int8_t *xq = aligned_alloc(64, qbytes * (M ? M : 1));
     if (!xq) return;
     const int8_t *rows[M ? M : 1];
     for (long m = 0; m < M; m++) {
         a8_quantize(bf16 ? (const void *)((const uint16_t *)x + m * K) : (const void *)((const float *)x + m * K),
-                    bf16, K, xq + m * qbytes);
+                    bf16, K, bits, xq + m * qbytes);
         rows[m] = xq + m * qbytes;
     }
     #pragma omp parallel for schedule(static) num_threads(threads)
     for (long n = 0; n < N; n++) {
         float dots[M ? M : 1];
-        qdots_a8(codes + n * row_bytes, scales + n * row_scales, group, rows, M, K, dots);
+        qdots_a8(bits, codes + n * row_bytes, scales + n * row_scales, group, rows, M, K, dots);
         for (long m = 0; m < M; m++) y[m * N + n] = dots[m];
     }
     free(xq);

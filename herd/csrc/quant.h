@@ -364,24 +364,29 @@ static inline void dequant_row(const int8_t *c, const float *s, void *o, long K,
     }
 }
 
-/* ---- int8 activations: int4 codes on AVX512-VNNI integer dot products (schemes with act_bits 8) ----
+/* ---- int8 activations: codes on AVX512-VNNI integer dot products (schemes with act_bits 8) ----
 
-   The activation row is quantized as llama.cpp's Q8_0 does before its Q4 products: blocks of 32 inputs, d =
-   max|x| / 127, q = round(x · (1/d)) to nearest even (0 where d is 0), x ≈ q · d (herd.quant.schemes.
-   quantize_activations computes the same values in torch). A code nibble read unsigned is u = q_w + 8, so a
-   vpdpbusd of 64 nibbles (u8) with 64 activation codes (s8) sums u · q_x four at a time into each int32 lane;
-   the lane starts from -8 · Σ q_x of its inputs, which leaves Σ q_w · q_x exactly. Each lane is then scaled by
-   its weight group's scale times its activation block's d, in fp32. Per 64 bytes of codes (128 inputs) that
-   is two integer dot products, against four table lookups and four bf16 dot products: about half the
-   instructions, which is what decides the speed once memory reads faster than ~50 GB/s.
+   The activation row is quantized as llama.cpp's Q8_0 does before its quantized products: blocks of 32 inputs,
+   d = max|x| / 127, q = round(x · (1/d)) to nearest even (0 where d is 0), x ≈ q · d (herd.quant.schemes.
+   quantize_activations computes the same values in torch). vpdpbusd multiplies unsigned bytes by signed ones,
+   four products into each int32 lane, so a weight code is read unsigned: an int4 nibble as u = q_w + 8, an
+   int8 code as u = q_w + 128 (its top bit flipped). Each lane starts from -8 · Σ q_x (int4) or -128 · Σ q_x
+   (int8) of its inputs, which leaves Σ q_w · q_x exactly, and is then scaled by its weight group's scale times
+   its activation block's d, in fp32. Per 64 bytes of int4 codes (128 inputs) that is two integer dot
+   products, against four table lookups and four bf16 dot products; per 64 bytes of int8 codes one, against
+   the same eight: about a half and a third of the instructions.
 
-   The quantized row, per chunk of 128 inputs (zero past K), 256 bytes:
-       [64 int8: even inputs 2i] [64 int8: odd inputs 2i+1] [16 int32: -8 · Σ q_x of inputs 8l … 8l+7 of the
-       chunk, lane l] [16 fp32: lane l's block scale d, block l / 4]
-   so that code byte j (inputs 2j, 2j+1) meets byte j of both halves and lane l of a dot product sums inputs
-   8l … 8l+7. */
-static inline long a8_chunks(long K) { return (K + 127) / 128; }
-static inline long a8_row_bytes(long K) { return a8_chunks(K) * 256; }
+   The quantized row, zero past K:
+   - for int4 codes, per chunk of 128 inputs, 256 bytes: [64 int8: even inputs 2i] [64 int8: odd inputs 2i+1]
+     [16 int32: -8 · Σ q_x of inputs 8l … 8l+7 of the chunk, lane l] [16 fp32: lane l's d, block l / 4];
+     code byte j (inputs 2j, 2j+1) meets byte j of both halves, and lane l sums inputs 8l … 8l+7;
+   - for int8 codes, per chunk of 64 inputs, 192 bytes: [64 int8: the inputs] [16 int32: -128 · Σ q_x of
+     inputs 4l … 4l+3, lane l] [16 fp32: lane l's d, block l / 8]. */
+static inline long a8_chunk_inputs(int bits) { return bits == 4 ? 128 : 64; }
+static inline long a8_row_bytes(long K, int bits) {
+    const long n = a8_chunk_inputs(bits);
+    return (K + n - 1) / n * (bits == 4 ? 256 : 192);
+}
 
 /* Inputs k … k+15 of x (fp32, or bf16 when bf16), zero past K. */
 static inline __m512 a8_load16(const void *x, int bf16, long k, long K) {
@@ -393,37 +398,47 @@ static inline __m512 a8_load16(const void *x, int bf16, long k, long K) {
     return _mm512_maskz_loadu_ps(m, (const float *)x + k);
 }
 
-/* The activation row x of K inputs quantized into out (a8_row_bytes(K), 64-byte aligned). */
-static inline void a8_quantize(const void *x, int bf16, long K, int8_t *out) {
-    const __m512i spread = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
-    const __m512i ones = _mm512_set1_epi8(1);
-    for (long c = 0; c < a8_chunks(K); c++, out += 256) {
-        __m128i q[8];  /* inputs 16i … 16i+15 of the chunk as int8 */
+/* Inputs k … k+31 of x quantized: their codes (16 a half) and the block's scale d. */
+static inline __m256i a8_block(const void *x, int bf16, long k, long K, float *d) {
+    const __m512 a = a8_load16(x, bf16, k, K), b = a8_load16(x, bf16, k + 16, K);
+    *d = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a), _mm512_abs_ps(b))) / 127.0f;
+    const __m512 inv = _mm512_set1_ps(*d > 0.0f ? 1.0f / *d : 0.0f);
+    return _mm256_inserti128_si256(_mm256_castsi128_si256(_mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(a, inv)))),
+                                   _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(b, inv))), 1);
+}
+
+/* Inputs k … k+63 of x quantized: their codes, and the two blocks' scales in d. */
+static inline __m512i a8_codes64(const void *x, int bf16, long k, long K, float *d) {
+    return _mm512_inserti64x4(_mm512_castsi256_si512(a8_block(x, bf16, k, K, d)), a8_block(x, bf16, k + 32, K, d + 1), 1);
+}
+
+/* The activation row x of K inputs quantized for `bits`-bit codes into out (a8_row_bytes, 64-byte aligned). */
+static inline void a8_quantize(const void *x, int bf16, long K, int bits, int8_t *out) {
+    const __m512i ones = _mm512_set1_epi8(1), zero = _mm512_setzero_si512();
+    const long step = a8_chunk_inputs(bits);
+    for (long k = 0; k < K; k += step) {
         float d[4];
-        for (int blk = 0; blk < 4; blk++) {
-            const long k = c * 128 + blk * 32;
-            const __m512 a = a8_load16(x, bf16, k, K), b = a8_load16(x, bf16, k + 16, K);
-            const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a), _mm512_abs_ps(b)));
-            d[blk] = amax / 127.0f;
-            const __m512 inv = _mm512_set1_ps(d[blk] > 0.0f ? 1.0f / d[blk] : 0.0f);
-            q[2 * blk] = _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(a, inv)));
-            q[2 * blk + 1] = _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(b, inv)));
+        if (bits == 8) {
+            const __m512i q = a8_codes64(x, bf16, k, K, d);
+            _mm512_store_si512(out, q);
+            _mm512_store_si512(out + 64, _mm512_sub_epi32(zero, _mm512_slli_epi32(_mm512_dpbusd_epi32(zero, ones, q), 7)));
+            _mm512_store_ps(out + 128, _mm512_mask_blend_ps((__mmask16)0xFF00, _mm512_set1_ps(d[0]), _mm512_set1_ps(d[1])));
+            out += 192;
+            continue;
         }
-        __m512i halves[2];  /* inputs 0-63 and 64-127 */
-        for (int h = 0; h < 2; h++) {
-            halves[h] = _mm512_castsi128_si512(q[4 * h]);
-            for (int i = 1; i < 4; i++) halves[h] = _mm512_inserti32x4(halves[h], q[4 * h + i], i);
-        }
+        const __m512i q0 = a8_codes64(x, bf16, k, K, d), q1 = a8_codes64(x, bf16, k + 64, K, d + 2);
         /* a word's low byte is an even input, its high byte an odd one */
-        const __m512i lo = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi16_epi8(halves[0])),
-                                              _mm512_cvtepi16_epi8(halves[1]), 1);
-        const __m512i hi = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi16_epi8(_mm512_srai_epi16(halves[0], 8))),
-                                              _mm512_cvtepi16_epi8(_mm512_srai_epi16(halves[1], 8)), 1);
-        const __m512i sums = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), ones, lo), ones, hi);
-        _mm512_store_si512(out, lo);
-        _mm512_store_si512(out + 64, hi);
-        _mm512_store_si512(out + 128, _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(sums, 3)));
-        _mm512_store_ps(out + 192, _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(_mm_loadu_ps(d))));
+        const __m512i even = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi16_epi8(q0)),
+                                                _mm512_cvtepi16_epi8(q1), 1);
+        const __m512i odd = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi16_epi8(_mm512_srai_epi16(q0, 8))),
+                                               _mm512_cvtepi16_epi8(_mm512_srai_epi16(q1, 8)), 1);
+        const __m512i sums = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, ones, even), ones, odd);
+        _mm512_store_si512(out, even);
+        _mm512_store_si512(out + 64, odd);
+        _mm512_store_si512(out + 128, _mm512_sub_epi32(zero, _mm512_slli_epi32(sums, 3)));
+        _mm512_store_ps(out + 192, _mm512_permutexvar_ps(_mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0),
+                                                         _mm512_castps128_ps512(_mm_loadu_ps(d))));
+        out += 256;
     }
 }
 
@@ -483,6 +498,31 @@ static inline __m512 a8_weight_scales(const float *scales, long group, long j, l
     return _mm512_set1_ps(scales[j / (group / 2)]);
 }
 
+/* One chunk of int8 codes: 64 bytes from input k, `left` inputs in the row, against N quantized activation rows
+   (xq[b] + 3k is the chunk's 192 bytes), scaled lane by lane by the weight scales (a8_int8_scales). */
+#define HERD_INT8_A8(N, k, left, weight_scales)                                                               \
+    {                                                                                                         \
+        const __m512 s = (weight_scales);                                                                     \
+        const __m512i v = (left) >= 64 ? _mm512_loadu_si512(codes + (k))                                      \
+                                       : _mm512_maskz_loadu_epi8(((__mmask64)1 << (left)) - 1, codes + (k));  \
+        const __m512i u = _mm512_xor_si512(v, top); /* u = q + 128 */                                         \
+        for (int b = 0; b < N; b++) {                                                                         \
+            const int8_t *a = xq[b] + 3 * (k);                                                                \
+            const __m512i t = _mm512_dpbusd_epi32(_mm512_load_si512(a + 64), u, _mm512_load_si512(a));         \
+            acc[b] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), _mm512_mul_ps(s, _mm512_load_ps(a + 128)), acc[b]); \
+        }                                                                                                     \
+    }
+
+/* The weight scales of the chunk of 64 int8 codes from input k (lane l: inputs 4l … 4l+3), K in the row: groups
+   of 32 eight lanes each, of 64·n the whole chunk. */
+static inline __m512 a8_int8_scales(const float *scales, long group, long k, long K) {
+    if (group == 32)
+        return K - k > 32 ? _mm512_mask_blend_ps((__mmask16)0xFF00, _mm512_set1_ps(scales[k / 32]),
+                                                 _mm512_set1_ps(scales[k / 32 + 1]))
+                          : _mm512_set1_ps(scales[k / 32]);
+    return _mm512_set1_ps(scales[k / group]);
+}
+
 #define HERD_QDOTS_A8(N)                                                                                      \
     static inline void qacc_a8_int4_##N(const int8_t *codes, const float *scales, long group,                \
                                         const int8_t *const *xq, long K, __m512 *acc) {                       \
@@ -500,31 +540,44 @@ static inline __m512 a8_weight_scales(const float *scales, long group, long j, l
         __m512 acc[N];                                                                                        \
         qacc_a8_int4_##N(codes, scales, group, xq, K, acc);                                                   \
         for (int b = 0; b < N; b++) out[b] = _mm512_reduce_add_ps(acc[b]);                                    \
+    }                                                                                                         \
+    static inline void qacc_a8_int8_##N(const int8_t *codes, const float *scales, long group,                \
+                                        const int8_t *const *xq, long K, __m512 *acc) {                       \
+        const __m512i top = _mm512_set1_epi8((char)0x80);                                                     \
+        for (int b = 0; b < N; b++) acc[b] = _mm512_setzero_ps();                                             \
+        if (group == 32) {                                                                                    \
+            for (long k = 0; k < K; k += 64) HERD_INT8_A8(N, k, K - k, a8_int8_scales(scales, 32, k, K))      \
+        } else {                                                                                              \
+            for (long k = 0; k < K; k += 64) HERD_INT8_A8(N, k, K - k, a8_int8_scales(scales, group, k, K))   \
+        }                                                                                                     \
+    }                                                                                                         \
+    static inline void qdots_a8_int8_##N(const int8_t *codes, const float *scales, long group,               \
+                                         const int8_t *const *xq, long K, float *out) {                       \
+        __m512 acc[N];                                                                                        \
+        qacc_a8_int8_##N(codes, scales, group, xq, K, acc);                                                   \
+        for (int b = 0; b < N; b++) out[b] = _mm512_reduce_add_ps(acc[b]);                                    \
     }
 
 HERD_QDOTS_A8(1) HERD_QDOTS_A8(2) HERD_QDOTS_A8(3) HERD_QDOTS_A8(4)
 
-/* out[b] for n quantized activation rows xq (a8_quantize), any n. */
-static inline void qdots_a8(const int8_t *codes, const float *scales, long group, const int8_t *const *xq, long n,
-                            long K, float *out) {
-    for (; n > 0; n -= 4, xq += 4, out += 4) {
-        switch (n < 4 ? n : 4) {
-        case 1: qdots_a8_int4_1(codes, scales, group, xq, K, out); break;
-        case 2: qdots_a8_int4_2(codes, scales, group, xq, K, out); break;
-        case 3: qdots_a8_int4_3(codes, scales, group, xq, K, out); break;
-        default: qdots_a8_int4_4(codes, scales, group, xq, K, out); break;
-        }
-    }
+/* out[b] for n quantized activation rows xq (a8_quantize for `bits`), any n. */
+static inline void qdots_a8(int bits, const int8_t *codes, const float *scales, long group, const int8_t *const *xq,
+                            long n, long K, float *out) {
+    typedef void (*fn)(const int8_t *, const float *, long, const int8_t *const *, long, float *);
+    static const fn int4_fns[5] = {0, qdots_a8_int4_1, qdots_a8_int4_2, qdots_a8_int4_3, qdots_a8_int4_4};
+    static const fn int8_fns[5] = {0, qdots_a8_int8_1, qdots_a8_int8_2, qdots_a8_int8_3, qdots_a8_int8_4};
+    const fn *fns = bits == 4 ? int4_fns : int8_fns;
+    for (; n > 0; n -= 4, xq += 4, out += 4) fns[n < 4 ? n : 4](codes, scales, group, xq, K, out);
 }
 
 /* qdots16_bf16 for one quantized activation row: out[i] for i < count ≤ 16 rows, bit for bit qdots_a8's. */
-
-static inline void qdots16_a8(const int8_t *codes, long row_bytes, const float *scales, long row_scales, long group,
-                              const int8_t *xq, long K, long count, float *out) {
+static inline void qdots16_a8(int bits, const int8_t *codes, long row_bytes, const float *scales, long row_scales,
+                              long group, const int8_t *xq, long K, long count, float *out) {
     __m512 acc[16];
     for (long i = 0; i < 16; i++) {
-        if (i < count) qacc_a8_int4_1(codes + i * row_bytes, scales + i * row_scales, group, &xq, K, acc + i);
-        else acc[i] = _mm512_setzero_ps();
+        if (i >= count) acc[i] = _mm512_setzero_ps();
+        else if (bits == 4) qacc_a8_int4_1(codes + i * row_bytes, scales + i * row_scales, group, &xq, K, acc + i);
+        else qacc_a8_int8_1(codes + i * row_bytes, scales + i * row_scales, group, &xq, K, acc + i);
     }
     const __m512i rows = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
     _mm512_storeu_ps(out, _mm512_permutexvar_ps(rows, sums16(acc)));

@@ -120,7 +120,7 @@ def _layout_error(name: str, stored: tuple | None, moe: bool, dtype: torch.dtype
     if name == "router_bias":
         return None
     t, scales, bits, group, act_bits = stored
-    if act_bits and (act_bits != 8 or bits != 4 or not cpu_kernels.reads_bf16(bits, group)):
+    if act_bits and (act_bits != 8 or not cpu_kernels.reads_bf16(bits, group)):
         return f"{name}: no product kernel for int{bits} in groups of {group} with int{act_bits} activations"
     if bits:  # quantized: codes and scales stored row by row, experts output-major already
         if t.dtype != torch.int8 or scales.dtype != torch.float32 or t.device.type != "cpu" or group % 32:

@@ -5,11 +5,12 @@
   1.125: decode reads 8% fewer bytes (the common GPTQ/AWQ group size; the issue's per-row int8 is coarser).
 - `int4`: groups of 32, Meta's `int4_row_quantize` rule: scale = max(max|w|, 1e-6) / 8,
   q = clamp(round(w / scale), -8, 7). `int4-g128` is Meta's `int4_mixed` group of 128.
-- `int4-a8`: `int4`'s codes and scales (the same checkpoint tensors), with the activations quantized too
-  before each product, as llama.cpp's Q4 types do (`quantize_activations`: blocks of 32, Q8_0's rule). The
-  products are then integer dot products (AVX512-VNNI), half the instructions of bf16 ones: the format for
-  decode where memory reads faster than the bf16 products (~50 GB/s on 2 cores). Every path of a module in
-  this scheme (the native step, the eager kernels, prefill) quantizes its input the same way.
+- `int4-a8`, `int8-a8`: `int4`'s and `int8`'s codes and scales (the same checkpoint tensors), with the
+  activations quantized too before each product, as llama.cpp's quantized types do (`quantize_activations`:
+  blocks of 32, Q8_0's rule). The products are then integer dot products (AVX512-VNNI), a half (int4) and a
+  third (int8) of the instructions of bf16 ones: the formats for decode where memory reads faster than the
+  bf16 products (~50 GB/s on 2 cores). Every path of a module in these schemes (the native step, the eager
+  kernels, prefill) quantizes its input the same way.
 - Two int4 codes per byte: the even input index in the low nibble, the odd one in the high nibble, each
   in two's complement (Meta's `pack_int4`), so a byte read as int8 holds the odd code in its top four bits.
 - A weight [N, K] (N outputs, K inputs) is stored as codes [N, K] int8 (int4: [N, K/2] packed) and scales
@@ -60,7 +61,8 @@ class Scheme:
 
 
 SCHEMES = {s.name: s for s in (Scheme("int8", 8, 32), Scheme("int8-g128", 8, 128), Scheme("int4", 4, 32),
-                                Scheme("int4-g128", 4, 128), Scheme("int4-a8", 4, 32, act_bits=8))}
+                                Scheme("int4-g128", 4, 128), Scheme("int4-a8", 4, 32, act_bits=8),
+                                Scheme("int8-a8", 8, 32, act_bits=8))}
 
 
 def scheme(name: str | Scheme) -> Scheme:
