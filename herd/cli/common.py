@@ -39,9 +39,9 @@ def add_sampling_flags(parser: argparse.ArgumentParser, max_new_tokens: int = 25
 def add_quant_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quant", choices=list(SCHEMES), default=None,
                         help="quantize the weights while loading (herd.quant; the LM head, router, norms and "
-                             "embedding stay in --dtype; int4-a8 also quantizes activations to 8 bits, the fastest "
-                             "decode). A checkpoint written by `herd quantize` loads quantized without it, and an "
-                             "int4 one as int4-a8 with it")
+                             "embedding stay in --dtype; the -a8 schemes also quantize activations to 8 bits, the "
+                             "fastest decode). A checkpoint written by `herd quantize` loads quantized without it, "
+                             "and an int4 / int8 one as int4-a8 / int8-a8 with it")
 
 
 def add_quant_groups_flags(parser: argparse.ArgumentParser) -> None:

@@ -462,13 +462,17 @@ static inline void a8_dequantized(const void *x, int bf16, long K, void *out) {
     }
 }
 
+/* 64 bytes of codes from byte j, `left` in the row: masked past the row (only in a row's last chunk). */
+static inline __m512i a8_code_chunk(const int8_t *codes, long j, long left) {
+    return left >= 64 ? _mm512_loadu_si512(codes + j) : _mm512_maskz_loadu_epi8(((__mmask64)1 << left) - 1, codes + j);
+}
+
 /* One chunk of int4 codes: 64 bytes from byte j, `left` bytes in the row, against N quantized activation rows
-   (xq[b] + 4j is the chunk's 256 bytes), scaled lane by lane by the weight scales (a8_weight_scales). */
+   (xq[b] + 4j is the chunk's 256 bytes), scaled lane by lane by the weight scales (a8_int4_scales). */
 #define HERD_INT4_A8(N, j, left, weight_scales)                                                               \
     {                                                                                                         \
         const __m512 s = (weight_scales);                                                                     \
-        const __m512i v = (left) >= 64 ? _mm512_loadu_si512(codes + (j))                                      \
-                                       : _mm512_maskz_loadu_epi8(((__mmask64)1 << (left)) - 1, codes + (j));  \
+        const __m512i v = a8_code_chunk(codes, j, left);                                                      \
         const __m512i lo = _mm512_ternarylogic_epi32(v, flip, low, 0x28); /* (v ^ 0x88) & 0x0F: u = q + 8 */  \
         const __m512i hi = _mm512_ternarylogic_epi32(_mm512_srli_epi16(v, 4), flip, low, 0x28);              \
         for (int b = 0; b < N; b++) {                                                                         \
@@ -482,7 +486,7 @@ static inline void a8_dequantized(const void *x, int bf16, long K, void *out) {
 
 /* The weight scales of the chunk of 64 code bytes from byte j (lane l: inputs 8l … 8l+7), `bytes` in the row:
    groups of 32 four lanes each, of 64 eight, of 128·n the whole chunk. */
-static inline __m512 a8_weight_scales(const float *scales, long group, long j, long bytes) {
+static inline __m512 a8_int4_scales(const float *scales, long group, long j, long bytes) {
     if (group == 32) {
         const long left = bytes - j;
         const __m128 sc = left >= 64 ? _mm_loadu_ps(scales + j / 16)
@@ -502,10 +506,8 @@ static inline __m512 a8_weight_scales(const float *scales, long group, long j, l
    (xq[b] + 3k is the chunk's 192 bytes), scaled lane by lane by the weight scales (a8_int8_scales). */
 #define HERD_INT8_A8(N, k, left, weight_scales)                                                               \
     {                                                                                                         \
+        const __m512i u = _mm512_xor_si512(a8_code_chunk(codes, k, left), top); /* u = q + 128 */             \
         const __m512 s = (weight_scales);                                                                     \
-        const __m512i v = (left) >= 64 ? _mm512_loadu_si512(codes + (k))                                      \
-                                       : _mm512_maskz_loadu_epi8(((__mmask64)1 << (left)) - 1, codes + (k));  \
-        const __m512i u = _mm512_xor_si512(v, top); /* u = q + 128 */                                         \
         for (int b = 0; b < N; b++) {                                                                         \
             const int8_t *a = xq[b] + 3 * (k);                                                                \
             const __m512i t = _mm512_dpbusd_epi32(_mm512_load_si512(a + 64), u, _mm512_load_si512(a));         \
@@ -523,42 +525,33 @@ static inline __m512 a8_int8_scales(const float *scales, long group, long k, lon
     return _mm512_set1_ps(scales[k / group]);
 }
 
-#define HERD_QDOTS_A8(N)                                                                                      \
-    static inline void qacc_a8_int4_##N(const int8_t *codes, const float *scales, long group,                \
-                                        const int8_t *const *xq, long K, __m512 *acc) {                       \
+/* qacc / qdots for N activation rows and `bits`-bit codes, by chunks of 64 code bytes (HERD_INT4_A8 or
+   HERD_INT8_A8, each with its constants) scaled by a8_int4_scales or a8_int8_scales. */
+#define HERD_QDOTS_A8(N, bits)                                                                                \
+    static inline void qacc_a8_int##bits##_##N(const int8_t *codes, const float *scales, long group,         \
+                                               const int8_t *const *xq, long K, __m512 *acc) {                \
         const __m512i flip = _mm512_set1_epi8((char)0x88), low = _mm512_set1_epi8(0x0F);                      \
-        const long bytes = K / 2;                                                                             \
+        const __m512i top = _mm512_set1_epi8((char)0x80);                                                     \
+        const long bytes = CODE_BYTES(bits, K);                                                               \
+        (void)flip, (void)low, (void)top;                                                                     \
         for (int b = 0; b < N; b++) acc[b] = _mm512_setzero_ps();                                             \
         if (group == 32) { /* the common case, its scales' layout known to the compiler */                   \
-            for (long j = 0; j < bytes; j += 64) HERD_INT4_A8(N, j, bytes - j, a8_weight_scales(scales, 32, j, bytes)) \
+            for (long j = 0; j < bytes; j += 64)                                                              \
+                HERD_INT##bits##_A8(N, j, bytes - j, a8_int##bits##_scales(scales, 32, j, bytes))             \
         } else {                                                                                              \
-            for (long j = 0; j < bytes; j += 64) HERD_INT4_A8(N, j, bytes - j, a8_weight_scales(scales, group, j, bytes)) \
+            for (long j = 0; j < bytes; j += 64)                                                              \
+                HERD_INT##bits##_A8(N, j, bytes - j, a8_int##bits##_scales(scales, group, j, bytes))          \
         }                                                                                                     \
     }                                                                                                         \
-    static inline void qdots_a8_int4_##N(const int8_t *codes, const float *scales, long group,               \
-                                         const int8_t *const *xq, long K, float *out) {                       \
+    static inline void qdots_a8_int##bits##_##N(const int8_t *codes, const float *scales, long group,        \
+                                                const int8_t *const *xq, long K, float *out) {                \
         __m512 acc[N];                                                                                        \
-        qacc_a8_int4_##N(codes, scales, group, xq, K, acc);                                                   \
-        for (int b = 0; b < N; b++) out[b] = _mm512_reduce_add_ps(acc[b]);                                    \
-    }                                                                                                         \
-    static inline void qacc_a8_int8_##N(const int8_t *codes, const float *scales, long group,                \
-                                        const int8_t *const *xq, long K, __m512 *acc) {                       \
-        const __m512i top = _mm512_set1_epi8((char)0x80);                                                     \
-        for (int b = 0; b < N; b++) acc[b] = _mm512_setzero_ps();                                             \
-        if (group == 32) {                                                                                    \
-            for (long k = 0; k < K; k += 64) HERD_INT8_A8(N, k, K - k, a8_int8_scales(scales, 32, k, K))      \
-        } else {                                                                                              \
-            for (long k = 0; k < K; k += 64) HERD_INT8_A8(N, k, K - k, a8_int8_scales(scales, group, k, K))   \
-        }                                                                                                     \
-    }                                                                                                         \
-    static inline void qdots_a8_int8_##N(const int8_t *codes, const float *scales, long group,               \
-                                         const int8_t *const *xq, long K, float *out) {                       \
-        __m512 acc[N];                                                                                        \
-        qacc_a8_int8_##N(codes, scales, group, xq, K, acc);                                                   \
+        qacc_a8_int##bits##_##N(codes, scales, group, xq, K, acc);                                            \
         for (int b = 0; b < N; b++) out[b] = _mm512_reduce_add_ps(acc[b]);                                    \
     }
 
-HERD_QDOTS_A8(1) HERD_QDOTS_A8(2) HERD_QDOTS_A8(3) HERD_QDOTS_A8(4)
+HERD_QDOTS_A8(1, 4) HERD_QDOTS_A8(2, 4) HERD_QDOTS_A8(3, 4) HERD_QDOTS_A8(4, 4)
+HERD_QDOTS_A8(1, 8) HERD_QDOTS_A8(2, 8) HERD_QDOTS_A8(3, 8) HERD_QDOTS_A8(4, 8)
 
 /* out[b] for n quantized activation rows xq (a8_quantize for `bits`), any n. */
 static inline void qdots_a8(int bits, const int8_t *codes, const float *scales, long group, const int8_t *const *xq,
