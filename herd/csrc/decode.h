@@ -24,6 +24,7 @@
    Shapes: B rows, D model dim, H heads, G kv heads (R = H / G per group), K head dim, E experts, F the
    SwiGLU hidden size of a layer, L positions a layer keeps per KV slot, V vocab. */
 #include <math.h>
+#include <omp.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,7 +42,7 @@ typedef struct {
     const void *data;           /* T [N, K]; int8 codes [N, K] (bits 8) or [N, K/2] (bits 4); PACKED blocks */
     const float *scales;        /* [N, ceil(K / group)]; NULL for bits 0 and PACKED */
     int64_t bits, group;
-    int64_t act_bits;           /* 8: int4 codes against activations quantized to int8 (quant.h); else 0 */
+    int64_t act_bits;           /* 8: codes against activations quantized to int8 (quant.h's VNNI products); else 0 */
 } weight_t;
 
 #define PACKED 1  /* weight_t.bits of a bf16 weight in packed.h's layout (the LM head; PACKED_MATVEC steps) */
@@ -73,6 +74,8 @@ typedef struct {
     weight_t output;            /* [V, D], the LM head */
     const layer_t *layers;      /* [n_layers] */
 } model_t;
+
+static inline long max_long(long a, long b) { return a > b ? a : b; }
 
 /* The cache slot of an absolute position: the chunk ring's, or the position itself in a global layer. */
 static inline long slot_of(const layer_t *ly, int64_t position) {
@@ -153,20 +156,19 @@ static inline __attribute__((always_inline)) void wdots(const weight_t *w, long 
 
 static inline __attribute__((always_inline)) void wdots_block(const weight_t *w, long n0, long count, long K,
                                                               const rows_t *r, long first, long nb, float *d) {
-    if (w->act_bits && nb == 1) {
-        const long row_bytes = CODE_BYTES(w->bits, K), row_scales = SCALE_COUNT(K, w->group);
-        qdots16_a8((int)w->bits, (const int8_t *)w->data + n0 * row_bytes, row_bytes, w->scales + n0 * row_scales,
-                   row_scales, w->group, r->xq[first], K, count, d);
-        return;
-    }
-#ifdef QDOTS16
     if (w->bits && nb == 1) {
         const long row_bytes = CODE_BYTES(w->bits, K), row_scales = SCALE_COUNT(K, w->group);
-        QDOTS16((int)w->bits, (const int8_t *)w->data + n0 * row_bytes, row_bytes, w->scales + n0 * row_scales,
-                row_scales, w->group, r->xa[first], K, count, d);
+        const int8_t *codes = (const int8_t *)w->data + n0 * row_bytes;
+        const float *scales = w->scales + n0 * row_scales;
+        if (w->act_bits) {
+            qdots16_a8((int)w->bits, codes, row_bytes, scales, row_scales, w->group, r->xq[first], K, count, d);
+            return;
+        }
+#ifdef QDOTS16
+        QDOTS16((int)w->bits, codes, row_bytes, scales, row_scales, w->group, r->xa[first], K, count, d);
         return;
-    }
 #endif
+    }
     for (long i = 0; i < count; i++) wdots(w, n0 + i, K, r, first, nb, d + i * nb);
 }
 
@@ -197,7 +199,7 @@ static void matvec_gather(const weight_t *w, const T *const *xs, T *const *ys, l
 #define HEAD_CHUNK 64
 
 /* The LM head as matvec_rows (x [B, D] to logits [B, V]); no barrier. The head is most of a step's reads.
-   Split statically, each thread streams one contiguous range: read so, a one-row int4 head of the benchmark
+   Split into one contiguous range a thread, each thread streams it in order: read so, a one-row int4 head of the benchmark
    model ran at 70-76 GB/s where this machine's memory was fast, against 50-55 in blocks of HEAD_CHUNK taken in
    turn (2026-12-04). `dynamic` shares its blocks out as threads come for them: a thread that the OS takes off
    its core for a while (a server's event loop, woken as the head starts) then leaves its part to the others
@@ -209,13 +211,10 @@ static void head_rows(const weight_t *w, const T *x, T *logits, long B, long V, 
     float d[BLOCK * MAX_ROWS];
     for (long b = 0; b < B; b++) xs[b] = x + b * D, ys[b] = logits + b * V;
     prepare(&r, w, xs, B, D, scratch);
-    if (dynamic) {
-        #pragma omp for schedule(dynamic, HEAD_CHUNK) nowait
-        for (long n0 = 0; n0 < V; n0 += BLOCK) gather_block(w, &r, ys, B, V, D, n0, d);
-    } else {
-        #pragma omp for schedule(static) nowait
-        for (long n0 = 0; n0 < V; n0 += BLOCK) gather_block(w, &r, ys, B, V, D, n0, d);
-    }
+    const long blocks = (V + BLOCK - 1) / BLOCK, threads = omp_get_num_threads();
+    const long chunk = dynamic ? HEAD_CHUNK : (blocks + threads - 1) / threads;  /* one range a thread, else */
+    #pragma omp for schedule(dynamic, chunk) nowait
+    for (long i = 0; i < blocks; i++) gather_block(w, &r, ys, B, V, D, i * BLOCK, d);
 }
 
 /* y[b * y_stride + n] = round(w[n] · x[b * x_stride]) for n < N, b < B; as matvec_gather, no barrier. */
@@ -386,11 +385,10 @@ int NAME(const model_t *m, const int64_t *tokens, const int64_t *positions, cons
     #pragma omp parallel num_threads(threads)
     {
         float *scores = malloc(sizeof(float) * R * L);
-        const long Kmax = D > H * K ? (D > F ? D : F) : (H * K > F ? H * K : F);
+        const long Kmax = max_long(max_long(D, H * K), F);
         /* the activations split into phases, or quantized (prepare): the larger of the two layouts */
         const long a8_int4 = a8_row_bytes(Kmax, 4), a8_int8 = a8_row_bytes(Kmax, 8), phases = sizeof(T) * (Kmax + 3);
-        const long a8_most = a8_int4 > a8_int8 ? a8_int4 : a8_int8;  /* int4's for K ≤ 64, int8's past it */
-        const long xf_bytes = B * (a8_most > phases ? a8_most : phases);
+        const long xf_bytes = B * max_long(max_long(a8_int4, a8_int8), phases);  /* a8: int4's for K ≤ 64 */
         T *xf = aligned_alloc(64, (xf_bytes + 63) / 64 * 64);
         /* this thread's copy of the expert groups: rows in group order, their inputs and outputs */
         long row_of[B], group_start[B + 1], group_expert[B];

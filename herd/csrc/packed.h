@@ -10,6 +10,8 @@
    Each output is accumulated in one fp32 lane over k in order, whatever the number of rows: a row's result
    does not depend on the other rows of the batch. */
 #pragma once
+#include <omp.h>
+
 #include "bf16.h"
 
 /* Pairs of blocks a thread takes at a time (~1 MB of an LM head of 512 inputs) when they are shared out
@@ -70,18 +72,11 @@ static void packed_matvec(const uint16_t *wp, const uint16_t *const *xs, uint16_
     typedef void (*tile_fn)(const uint16_t *, long, const uint16_t *const *, uint16_t *const *, long, long);
     static const tile_fn tiles[9] = {0, packed_tile_1, packed_tile_2, packed_tile_3, packed_tile_4,
                                      packed_tile_5, packed_tile_6, packed_tile_7, packed_tile_8};
-    const long pairs = (N + 31) / 32;
-#define HERD_PACKED_PAIR                                                                                      \
-    {                                                                                                         \
-        const long n0 = 32 * p, width = N - n0 < 32 ? N - n0 : 32;                                            \
-        for (long b = 0; b < B; b += 8) tiles[B - b < 8 ? B - b : 8](wp + n0 * K, K, xs + b, ys + b, n0, width); \
+    const long pairs = (N + 31) / 32, threads = omp_get_num_threads();
+    const long chunk = dynamic ? PACKED_CHUNK : (pairs + threads - 1) / threads;  /* one range a thread, else */
+    #pragma omp for schedule(dynamic, chunk) nowait
+    for (long p = 0; p < pairs; p++) {
+        const long n0 = 32 * p, width = N - n0 < 32 ? N - n0 : 32;
+        for (long b = 0; b < B; b += 8) tiles[B - b < 8 ? B - b : 8](wp + n0 * K, K, xs + b, ys + b, n0, width);
     }
-    if (dynamic) {
-        #pragma omp for schedule(dynamic, PACKED_CHUNK) nowait
-        for (long p = 0; p < pairs; p++) HERD_PACKED_PAIR
-    } else {
-        #pragma omp for schedule(static) nowait
-        for (long p = 0; p < pairs; p++) HERD_PACKED_PAIR
-    }
-#undef HERD_PACKED_PAIR
 }

@@ -301,6 +301,12 @@ static inline __m512 sums16(const __m512 *a) {
                          _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(d[0]), _mm512_castps_pd(d[1]))));
 }
 
+/* out[i] = the sum of acc[i]'s lanes for i < 16, each bit for bit _mm512_reduce_add_ps(acc[i]) (sums16). */
+static inline void put_sums16(const __m512 *acc, float *out) {
+    const __m512i rows = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
+    _mm512_storeu_ps(out, _mm512_permutexvar_ps(rows, sums16(acc)));
+}
+
 /* out[i] for i < count ≤ 16 consecutive weight rows (codes row_bytes, scales row_scales apart) against ONE bf16
    activation row (xa: its phases), bit for bit what qdots_bf16 gives each row: the 16 horizontal sums are
    done together, where one per row costs about a fifth of a short row's instructions. out holds 16. */
@@ -318,8 +324,7 @@ static inline void qdots16_bf16(int bits, const int8_t *codes, long row_bytes, c
         if (bits == 8) qacc_bf16_int8_1(c, s, group, &xa, K, acc + i);
         else qacc_bf16_int4_1(c, s, group, &xa, K, acc + i);
     }
-    const __m512i rows = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
-    _mm512_storeu_ps(out, _mm512_permutexvar_ps(rows, sums16(acc)));
+    put_sums16(acc, out);
 }
 
 /* Store 16 fp32 values at out + k as bf16 (round to nearest even) or fp32. */
@@ -446,15 +451,13 @@ static inline void a8_quantize(const void *x, int bf16, long K, int bits, int8_t
    (bf16 rounded to nearest even): what a8_quantize's codes stand for, for the products that run on a GEMM. */
 static inline void a8_dequantized(const void *x, int bf16, long K, void *out) {
     for (long k = 0; k < K; k += 32) {
-        const __m512 a = a8_load16(x, bf16, k, K), b = a8_load16(x, bf16, k + 16, K);
-        const float d = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a), _mm512_abs_ps(b))) / 127.0f;
-        const __m512 inv = _mm512_set1_ps(d > 0.0f ? 1.0f / d : 0.0f), dv = _mm512_set1_ps(d);
+        float d;
+        const __m256i q = a8_block(x, bf16, k, K, &d);
         for (int h = 0; h < 2; h++) {
             const long at = k + 16 * h;
             if (at >= K) break;
-            const __m512i q = _mm512_max_epi32(_mm512_min_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(h ? b : a, inv)),
-                                                                _mm512_set1_epi32(127)), _mm512_set1_epi32(-128));
-            const __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(q), dv);
+            const __m128i half = h ? _mm256_extracti128_si256(q, 1) : _mm256_castsi256_si128(q);
+            const __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(half)), _mm512_set1_ps(d));
             const __mmask16 m = tail16(K - at);
             if (bf16) _mm256_mask_storeu_epi16((uint16_t *)out + at, m, (__m256i)_mm512_cvtneps_pbh(v));
             else _mm512_mask_storeu_ps((float *)out + at, m, v);
@@ -572,6 +575,5 @@ static inline void qdots16_a8(int bits, const int8_t *codes, long row_bytes, con
         else if (bits == 4) qacc_a8_int4_1(codes + i * row_bytes, scales + i * row_scales, group, &xq, K, acc + i);
         else qacc_a8_int8_1(codes + i * row_bytes, scales + i * row_scales, group, &xq, K, acc + i);
     }
-    const __m512i rows = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
-    _mm512_storeu_ps(out, _mm512_permutexvar_ps(rows, sums16(acc)));
+    put_sums16(acc, out);
 }

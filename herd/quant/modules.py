@@ -32,6 +32,12 @@ def _kernel_takes(x: torch.Tensor, rows: int) -> bool:
             and not torch.compiler.is_compiling() and cpu_kernels.available())
 
 
+def _native_reads(x: torch.Tensor) -> bool:
+    """Whether a native kernel takes x whole (bf16 or fp32 on the CPU, outside a compiled graph)."""
+    return (x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float32) and not torch.compiler.is_compiling()
+            and cpu_kernels.available())
+
+
 def _product(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, s: Scheme) -> torch.Tensor:
     """x [..., K] @ dequant(codes, scales)ᵀ → [..., N], in x's dtype; a scheme with act_bits quantizes x first
     (`quantize_activations`)."""
@@ -41,8 +47,7 @@ def _product(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, s: Sche
         y = cpu_kernels.qmatvec(x.reshape(rows, K), codes, scales, s.bits, s.group, s.act_bits)
         return y.view(*x.shape[:-1], N)
     x = _activations(x, s)
-    if (x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float32) and not torch.compiler.is_compiling()
-            and codes.is_contiguous() and cpu_kernels.available()):
+    if _native_reads(x) and codes.is_contiguous():
         w_NK = cpu_kernels.dequantize(codes, scales, s.bits, s.group, K, x.dtype, out=_scratch(N * K, x.dtype))
         return F.linear(x, w_NK)
     return F.linear(x, dequantize(codes, scales, s, x.dtype))
@@ -54,8 +59,7 @@ def _activations(x: torch.Tensor, s: Scheme) -> torch.Tensor:
     values; torch's ~10 passes cost a bf16 prefill ~20%)."""
     if not s.act_bits:
         return x
-    if (x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float32) and not torch.compiler.is_compiling()
-            and cpu_kernels.available()):
+    if _native_reads(x):
         return cpu_kernels.quantize_activations(x)
     return quantize_activations(x).to(x.dtype)
 

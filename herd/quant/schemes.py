@@ -122,7 +122,7 @@ ACT_BLOCK = 32  # inputs per activation scale (act_bits 8)
 
 
 def quantize_activations(x: torch.Tensor) -> torch.Tensor:
-    """x [..., K] as the int4-a8 products see it, in fp32: each block of 32 inputs (the last one shorter)
+    """x [..., K] as the -a8 schemes' products see it, in fp32: each block of 32 inputs (the last one shorter)
     as q · d with d = max|x| / 127 and q = round(x · (1 / d)) to nearest even (0 where d is 0), llama.cpp's
     Q8_0 rule; the native kernels (quant.h's a8_quantize) compute the same q and d."""
     x_BG, K = _grouped(x, ACT_BLOCK)
